@@ -1,0 +1,315 @@
+package wsconn
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"golang.org/x/net/http/httpproxy"
+)
+
+// MaxMessageSize is the largest WebSocket message accepted from a peer.
+const MaxMessageSize = 131076
+
+// Close codes used by the tunnel protocol.
+const (
+	CloseNormal          = websocket.CloseNormalClosure
+	CloseGoingAway       = websocket.CloseGoingAway
+	CloseProtocolError   = websocket.CloseProtocolError
+	CloseUnsupportedData = websocket.CloseUnsupportedData
+	ClosePolicyViolation = websocket.ClosePolicyViolation
+	CloseMessageTooBig   = websocket.CloseMessageTooBig
+	CloseInternalError   = websocket.CloseInternalServerErr
+	CloseTryAgainLater   = websocket.CloseTryAgainLater
+)
+
+var (
+	// ErrTextMessage reports a text message where only binary ones are allowed.
+	ErrTextMessage = errors.New("wsconn: text message received")
+	// ErrBadHandshake reports a non-101 answer to the upgrade request; the
+	// *HandshakeError carrying it has the status and body.
+	ErrBadHandshake = errors.New("wsconn: handshake refused")
+)
+
+// CloseError is a close frame received from the peer.
+type CloseError struct {
+	Code   int
+	Reason string
+}
+
+func (e *CloseError) Error() string {
+	return fmt.Sprintf("websocket closed by peer: %d %s", e.Code, e.Reason)
+}
+
+// HandshakeError is an upgrade request answered with something else than
+// 101 Switching Protocols.
+type HandshakeError struct {
+	StatusCode int
+	Header     http.Header
+	Body       string // at most the first KiB
+}
+
+func (e *HandshakeError) Error() string {
+	msg := fmt.Sprintf("websocket handshake refused: HTTP %d", e.StatusCode)
+	if e.Body != "" {
+		msg += ": " + e.Body
+	}
+	return msg
+}
+
+func (e *HandshakeError) Unwrap() error { return ErrBadHandshake }
+
+// Conn is a WebSocket connection carrying binary messages.
+type Conn struct {
+	ws          *websocket.Conn
+	cur         io.Reader
+	liveTimeout time.Duration // 0: no read deadline
+	closeOnce   sync.Once
+}
+
+var writePool = &sync.Pool{}
+
+func newConn(ws *websocket.Conn) *Conn {
+	ws.SetReadLimit(MaxMessageSize)
+	c := &Conn{ws: ws}
+	ws.SetPongHandler(func(string) error { c.extendDeadline(); return nil })
+	ws.SetPingHandler(func(data string) error {
+		c.extendDeadline()
+		err := ws.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(5*time.Second))
+		if errors.Is(err, websocket.ErrCloseSent) || isTemporary(err) {
+			return nil
+		}
+		return err
+	})
+	ws.SetCloseHandler(func(code int, text string) error {
+		// Answer the close with the same code, as RFC 6455 asks.
+		msg := websocket.FormatCloseMessage(code, "")
+		if code == websocket.CloseNoStatusReceived {
+			msg = websocket.FormatCloseMessage(websocket.CloseNormalClosure, "")
+		}
+		ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(time.Second))
+		return nil
+	})
+	return c
+}
+
+func isTemporary(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// DialOptions configures Dial.
+type DialOptions struct {
+	// Header is sent with the upgrade request.
+	Header http.Header
+	// Subprotocols are offered in order of preference.
+	Subprotocols []string
+	// TLS configures wss:// connections; nil means system roots.
+	TLS *tls.Config
+	// Proxy returns the HTTP CONNECT proxy for the target, nil for none. If
+	// Proxy is nil, ProxyFromEnvironment is used.
+	Proxy func(target *url.URL) (*url.URL, error)
+	// ReadBufferSize and WriteBufferSize size the connection's buffers;
+	// 0 means 16 KiB and 32 KiB.
+	ReadBufferSize, WriteBufferSize int
+}
+
+// ProxyFromEnvironment returns the proxy named by HTTPS_PROXY or
+// https_proxy (honouring NO_PROXY), for ws:// and wss:// targets alike, as
+// the reference local proxy does. User information in the proxy URL is
+// sent as basic authentication.
+func ProxyFromEnvironment(target *url.URL) (*url.URL, error) {
+	cfg := httpproxy.Config{
+		HTTPSProxy: firstEnv("HTTPS_PROXY", "https_proxy"),
+		NoProxy:    firstEnv("NO_PROXY", "no_proxy"),
+	}
+	u := *target
+	u.Scheme = "https"
+	return cfg.ProxyFunc()(&u)
+}
+
+func firstEnv(names ...string) string {
+	for _, n := range names {
+		if v := os.Getenv(n); v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+// Dial opens a WebSocket connection to rawURL (ws:// or wss://). The
+// returned response is the server's answer (its headers carry channel-id);
+// a refused upgrade is a *HandshakeError.
+func Dial(ctx context.Context, rawURL string, opts DialOptions) (*Conn, *http.Response, error) {
+	proxy := opts.Proxy
+	if proxy == nil {
+		proxy = ProxyFromEnvironment
+	}
+	d := websocket.Dialer{
+		Proxy:            func(r *http.Request) (*url.URL, error) { return proxy(r.URL) },
+		TLSClientConfig:  opts.TLS,
+		HandshakeTimeout: 30 * time.Second,
+		Subprotocols:     opts.Subprotocols,
+		ReadBufferSize:   orDefault(opts.ReadBufferSize, 16<<10),
+		WriteBufferSize:  orDefault(opts.WriteBufferSize, 32<<10),
+		WriteBufferPool:  writePool,
+	}
+	ws, resp, err := d.DialContext(ctx, rawURL, opts.Header)
+	if err != nil {
+		if errors.Is(err, websocket.ErrBadHandshake) && resp != nil {
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+			return nil, resp, &HandshakeError{StatusCode: resp.StatusCode, Header: resp.Header, Body: string(body)}
+		}
+		return nil, resp, err
+	}
+	return newConn(ws), resp, nil
+}
+
+func orDefault(v, def int) int {
+	if v > 0 {
+		return v
+	}
+	return def
+}
+
+// AcceptOptions configures Accept.
+type AcceptOptions struct {
+	// Subprotocol is echoed in the response; "" omits the header.
+	Subprotocol string
+	// Header is added to the 101 response.
+	Header http.Header
+	// ReadBufferSize and WriteBufferSize size the connection's buffers;
+	// 0 means 4 KiB and 16 KiB. The write buffer is pooled.
+	ReadBufferSize, WriteBufferSize int
+}
+
+// Accept upgrades an HTTP request to a WebSocket connection. On failure the
+// response has been written.
+func Accept(w http.ResponseWriter, r *http.Request, opts AcceptOptions) (*Conn, error) {
+	h := http.Header{}
+	for k, v := range opts.Header {
+		h[k] = v
+	}
+	if opts.Subprotocol != "" {
+		h.Set("Sec-WebSocket-Protocol", opts.Subprotocol)
+	}
+	u := websocket.Upgrader{
+		ReadBufferSize:  orDefault(opts.ReadBufferSize, 4<<10),
+		WriteBufferSize: orDefault(opts.WriteBufferSize, 16<<10),
+		WriteBufferPool: writePool,
+		CheckOrigin:     func(*http.Request) bool { return true },
+		Error: func(w http.ResponseWriter, r *http.Request, status int, reason error) {
+			http.Error(w, reason.Error(), status)
+		},
+	}
+	ws, err := u.Upgrade(w, r, h)
+	if err != nil {
+		return nil, err
+	}
+	return newConn(ws), nil
+}
+
+// Subprotocol returns the negotiated subprotocol.
+func (c *Conn) Subprotocol() string { return c.ws.Subprotocol() }
+
+// NetConn returns the underlying connection.
+func (c *Conn) NetConn() net.Conn { return c.ws.NetConn() }
+
+// SetLiveness makes reads fail when nothing (message, ping or pong) arrives
+// from the peer for d. Zero turns the check off.
+func (c *Conn) SetLiveness(d time.Duration) {
+	c.liveTimeout = d
+	c.extendDeadline()
+}
+
+func (c *Conn) extendDeadline() {
+	if c.liveTimeout > 0 {
+		c.ws.SetReadDeadline(time.Now().Add(c.liveTimeout))
+	} else {
+		c.ws.SetReadDeadline(time.Time{})
+	}
+}
+
+// Read reads from the concatenated payloads of the binary messages received.
+// A text message ends the stream with ErrTextMessage (after a protocol-error
+// close frame is sent); a close frame from the peer with a *CloseError.
+func (c *Conn) Read(p []byte) (int, error) {
+	for {
+		if c.cur == nil {
+			typ, r, err := c.ws.NextReader()
+			if err != nil {
+				return 0, c.mapErr(err)
+			}
+			c.extendDeadline()
+			if typ != websocket.BinaryMessage {
+				c.CloseWith(CloseUnsupportedData, "text frames are not allowed")
+				return 0, ErrTextMessage
+			}
+			c.cur = r
+		}
+		n, err := c.cur.Read(p)
+		if err == io.EOF {
+			c.cur = nil
+			if n > 0 {
+				return n, nil
+			}
+			continue
+		}
+		if err != nil {
+			return n, c.mapErr(err)
+		}
+		return n, nil
+	}
+}
+
+func (c *Conn) mapErr(err error) error {
+	var ce *websocket.CloseError
+	if errors.As(err, &ce) {
+		return &CloseError{Code: ce.Code, Reason: ce.Text}
+	}
+	if errors.Is(err, websocket.ErrReadLimit) {
+		c.CloseWith(CloseMessageTooBig, "message exceeds 131076 bytes")
+		return fmt.Errorf("wsconn: message exceeds %d bytes: %w", MaxMessageSize, err)
+	}
+	return err
+}
+
+// WriteMessage sends p as one binary message.
+func (c *Conn) WriteMessage(p []byte) error {
+	return c.ws.WriteMessage(websocket.BinaryMessage, p)
+}
+
+// SetWriteDeadline sets the deadline for message writes.
+func (c *Conn) SetWriteDeadline(t time.Time) error { return c.ws.SetWriteDeadline(t) }
+
+// Ping sends a ping control frame.
+func (c *Conn) Ping(payload []byte) error {
+	return c.ws.WriteControl(websocket.PingMessage, payload, time.Now().Add(10*time.Second))
+}
+
+// CloseWith sends a close frame with code and reason (truncated to fit a
+// control frame) and closes the connection. Only the first close has
+// effect.
+func (c *Conn) CloseWith(code int, reason string) error {
+	var err error
+	c.closeOnce.Do(func() {
+		if len(reason) > 123 {
+			reason = reason[:123]
+		}
+		c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(time.Second))
+		err = c.ws.Close()
+	})
+	return err
+}
+
+// Close closes the connection with a normal close frame.
+func (c *Conn) Close() error { return c.CloseWith(CloseNormal, "") }

@@ -1,0 +1,186 @@
+package wire
+
+import (
+	"bufio"
+	"encoding/binary"
+	"fmt"
+	"io"
+)
+
+// FrameReader reads tunnel frames from a byte stream: the concatenated
+// payloads of the WebSocket binary messages received, in order. Frames may
+// span message boundaries and one message may hold many frames.
+type FrameReader struct {
+	br   *bufio.Reader
+	last int // bytes of the previous frame still to discard
+	msg  Message
+}
+
+// readerBufferSize holds the largest frame, so Next can return views into the
+// buffer instead of copying.
+const readerBufferSize = FrameHeaderSize + MaxMessageSize
+
+// NewFrameReader returns a FrameReader reading from r. Its buffer is
+// allocated once, sized for the largest frame.
+func NewFrameReader(r io.Reader) *FrameReader {
+	return &FrameReader{br: bufio.NewReaderSize(r, readerBufferSize)}
+}
+
+// Reset makes fr read from r, keeping its buffer.
+func (fr *FrameReader) Reset(r io.Reader) {
+	fr.br.Reset(r)
+	fr.last = 0
+}
+
+// NextFrame returns the encoded Message of the next tunnel frame. The slice
+// aliases fr's buffer and is valid until the next call. The length prefix is
+// checked against MaxMessageSize before anything is read. At a clean end of
+// stream between frames it returns io.EOF; a stream ending inside a frame
+// returns io.ErrUnexpectedEOF.
+func (fr *FrameReader) NextFrame() ([]byte, error) {
+	if fr.last > 0 {
+		if _, err := fr.br.Discard(fr.last); err != nil {
+			return nil, err
+		}
+		fr.last = 0
+	}
+	hdr, err := fr.br.Peek(FrameHeaderSize)
+	if err != nil {
+		if err == io.EOF && len(hdr) > 0 {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, err
+	}
+	n := int(binary.BigEndian.Uint16(hdr))
+	if n == 0 {
+		fr.br.Discard(FrameHeaderSize)
+		return nil, fmt.Errorf("%w: empty tunnel frame", ErrMalformed)
+	}
+	frame, err := fr.br.Peek(FrameHeaderSize + n)
+	if err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, err
+	}
+	fr.last = FrameHeaderSize + n
+	return frame[FrameHeaderSize:], nil
+}
+
+// Next reads and decodes the next tunnel frame. The returned Message is
+// owned by fr and, like its Payload, valid until the next call.
+func (fr *FrameReader) Next() (*Message, error) {
+	b, err := fr.NextFrame()
+	if err != nil {
+		return nil, err
+	}
+	if err := fr.msg.Unmarshal(b); err != nil {
+		return nil, err
+	}
+	return &fr.msg, nil
+}
+
+// Buffered returns the number of bytes read from the stream but not yet
+// returned as frames.
+func (fr *FrameReader) Buffered() int { return fr.br.Buffered() - fr.last }
+
+// AppendFrame appends m as a tunnel frame (length prefix and encoding) to b.
+// It fails with ErrTooLarge if the payload or the encoding exceeds the
+// protocol limits.
+func AppendFrame(b []byte, m *Message) ([]byte, error) {
+	if len(m.Payload) > MaxPayloadSize {
+		return b, fmt.Errorf("%w: payload of %d bytes exceeds %d", ErrTooLarge, len(m.Payload), MaxPayloadSize)
+	}
+	n := m.Size()
+	if n > MaxMessageSize {
+		return b, fmt.Errorf("%w: message of %d bytes exceeds %d", ErrTooLarge, n, MaxMessageSize)
+	}
+	b = binary.BigEndian.AppendUint16(b, uint16(n))
+	return m.AppendMarshal(b), nil
+}
+
+// MessageWriter sends one WebSocket binary message per call. The slice is
+// only borrowed for the duration of the call.
+type MessageWriter interface {
+	WriteMessage(p []byte) error
+}
+
+// FrameWriter coalesces tunnel frames into WebSocket binary messages of at
+// most MaxWebSocketMessageSize bytes. Frames are never split across
+// messages. Nothing is sent until the buffer would overflow or Flush is
+// called, so callers flush when they have nothing more to send right away.
+type FrameWriter struct {
+	w   MessageWriter
+	buf []byte
+	max int
+}
+
+// NewFrameWriter returns a FrameWriter sending to w in messages of at most
+// maxMessage bytes (0 or anything above MaxWebSocketMessageSize means
+// MaxWebSocketMessageSize; the value is raised to hold at least one largest
+// frame).
+func NewFrameWriter(w MessageWriter, maxMessage int) *FrameWriter {
+	if maxMessage <= 0 || maxMessage > MaxWebSocketMessageSize {
+		maxMessage = MaxWebSocketMessageSize
+	}
+	maxMessage = max(maxMessage, FrameHeaderSize+MaxMessageSize)
+	return &FrameWriter{w: w, max: maxMessage}
+}
+
+// Write appends m as a tunnel frame, first sending the buffered frames as one
+// message if m would not fit beside them.
+func (fw *FrameWriter) Write(m *Message) error {
+	if fw.buf == nil {
+		fw.buf = make([]byte, 0, fw.max)
+	}
+	if len(fw.buf)+FrameHeaderSize+m.Size() > fw.max {
+		if err := fw.Flush(); err != nil {
+			return err
+		}
+	}
+	b, err := AppendFrame(fw.buf, m)
+	if err != nil {
+		return err
+	}
+	fw.buf = b
+	return nil
+}
+
+// WriteFrame appends an already encoded Message (without length prefix) as
+// a tunnel frame. It is used to forward frames without decoding them twice.
+func (fw *FrameWriter) WriteFrame(encoded []byte) error {
+	if len(encoded) == 0 {
+		return fmt.Errorf("%w: empty tunnel frame", ErrMalformed)
+	}
+	if len(encoded) > MaxMessageSize {
+		return fmt.Errorf("%w: frame of %d bytes exceeds %d", ErrTooLarge, len(encoded), MaxMessageSize)
+	}
+	if fw.buf == nil {
+		fw.buf = make([]byte, 0, fw.max)
+	}
+	if len(fw.buf)+FrameHeaderSize+len(encoded) > fw.max {
+		if err := fw.Flush(); err != nil {
+			return err
+		}
+	}
+	fw.buf = binary.BigEndian.AppendUint16(fw.buf, uint16(len(encoded)))
+	fw.buf = append(fw.buf, encoded...)
+	return nil
+}
+
+// Buffered returns the number of bytes waiting to be sent.
+func (fw *FrameWriter) Buffered() int { return len(fw.buf) }
+
+// Available returns how many more bytes fit in the current message.
+func (fw *FrameWriter) Available() int { return fw.max - len(fw.buf) }
+
+// Flush sends the buffered frames as one WebSocket message. It does nothing
+// when no frame is buffered.
+func (fw *FrameWriter) Flush() error {
+	if len(fw.buf) == 0 {
+		return nil
+	}
+	err := fw.w.WriteMessage(fw.buf)
+	fw.buf = fw.buf[:0]
+	return err
+}
