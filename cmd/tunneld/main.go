@@ -1,0 +1,95 @@
+// Command tunneld is a self-hosted, AWS-compatible secure tunneling service:
+// the IoTSecuredTunneling management API and the /tunnel WebSocket relay.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/pflag"
+
+	"github.com/sectun/sectun/internal/cliconf"
+	"github.com/sectun/sectun/internal/server"
+	"github.com/sectun/sectun/internal/version"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil && !errors.Is(err, pflag.ErrHelp) {
+		fmt.Fprintln(os.Stderr, "tunneld:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var cfg server.Config
+	fs := pflag.NewFlagSet("tunneld", pflag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&cfg.Listen, "listen", "127.0.0.1:8443", "address for the API and /tunnel (HTTPS unless --plaintext)")
+	fs.StringVar(&cfg.DataDir, "data-dir", "tunneld-data", "directory for the database, generated TLS material and credentials")
+	fs.StringVar(&cfg.TLSCertFile, "tls-cert", "", "TLS certificate file (PEM)")
+	fs.StringVar(&cfg.TLSKeyFile, "tls-key", "", "TLS key file (PEM)")
+	selfSigned := fs.Bool("tls-self-signed", false, "use a development CA and certificate made in <data-dir>/tls (the default when no --tls-cert is given)")
+	fs.StringArrayVar(&cfg.TLSHosts, "tls-host", nil, "extra DNS name or IP for the self-signed certificate (repeatable)")
+	fs.BoolVar(&cfg.Plaintext, "plaintext", false, "serve HTTP and ws:// without TLS (loopback only unless --allow-insecure)")
+	fs.BoolVar(&cfg.NoAuth, "no-auth", false, "accept unsigned API requests (loopback only unless --allow-insecure)")
+	fs.BoolVar(&cfg.AllowInsecure, "allow-insecure", false, "permit --plaintext or --no-auth on a non-loopback address")
+	fs.StringArrayVar(&cfg.CredentialsFiles, "credentials-file", nil, "AWS shared-credentials file with access keys allowed to sign API requests (repeatable; default <data-dir>/aws-credentials, created at first start)")
+	fs.StringVar(&cfg.Region, "region", "us-east-1", "region in tunnel ARNs and device notifications")
+	fs.StringVar(&cfg.AccountID, "account-id", "123456789012", "account ID in tunnel ARNs")
+	fs.IntVar(&cfg.MaxServicesPerTunnel, "max-services", 3, "services per tunnel (AWS: 3)")
+	fs.IntVar(&cfg.MaxOpenTunnels, "max-open-tunnels", 0, "open tunnels at once (0 = unlimited)")
+	fs.IntVar(&cfg.MaxLifetimeMinutes, "max-lifetime-minutes", 720, "longest tunnel lifetime and the default (AWS: 720)")
+	fs.DurationVar(&cfg.Retention, "retention", 0, "how long closed tunnels stay listable (default 3h)")
+	fs.Int64Var(&cfg.BandwidthLimit, "bandwidth-limit", 0, "bytes per second per tunnel direction (0 = unlimited)")
+	fs.StringVar(&cfg.PostgresDSN, "postgres", os.Getenv("SECTUN_POSTGRES_DSN"), "PostgreSQL DSN instead of SQLite (env SECTUN_POSTGRES_DSN)")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	logFormat := fs.String("log-format", "text", "text or json")
+	configFile := fs.String("config", "", "file of `name = value` lines using these option names")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: tunneld [options]\n\nA self-hosted, AWS-compatible secure tunneling service.\n\nOptions:\n%s", fs.FlagUsages())
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *showVersion {
+		fmt.Fprintln(stdout, "tunneld", version.String())
+		return nil
+	}
+	if *configFile != "" {
+		if err := cliconf.ApplyFile(fs, *configFile); err != nil {
+			return err
+		}
+	}
+	if *selfSigned && (cfg.Plaintext || cfg.TLSCertFile != "") {
+		return errors.New("--tls-self-signed cannot be combined with --plaintext or --tls-cert")
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch *logFormat {
+	case "text":
+		cfg.Logger = slog.New(slog.NewTextHandler(stderr, opts))
+	case "json":
+		cfg.Logger = slog.New(slog.NewJSONHandler(stderr, opts))
+	default:
+		return fmt.Errorf("--log-format %q: want text or json", *logFormat)
+	}
+	cfg.Banner = stdout
+	srv, err := server.New(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	return srv.Run(ctx)
+}

@@ -1,0 +1,368 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/sectun/sectun/internal/certs"
+	"github.com/sectun/sectun/internal/server/api"
+	"github.com/sectun/sectun/internal/server/relay"
+	"github.com/sectun/sectun/internal/store"
+	"github.com/sectun/sectun/internal/store/postgres"
+	"github.com/sectun/sectun/internal/store/sqlite"
+)
+
+// Config configures tunneld. The zero value, with a DataDir, is a working
+// loopback development server.
+type Config struct {
+	// Listen is the address of the HTTPS (or HTTP) listener; default
+	// 127.0.0.1:8443.
+	Listen string
+	// DataDir holds the SQLite database, generated TLS material and
+	// generated credentials; default ./tunneld-data.
+	DataDir string
+	// TLSCertFile and TLSKeyFile are the server certificate and key (PEM).
+	// When both are empty and Plaintext is false, a development CA and a
+	// certificate for localhost and the listen host are made in
+	// DataDir/tls.
+	TLSCertFile, TLSKeyFile string
+	// TLSHosts are extra names or addresses for the generated certificate.
+	TLSHosts []string
+	// Plaintext serves HTTP and ws:// without TLS.
+	Plaintext bool
+	// NoAuth accepts unsigned management API requests.
+	NoAuth bool
+	// AllowInsecure permits Plaintext or NoAuth on a non-loopback address.
+	AllowInsecure bool
+	// CredentialsFiles are AWS shared-credentials files whose access keys may
+	// sign API requests. When empty (and NoAuth is false),
+	// DataDir/aws-credentials is used, created with a fresh key if missing.
+	CredentialsFiles []string
+	// Region and AccountID appear in tunnel ARNs and notifications; defaults
+	// us-east-1 and 123456789012.
+	Region, AccountID string
+	// MaxServicesPerTunnel (default 3, as AWS), MaxOpenTunnels (0 =
+	// unlimited) and MaxLifetimeMinutes (default 720) limit OpenTunnel.
+	MaxServicesPerTunnel, MaxOpenTunnels, MaxLifetimeMinutes int
+	// Retention is how long closed tunnels stay listable; default 3 h.
+	Retention time.Duration
+	// BandwidthLimit caps each tunnel direction in bytes per second; 0 = off.
+	BandwidthLimit int64
+	// PostgresDSN selects PostgreSQL storage instead of SQLite.
+	PostgresDSN string
+	// Notifier publishes tunnel notifications to devices; nil = none.
+	Notifier api.Notifier
+	// Logger receives structured logs; nil discards them.
+	Logger *slog.Logger
+	// Banner, when set, receives a few lines saying how to use the server.
+	Banner io.Writer
+}
+
+// Server is a running tunneld.
+type Server struct {
+	cfg      Config
+	logger   *slog.Logger
+	store    store.Store
+	api      *api.Server
+	relay    *relay.Relay
+	ln       net.Listener
+	http     *http.Server
+	registry *prometheus.Registry
+	scheme   string
+	caPath   string
+	credPath string
+
+	closeOnce sync.Once
+}
+
+// New opens storage, prepares TLS and credentials and binds the listener.
+func New(ctx context.Context, cfg Config) (*Server, error) {
+	if cfg.Listen == "" {
+		cfg.Listen = "127.0.0.1:8443"
+	}
+	if cfg.DataDir == "" {
+		cfg.DataDir = "tunneld-data"
+	}
+	if cfg.Region == "" {
+		cfg.Region = "us-east-1"
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	host, _, err := net.SplitHostPort(cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("tunneld: --listen %q: %w", cfg.Listen, err)
+	}
+	if !isLoopback(host) && !cfg.AllowInsecure {
+		if cfg.Plaintext {
+			return nil, fmt.Errorf("tunneld: refusing plaintext on non-loopback address %s: give --tls-cert/--tls-key (or --tls-self-signed), or pass --allow-insecure", cfg.Listen)
+		}
+		if cfg.NoAuth {
+			return nil, fmt.Errorf("tunneld: refusing --no-auth on non-loopback address %s: configure access keys, or pass --allow-insecure", cfg.Listen)
+		}
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("tunneld: data directory: %w", err)
+	}
+	s := &Server{cfg: cfg, logger: logger, registry: prometheus.NewRegistry(), scheme: "https"}
+
+	var tlsConfig *tls.Config
+	if !cfg.Plaintext {
+		if tlsConfig, err = s.setupTLS(host); err != nil {
+			return nil, err
+		}
+	} else {
+		s.scheme = "http"
+	}
+
+	creds := map[string]string{}
+	if !cfg.NoAuth {
+		files := cfg.CredentialsFiles
+		if len(files) == 0 {
+			s.credPath = filepath.Join(cfg.DataDir, "aws-credentials")
+			if _, err := ensureCredentialsFile(s.credPath); err != nil {
+				return nil, fmt.Errorf("tunneld: credentials: %w", err)
+			}
+			files = []string{s.credPath}
+		}
+		if creds, err = loadCredentialFiles(files); err != nil {
+			return nil, fmt.Errorf("tunneld: %w", err)
+		}
+	}
+
+	if cfg.PostgresDSN != "" {
+		s.store, err = postgres.Open(ctx, cfg.PostgresDSN)
+	} else {
+		s.store, err = sqlite.Open(ctx, filepath.Join(cfg.DataDir, "tunneld.db"))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("tunneld: storage: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			s.store.Close()
+		}
+	}()
+
+	s.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	s.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "tunneld_tunnels_open", Help: "Tunnels in the OPEN state.",
+	}, func() float64 {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		n, err := s.store.CountOpen(ctx)
+		if err != nil {
+			return -1
+		}
+		return float64(n)
+	}))
+
+	s.relay, err = relay.New(relay.Config{
+		Authorizer:     &storeAuthorizer{store: s.store, now: time.Now, logger: logger},
+		Logger:         logger,
+		BandwidthLimit: cfg.BandwidthLimit,
+		Registerer:     s.registry,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("tunneld: relay: %w", err)
+	}
+	s.api, err = api.New(api.Config{
+		Store:                s.store,
+		Region:               cfg.Region,
+		AccountID:            cfg.AccountID,
+		MaxServicesPerTunnel: cfg.MaxServicesPerTunnel,
+		MaxOpenTunnels:       cfg.MaxOpenTunnels,
+		MaxLifetimeMinutes:   cfg.MaxLifetimeMinutes,
+		Retention:            cfg.Retention,
+		Credentials:          creds,
+		NoAuth:               cfg.NoAuth,
+		Peers:                s.relay,
+		Notifier:             cfg.Notifier,
+		Logger:               logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("tunneld: api: %w", err)
+	}
+
+	s.ln, err = net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("tunneld: %w", err)
+	}
+	if tlsConfig != nil {
+		s.ln = tls.NewListener(s.ln, tlsConfig)
+	}
+	s.http = &http.Server{
+		Handler:           s.routes(),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
+	}
+	ok = true
+	return s, nil
+}
+
+func (s *Server) setupTLS(listenHost string) (*tls.Config, error) {
+	certFile, keyFile := s.cfg.TLSCertFile, s.cfg.TLSKeyFile
+	if (certFile == "") != (keyFile == "") {
+		return nil, errors.New("tunneld: --tls-cert and --tls-key go together")
+	}
+	if certFile == "" {
+		hosts := append([]string{"localhost", "127.0.0.1", "::1"}, s.cfg.TLSHosts...)
+		if listenHost != "" && !isLoopback(listenHost) && net.ParseIP(listenHost) != nil && !net.ParseIP(listenHost).IsUnspecified() {
+			hosts = append(hosts, listenHost)
+		}
+		var err error
+		s.caPath, certFile, keyFile, err = certs.DevServer(filepath.Join(s.cfg.DataDir, "tls"), hosts)
+		if err != nil {
+			return nil, fmt.Errorf("tunneld: self-signed certificate: %w", err)
+		}
+	}
+	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("tunneld: TLS certificate: %w", err)
+	}
+	return &tls.Config{
+		Certificates: []tls.Certificate{pair},
+		MinVersion:   tls.VersionTLS12,
+		NextProtos:   []string{"http/1.1"},
+	}, nil
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func (s *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/tunnel", s.relay)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if _, err := s.store.CountOpen(ctx); err != nil {
+			http.Error(w, "storage unavailable", http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ok\n")
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{}))
+	mux.Handle("/", apiDeadlines(s.api))
+	return mux
+}
+
+// apiDeadlines bounds how long one API request may take to arrive and be
+// answered, so slow clients cannot hold connections (the server-wide
+// timeouts must stay off for long-lived WebSockets).
+func apiDeadlines(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rc := http.NewResponseController(w)
+		rc.SetReadDeadline(time.Now().Add(30 * time.Second))
+		rc.SetWriteDeadline(time.Now().Add(30 * time.Second))
+		h.ServeHTTP(w, r)
+	})
+}
+
+// Addr returns the listener's address.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// URL returns the base URL of the API (https://host:port or http://...).
+func (s *Server) URL() string { return s.scheme + "://" + s.ln.Addr().String() }
+
+// CAPath returns the generated development CA's path, or "".
+func (s *Server) CAPath() string { return s.caPath }
+
+// CredentialsPath returns the generated credentials file, or "".
+func (s *Server) CredentialsPath() string { return s.credPath }
+
+// Run serves until ctx ends, then shuts down: the listener closes, API
+// requests in flight finish, WebSockets get a going-away close frame.
+func (s *Server) Run(ctx context.Context) error {
+	s.printBanner()
+	errc := make(chan error, 2)
+	sweepCtx, stopSweep := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.api.Run(sweepCtx)
+	}()
+	go func() { errc <- s.http.Serve(s.ln) }()
+	s.logger.Info("tunneld listening", "addr", s.ln.Addr().String(), "tls", s.scheme == "https")
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s.http.Shutdown(shutCtx)
+	s.relay.Shutdown(shutCtx)
+	stopSweep()
+	wg.Wait()
+	s.Close()
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+// Close releases storage. Run calls it; it is idempotent.
+func (s *Server) Close() error {
+	var err error
+	s.closeOnce.Do(func() {
+		s.ln.Close()
+		err = s.store.Close()
+	})
+	return err
+}
+
+func (s *Server) printBanner() {
+	w := s.cfg.Banner
+	if w == nil {
+		return
+	}
+	base := s.URL()
+	wsBase := strings.Replace(base, "http", "ws", 1)
+	fmt.Fprintf(w, "tunneld is listening on %s\n", base)
+	var env []string
+	if s.caPath != "" {
+		fmt.Fprintf(w, "  TLS: self-signed; trust the CA at %s\n", s.caPath)
+		env = append(env, "AWS_CA_BUNDLE="+s.caPath)
+	}
+	if s.credPath != "" {
+		fmt.Fprintf(w, "  API access key: %s\n", s.credPath)
+		env = append(env, "AWS_SHARED_CREDENTIALS_FILE="+s.credPath)
+	}
+	env = append(env, "AWS_REGION="+s.cfg.Region)
+	fmt.Fprintf(w, "Open a tunnel:\n  export %s\n", strings.Join(env, " "))
+	fmt.Fprintf(w, "  aws iotsecuretunneling open-tunnel --endpoint-url %s --destination-config services=SSH\n", base)
+	caFlag := ""
+	if s.caPath != "" {
+		caFlag = " -c " + s.caPath
+	}
+	fmt.Fprintf(w, "Connect its ends (tokens from the open-tunnel output):\n")
+	fmt.Fprintf(w, "  localproxy -m dst -e %s%s -d SSH=localhost:22 -t <destinationAccessToken>\n", wsBase, caFlag)
+	fmt.Fprintf(w, "  localproxy -m src -e %s%s -s SSH=5555 -t <sourceAccessToken>\n", wsBase, caFlag)
+	fmt.Fprintf(w, "  ssh -p 5555 user@localhost\n")
+}

@@ -1,0 +1,256 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
+	"github.com/aws/aws-sdk-go-v2/aws"
+)
+
+// binDir holds the binaries built once for the whole package.
+var binDir string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "sectun-e2e-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	cmd := exec.Command("go", "build", "-o", dir, "../../cmd/...")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building binaries:", err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	binDir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func bin(name string) string { return filepath.Join(binDir, name) }
+
+// proc is a started binary whose output is collected for assertions and
+// shown when the test fails.
+type proc struct {
+	t    *testing.T
+	name string
+	cmd  *exec.Cmd
+	mu   sync.Mutex
+	out  bytes.Buffer
+	done chan struct{}
+	err  error
+	// lines receives every output line (dropped when nobody listens).
+	lines chan string
+}
+
+func start(t *testing.T, name string, env []string, args ...string) *proc {
+	t.Helper()
+	p := &proc{t: t, name: name, done: make(chan struct{}), lines: make(chan string, 1024)}
+	p.cmd = exec.Command(bin(name), args...)
+	p.cmd.Env = append(os.Environ(), env...)
+	pr, pw := io.Pipe()
+	p.cmd.Stdout, p.cmd.Stderr = pw, pw
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			line := sc.Text()
+			p.mu.Lock()
+			p.out.WriteString(line + "\n")
+			p.mu.Unlock()
+			select {
+			case p.lines <- line:
+			default:
+			}
+		}
+	}()
+	go func() {
+		p.err = p.cmd.Wait()
+		pw.Close()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.stop()
+		if t.Failed() {
+			t.Logf("--- output of %s %s:\n%s", name, strings.Join(args, " "), p.output())
+		}
+	})
+	return p
+}
+
+func (p *proc) output() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.out.String()
+}
+
+// stop sends SIGTERM and waits (killing after 10 s).
+func (p *proc) stop() {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	p.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// waitLine waits for an output line matching re and returns its submatches.
+func (p *proc) waitLine(re string, timeout time.Duration) []string {
+	p.t.Helper()
+	rx := regexp.MustCompile(re)
+	deadline := time.After(timeout)
+	for {
+		select {
+		case line := <-p.lines:
+			if m := rx.FindStringSubmatch(line); m != nil {
+				return m
+			}
+		case <-p.done:
+			// Drain what is left.
+			for {
+				select {
+				case line := <-p.lines:
+					if m := rx.FindStringSubmatch(line); m != nil {
+						return m
+					}
+				default:
+					p.t.Fatalf("%s exited (%v) before printing %q", p.name, p.err, re)
+				}
+			}
+		case <-deadline:
+			p.t.Fatalf("%s did not print %q within %v", p.name, re, timeout)
+		}
+	}
+}
+
+// waitExit waits for the process to end and returns its exit code.
+func (p *proc) waitExit(timeout time.Duration) int {
+	p.t.Helper()
+	select {
+	case <-p.done:
+		return p.cmd.ProcessState.ExitCode()
+	case <-time.After(timeout):
+		p.t.Fatalf("%s still running after %v", p.name, timeout)
+		return -1
+	}
+}
+
+// tunneld is a running tunneld with an API client.
+type tunneld struct {
+	*proc
+	url     string // http(s)://127.0.0.1:port
+	wsURL   string
+	dataDir string
+	keyID   string
+	secret  string
+	client  *http.Client
+}
+
+func startTunneld(t *testing.T, extra ...string) *tunneld {
+	t.Helper()
+	dir := t.TempDir()
+	args := append([]string{"--listen", "127.0.0.1:0", "--data-dir", dir, "--plaintext"}, extra...)
+	p := start(t, "tunneld", nil, args...)
+	m := p.waitLine(`listening on (\S+)`, 30*time.Second)
+	d := &tunneld{proc: p, url: m[1], dataDir: dir, client: &http.Client{Timeout: 30 * time.Second}}
+	d.wsURL = strings.Replace(d.url, "http", "ws", 1)
+	creds, err := os.ReadFile(filepath.Join(dir, "aws-credentials"))
+	if err == nil {
+		d.keyID = regexp.MustCompile(`aws_access_key_id = (\S+)`).FindStringSubmatch(string(creds))[1]
+		d.secret = regexp.MustCompile(`aws_secret_access_key = (\S+)`).FindStringSubmatch(string(creds))[1]
+	}
+	return d
+}
+
+// call invokes a management API operation, signed with SigV4, and decodes
+// the JSON answer into out. It returns the HTTP status.
+func (d *tunneld) call(t *testing.T, op string, in, out any) int {
+	t.Helper()
+	body, _ := json.Marshal(in)
+	req, _ := http.NewRequest("POST", d.url+"/", bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/x-amz-json-1.1")
+	req.Header.Set("X-Amz-Target", "IoTSecuredTunneling."+op)
+	sum := sha256.Sum256(body)
+	if d.keyID != "" {
+		err := v4.NewSigner().SignHTTP(context.Background(), aws.Credentials{AccessKeyID: d.keyID, SecretAccessKey: d.secret},
+			req, hex.EncodeToString(sum[:]), "IoTSecuredTunneling", "us-east-1", time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	resp, err := d.client.Do(req)
+	if err != nil {
+		t.Fatalf("%s: %v", op, err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	if out != nil && len(data) > 0 {
+		if err := json.Unmarshal(data, out); err != nil {
+			t.Fatalf("%s: decoding %q: %v", op, data, err)
+		}
+	}
+	return resp.StatusCode
+}
+
+type openTunnelOut struct {
+	TunnelID               string `json:"tunnelId"`
+	TunnelArn              string `json:"tunnelArn"`
+	SourceAccessToken      string `json:"sourceAccessToken"`
+	DestinationAccessToken string `json:"destinationAccessToken"`
+}
+
+func (d *tunneld) openTunnel(t *testing.T, thing string, services ...string) openTunnelOut {
+	t.Helper()
+	in := map[string]any{}
+	if thing != "" || len(services) > 0 {
+		dc := map[string]any{"services": services}
+		if thing != "" {
+			dc["thingName"] = thing
+		}
+		in["destinationConfig"] = dc
+	}
+	var out openTunnelOut
+	if code := d.call(t, "OpenTunnel", in, &out); code != 200 {
+		t.Fatalf("OpenTunnel: HTTP %d %+v", code, out)
+	}
+	return out
+}
+
+// freePort returns a TCP port that was free a moment ago on 127.0.0.1, for
+// programs that cannot listen on :0 and report the port.
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
