@@ -21,9 +21,13 @@ type FrameReader struct {
 const readerBufferSize = FrameHeaderSize + MaxMessageSize
 
 // NewFrameReader returns a FrameReader reading from r. Its buffer is
-// allocated once, sized for the largest frame.
+// allocated once, sized for the largest frame, and is all it ever holds.
 func NewFrameReader(r io.Reader) *FrameReader {
-	return &FrameReader{br: bufio.NewReaderSize(r, readerBufferSize)}
+	// Not bufio.NewReaderSize(r, ...): it would adopt r itself when r is a
+	// large enough *bufio.Reader, and Reset would then reset the caller's.
+	br := bufio.NewReaderSize(nil, readerBufferSize)
+	br.Reset(r)
+	return &FrameReader{br: br}
 }
 
 // Reset makes fr read from r, keeping its buffer.
@@ -86,17 +90,32 @@ func (fr *FrameReader) Buffered() int { return fr.br.Buffered() - fr.last }
 
 // AppendFrame appends m as a tunnel frame (length prefix and encoding) to b.
 // It fails with ErrTooLarge if the payload or the encoding exceeds the
-// protocol limits.
+// protocol limits, and with ErrMalformed if m encodes to nothing (every field
+// zero), since receivers reject empty frames. On error b is returned
+// unchanged.
 func AppendFrame(b []byte, m *Message) ([]byte, error) {
-	if len(m.Payload) > MaxPayloadSize {
-		return b, fmt.Errorf("%w: payload of %d bytes exceeds %d", ErrTooLarge, len(m.Payload), MaxPayloadSize)
-	}
-	n := m.Size()
-	if n > MaxMessageSize {
-		return b, fmt.Errorf("%w: message of %d bytes exceeds %d", ErrTooLarge, n, MaxMessageSize)
+	n, err := frameSize(m)
+	if err != nil {
+		return b, err
 	}
 	b = binary.BigEndian.AppendUint16(b, uint16(n))
 	return m.AppendMarshal(b), nil
+}
+
+// frameSize returns the size of m's encoding after checking it against the
+// protocol limits.
+func frameSize(m *Message) (int, error) {
+	if len(m.Payload) > MaxPayloadSize {
+		return 0, fmt.Errorf("%w: payload of %d bytes exceeds %d", ErrTooLarge, len(m.Payload), MaxPayloadSize)
+	}
+	n := m.Size()
+	if n > MaxMessageSize {
+		return 0, fmt.Errorf("%w: message of %d bytes exceeds %d", ErrTooLarge, n, MaxMessageSize)
+	}
+	if n == 0 {
+		return 0, fmt.Errorf("%w: empty message (type not set)", ErrMalformed)
+	}
+	return n, nil
 }
 
 // MessageWriter sends one WebSocket binary message per call. The slice is
@@ -128,26 +147,31 @@ func NewFrameWriter(w MessageWriter, maxMessage int) *FrameWriter {
 }
 
 // Write appends m as a tunnel frame, first sending the buffered frames as one
-// message if m would not fit beside them.
+// message if m would not fit beside them. A message AppendFrame would refuse
+// is refused the same way, and nothing is sent or buffered for it.
 func (fw *FrameWriter) Write(m *Message) error {
+	n, err := frameSize(m)
+	if err != nil {
+		return err
+	}
 	if fw.buf == nil {
 		fw.buf = make([]byte, 0, fw.max)
 	}
-	if len(fw.buf)+FrameHeaderSize+m.Size() > fw.max {
+	if len(fw.buf)+FrameHeaderSize+n > fw.max {
 		if err := fw.Flush(); err != nil {
 			return err
 		}
 	}
-	b, err := AppendFrame(fw.buf, m)
-	if err != nil {
-		return err
-	}
-	fw.buf = b
+	fw.buf = binary.BigEndian.AppendUint16(fw.buf, uint16(n))
+	fw.buf = m.AppendMarshal(fw.buf)
 	return nil
 }
 
 // WriteFrame appends an already encoded Message (without length prefix) as
-// a tunnel frame. It is used to forward frames without decoding them twice.
+// a tunnel frame, first sending the buffered frames if it would not fit
+// beside them. It is used to forward frames without encoding them again; the
+// bytes are copied, not checked. An empty frame wraps ErrMalformed, one over
+// MaxMessageSize ErrTooLarge.
 func (fw *FrameWriter) WriteFrame(encoded []byte) error {
 	if len(encoded) == 0 {
 		return fmt.Errorf("%w: empty tunnel frame", ErrMalformed)
@@ -175,7 +199,9 @@ func (fw *FrameWriter) Buffered() int { return len(fw.buf) }
 func (fw *FrameWriter) Available() int { return fw.max - len(fw.buf) }
 
 // Flush sends the buffered frames as one WebSocket message. It does nothing
-// when no frame is buffered.
+// when no frame is buffered. The buffer is emptied even when WriteMessage
+// fails: after a write error the connection is unusable and the frames are
+// lost.
 func (fw *FrameWriter) Flush() error {
 	if len(fw.buf) == 0 {
 		return nil

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protowire"
 )
@@ -110,7 +111,9 @@ func (m *Message) Size() int {
 }
 
 // AppendMarshal appends m's protobuf encoding to b, field by field in schema
-// order, exactly as protobuf's deterministic encoder does.
+// order, exactly as protobuf's deterministic encoder does. It checks no
+// limits (AppendFrame does) and does not check that ServiceID and
+// AvailableServiceIDs are valid UTF-8, which protobuf peers require.
 func (m *Message) AppendMarshal(b []byte) []byte {
 	if m.Type != 0 {
 		b = protowire.AppendTag(b, fieldType, protowire.VarintType)
@@ -147,10 +150,14 @@ func (m *Message) AppendMarshal(b []byte) []byte {
 func (m *Message) Marshal() []byte { return m.AppendMarshal(make([]byte, 0, m.Size())) }
 
 // Unmarshal decodes b into m, replacing all of m's fields. m.Payload aliases
-// b (it is not copied); AvailableServiceIDs reuses m's previous slice. Fields
-// outside the schema, wrong wire types and truncated input are errors
-// wrapping ErrMalformed. A service ID repeated in the encoding keeps the last
-// value, as protobuf does.
+// b (it is not copied; its capacity ends with the field); AvailableServiceIDs reuses the backing array of m's
+// previous slice, and a ServiceID equal to m's previous one reuses that
+// string, so decoding a stream of messages into one Message does not
+// allocate. Fields outside the schema, wrong wire types, truncated input and
+// strings that are not valid UTF-8 (rejected by protobuf's proto3 decoders
+// too) are errors wrapping ErrMalformed; a payload over MaxPayloadSize wraps
+// ErrTooLarge. A field repeated in the encoding keeps its last value, as
+// protobuf does. After an error m holds an unspecified partial decoding.
 func (m *Message) Unmarshal(b []byte) error {
 	ids := m.AvailableServiceIDs[:0]
 	prevService := m.ServiceID
@@ -195,12 +202,17 @@ func (m *Message) Unmarshal(b []byte) error {
 			return fmt.Errorf("%w: field %d: %v", ErrMalformed, num, protowire.ParseError(n))
 		}
 		b = b[n:]
+		if num != fieldPayload && !utf8.Valid(v) {
+			return fmt.Errorf("%w: field %d is not valid UTF-8", ErrMalformed, num)
+		}
 		switch num {
 		case fieldPayload:
 			if len(v) > MaxPayloadSize {
 				return fmt.Errorf("%w: payload of %d bytes exceeds %d", ErrTooLarge, len(v), MaxPayloadSize)
 			}
-			m.Payload = v
+			// Capped so that appending to Payload can never overwrite the
+			// rest of the input (a FrameReader's buffered frames).
+			m.Payload = v[:len(v):len(v)]
 		case fieldServiceID:
 			if string(v) == prevService {
 				m.ServiceID = prevService // no allocation for the common repeat

@@ -5,7 +5,10 @@ import (
 	"fmt"
 )
 
-// Role is who sent a message: one of the two local proxies or the service.
+// Role is who sent a message, as seen by its receiver: one of the two local
+// proxies (checked by the service), or the service (checked by a local
+// proxy, for everything it reads from its WebSocket: the service's own
+// messages and those it relays from the other end).
 type Role int
 
 // The roles of a tunnel.
@@ -15,6 +18,7 @@ const (
 	RoleService
 )
 
+// String returns "source", "destination" or "service".
 func (r Role) String() string {
 	switch r {
 	case RoleSource:
@@ -51,16 +55,34 @@ type RuleError struct {
 	From Role
 }
 
+// Error describes the violation, e.g. "wire: invalid STREAM_START from
+// destination: only the source may start streams".
 func (e *RuleError) Error() string {
 	return fmt.Sprintf("wire: invalid %v from %v: %s", e.Type, e.From, e.Rule)
 }
 
+// Unwrap returns ErrInvalidMessage.
 func (e *RuleError) Unwrap() error { return ErrInvalidMessage }
 
-// Validate checks m against the protocol's rules for a message sent by from.
-// It returns nil for an unknown type marked ignorable (callers skip such
-// messages: see Type.Known). Service-ID membership and stream state are the
-// receiver's business, not checked here.
+// Validate checks m against the protocol's rules for a message sent by from,
+// and returns a *RuleError for the first rule broken:
+//   - the type is set (RuleTypeSet); an unknown type must be ignorable
+//     (RuleUnknownType), and an ignorable unknown type passes every other
+//     check (callers skip such messages: see Type.Known);
+//   - the payload is at most MaxPayloadSize (RulePayloadSize);
+//   - SESSION_RESET and SERVICE_IDS come only from the service
+//     (RuleServiceOnly) and need nothing else;
+//   - STREAM_START comes from the source, or from the service relaying it
+//     (RuleStartFromSource);
+//   - availableServiceIds appears only in SERVICE_IDS (RuleNoServiceIDsList);
+//   - every other known type (DATA, STREAM_START, STREAM_RESET,
+//     CONNECTION_START, CONNECTION_RESET) has a non-zero stream id
+//     (RuleStreamIDSet).
+//
+// A Role other than the three defined ones is held to a local proxy's rules
+// and fails RuleStartFromSource for STREAM_START. Service-ID membership and
+// stream state depend on the tunnel and are the receiver's business, not
+// checked here.
 func (m *Message) Validate(from Role) error {
 	fail := func(r Rule) error { return &RuleError{Rule: r, Type: m.Type, From: from} }
 	if m.Type == TypeUnknown {
@@ -82,7 +104,8 @@ func (m *Message) Validate(from Role) error {
 		}
 		return nil
 	case TypeStreamStart:
-		if from != RoleSource {
+		// The service relays the source's STREAM_START to the destination.
+		if from != RoleSource && from != RoleService {
 			return fail(RuleStartFromSource)
 		}
 	}
