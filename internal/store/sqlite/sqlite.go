@@ -1,0 +1,421 @@
+package sqlite
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+
+	"github.com/sectun/sectun/internal/store"
+	"github.com/sectun/sectun/internal/store/internal/rowcodec"
+)
+
+// Memory is the path that opens a private in-memory database (for tests):
+// one connection serves reads and writes, and the data is gone on Close.
+const Memory = ":memory:"
+
+// busyTimeout bounds how long a statement waits for a lock held by another
+// process (or by a checkpoint) before failing with SQLITE_BUSY.
+const busyTimeout = 10 * time.Second
+
+// Store is a store.Store on one SQLite file. Make it with Open.
+type Store struct {
+	w *sql.DB // one connection, BEGIN IMMEDIATE: every write
+	r *sql.DB // read-only pool; w itself for Memory
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+var _ store.Store = (*Store)(nil)
+
+// Open opens (creating if needed) the database file at path, or a private
+// in-memory database for Memory, and brings its schema up to date.
+func Open(ctx context.Context, path string) (*Store, error) {
+	if path == "" {
+		return nil, errors.New("sqlite: empty database path")
+	}
+	// The driver splits the DSN at the first '?', and a "file:" prefix
+	// would make it a URI: refuse both rather than open some other file.
+	if strings.ContainsRune(path, '?') || strings.HasPrefix(path, "file:") {
+		return nil, fmt.Errorf("sqlite: database path %q must not contain '?' or start with \"file:\"", path)
+	}
+	common := url.Values{}
+	common.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", busyTimeout.Milliseconds()))
+	common.Add("_pragma", "foreign_keys(1)")
+
+	wq := url.Values{}
+	for k, v := range common {
+		wq[k] = append([]string(nil), v...)
+	}
+	wq.Add("_txlock", "immediate")
+	if path != Memory {
+		wq.Add("_pragma", "journal_mode(WAL)")
+		// With WAL, NORMAL loses no committed transaction on an application
+		// crash, only (maybe) the last ones on a power failure, and saves an
+		// fsync per commit.
+		wq.Add("_pragma", "synchronous(NORMAL)")
+	}
+	w, err := sql.Open("sqlite", path+"?"+wq.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+	}
+	// One writer connection: writers queue in database/sql instead of
+	// spinning on SQLITE_BUSY, and Update's transaction owns the file.
+	w.SetMaxOpenConns(1)
+	w.SetMaxIdleConns(1)
+	w.SetConnMaxLifetime(0)
+	w.SetConnMaxIdleTime(0)
+	s := &Store{w: w, r: w}
+	if err := migrate(ctx, w); err != nil {
+		w.Close()
+		return nil, fmt.Errorf("sqlite: %s: %w", path, err)
+	}
+	if path != Memory {
+		rq := common
+		rq.Add("_pragma", "query_only(1)")
+		r, err := sql.Open("sqlite", path+"?"+rq.Encode())
+		if err != nil {
+			w.Close()
+			return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+		}
+		n := max(4, runtime.GOMAXPROCS(0))
+		r.SetMaxOpenConns(n)
+		r.SetMaxIdleConns(n) // opening a connection parses the schema: keep them
+		r.SetConnMaxLifetime(0)
+		r.SetConnMaxIdleTime(0)
+		s.r = r
+	}
+	return s, nil
+}
+
+// Close closes the database. It is idempotent; calls after the first
+// return the first call's result.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		var rerr error
+		if s.r != s.w {
+			rerr = s.r.Close()
+		}
+		s.closeErr = errors.Join(rerr, s.w.Close())
+		if s.closeErr != nil {
+			s.closeErr = fmt.Errorf("sqlite: close: %w", s.closeErr)
+		}
+	})
+	return s.closeErr
+}
+
+const columns = `id, arn, description, status, thing_name, services,
+	lifetime_minutes, tags, created_at, updated_at, expires_at, closed_at,
+	src_token_hash, src_client_token_hash, src_consumed, src_connected, src_updated_at,
+	dst_token_hash, dst_client_token_hash, dst_consumed, dst_connected, dst_updated_at`
+
+// values returns t's column values in the order of columns.
+func values(t *store.Tunnel) []any {
+	return []any{
+		t.ID, t.ARN, t.Description, string(t.Status), t.ThingName, rowcodec.Services(t.Services),
+		t.LifetimeMinutes, rowcodec.Tags(t.Tags),
+		rowcodec.Micro(t.CreatedAt), rowcodec.Micro(t.UpdatedAt), rowcodec.Micro(t.ExpiresAt), rowcodec.NullMicro(t.ClosedAt),
+		rowcodec.Hash(t.Source.TokenHash), rowcodec.Hash(t.Source.ClientTokenHash), t.Source.Consumed, t.Source.Connected, rowcodec.NullMicro(t.Source.UpdatedAt),
+		rowcodec.Hash(t.Destination.TokenHash), rowcodec.Hash(t.Destination.ClientTokenHash), t.Destination.Consumed, t.Destination.Connected, rowcodec.NullMicro(t.Destination.UpdatedAt),
+	}
+}
+
+type scanner interface{ Scan(dest ...any) error }
+
+func scanTunnel(row scanner) (*store.Tunnel, error) {
+	var (
+		t                         store.Tunnel
+		status                    string
+		services, tags            []byte
+		created, updated, expires int64
+		closed, srcUpd, dstUpd    *int64
+	)
+	err := row.Scan(&t.ID, &t.ARN, &t.Description, &status, &t.ThingName, &services,
+		&t.LifetimeMinutes, &tags, &created, &updated, &expires, &closed,
+		&t.Source.TokenHash, &t.Source.ClientTokenHash, &t.Source.Consumed, &t.Source.Connected, &srcUpd,
+		&t.Destination.TokenHash, &t.Destination.ClientTokenHash, &t.Destination.Consumed, &t.Destination.Connected, &dstUpd)
+	if err != nil {
+		return nil, err
+	}
+	t.Status = store.Status(status)
+	if t.Services, err = rowcodec.ParseServices(services); err != nil {
+		return nil, fmt.Errorf("%w (tunnel %s)", err, t.ID)
+	}
+	if t.Tags, err = rowcodec.ParseTags(tags); err != nil {
+		return nil, fmt.Errorf("%w (tunnel %s)", err, t.ID)
+	}
+	t.CreatedAt = rowcodec.FromMicro(created)
+	t.UpdatedAt = rowcodec.FromMicro(updated)
+	t.ExpiresAt = rowcodec.FromMicro(expires)
+	t.ClosedAt = rowcodec.FromNullMicro(closed)
+	t.Source.UpdatedAt = rowcodec.FromNullMicro(srcUpd)
+	t.Destination.UpdatedAt = rowcodec.FromNullMicro(dstUpd)
+	t.Source.TokenHash = rowcodec.Hash(t.Source.TokenHash)
+	t.Source.ClientTokenHash = rowcodec.Hash(t.Source.ClientTokenHash)
+	t.Destination.TokenHash = rowcodec.Hash(t.Destination.TokenHash)
+	t.Destination.ClientTokenHash = rowcodec.Hash(t.Destination.ClientTokenHash)
+	return &t, nil
+}
+
+func scanAll(rows *sql.Rows) ([]*store.Tunnel, error) {
+	defer rows.Close()
+	var ts []*store.Tunnel
+	for rows.Next() {
+		t, err := scanTunnel(rows)
+		if err != nil {
+			return nil, err
+		}
+		ts = append(ts, t)
+	}
+	return ts, rows.Err()
+}
+
+// writeErr maps constraint violations to the store's sentinels.
+func writeErr(op, id string, err error) error {
+	var se *sqlite.Error
+	if errors.As(err, &se) {
+		switch se.Code() {
+		case sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY, sqlite3.SQLITE_CONSTRAINT_UNIQUE:
+			// tunnels.id (ID taken) or tokens.hash (hash in use).
+			return fmt.Errorf("sqlite: %s %s: %w (%v)", op, id, store.ErrExists, err)
+		case sqlite3.SQLITE_CONSTRAINT_CHECK:
+			return fmt.Errorf("sqlite: %s %s: %w: %v", op, id, store.ErrInvalidTunnel, err)
+		}
+	}
+	return fmt.Errorf("sqlite: %s %s: %w", op, id, err)
+}
+
+// execer is a *sql.Tx or *sql.DB.
+type execer interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
+// putTokens makes the tokens rows of t's ends match t, given the hashes
+// they had before (nil for a new tunnel).
+func putTokens(ctx context.Context, tx execer, t *store.Tunnel, oldSrc, oldDst []byte) error {
+	ends := []struct {
+		mode     store.Mode
+		old, new []byte
+	}{
+		{store.ModeSource, oldSrc, t.Source.TokenHash},
+		{store.ModeDestination, oldDst, t.Destination.TokenHash},
+	}
+	// Delete every changed end before inserting, so swapping two hashes
+	// works.
+	for _, e := range ends {
+		if len(e.old) > 0 && !bytes.Equal(e.old, e.new) {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM tokens WHERE tunnel_id = ? AND mode = ?`, t.ID, string(e.mode)); err != nil {
+				return err
+			}
+		}
+	}
+	for _, e := range ends {
+		if len(e.new) > 0 && !bytes.Equal(e.old, e.new) {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO tokens (hash, tunnel_id, mode) VALUES (?, ?, ?)`, e.new, t.ID, string(e.mode)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Create implements store.Store.
+func (s *Store) Create(ctx context.Context, t *store.Tunnel) error {
+	if err := rowcodec.Validate(t); err != nil {
+		return err
+	}
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("sqlite: create %s: %w", t.ID, err)
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `INSERT INTO tunnels (`+columns+`)
+		VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`, values(t)...); err != nil {
+		return writeErr("create", t.ID, err)
+	}
+	if err := putTokens(ctx, tx, t, nil, nil); err != nil {
+		return writeErr("create", t.ID, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("sqlite: create %s: commit: %w", t.ID, err)
+	}
+	return nil
+}
+
+// Get implements store.Store.
+func (s *Store) Get(ctx context.Context, id string) (*store.Tunnel, error) {
+	t, err := scanTunnel(s.r.QueryRowContext(ctx, `SELECT `+columns+` FROM tunnels WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("sqlite: get %s: %w", id, store.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: get %s: %w", id, err)
+	}
+	return t, nil
+}
+
+// FindByToken implements store.Store.
+func (s *Store) FindByToken(ctx context.Context, tokenHash []byte) (*store.Tunnel, store.Mode, error) {
+	if len(tokenHash) == 0 {
+		return nil, "", fmt.Errorf("sqlite: find by token: empty hash: %w", store.ErrNotFound)
+	}
+	// Two primary-key lookups: tokens, then tunnels.
+	t, err := scanTunnel(s.r.QueryRowContext(ctx, `SELECT `+columns+` FROM tunnels
+		WHERE id = (SELECT tunnel_id FROM tokens WHERE hash = ?)`, tokenHash))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, "", fmt.Errorf("sqlite: find by token: %w", store.ErrNotFound)
+	}
+	if err != nil {
+		return nil, "", fmt.Errorf("sqlite: find by token: %w", err)
+	}
+	if bytes.Equal(t.Source.TokenHash, tokenHash) {
+		return t, store.ModeSource, nil
+	}
+	return t, store.ModeDestination, nil
+}
+
+// List implements store.Store. A Limit <= 0 means no limit.
+func (s *Store) List(ctx context.Context, opts store.ListOptions) ([]*store.Tunnel, string, error) {
+	var (
+		q     strings.Builder
+		args  []any
+		where []string
+	)
+	q.WriteString(`SELECT ` + columns + ` FROM tunnels`)
+	if opts.ThingName != "" {
+		where = append(where, `thing_name = ?`)
+		args = append(args, opts.ThingName)
+	}
+	if opts.Cursor != "" {
+		us, id, err := rowcodec.ParseCursor(opts.Cursor)
+		if err != nil {
+			return nil, "", fmt.Errorf("sqlite: list: %w", err)
+		}
+		where = append(where, `(created_at, id) < (?, ?)`)
+		args = append(args, us, id)
+	}
+	if len(where) > 0 {
+		q.WriteString(` WHERE ` + strings.Join(where, ` AND `))
+	}
+	q.WriteString(` ORDER BY created_at DESC, id DESC`)
+	if opts.Limit > 0 {
+		q.WriteString(` LIMIT ?`)
+		args = append(args, opts.Limit+1) // one more tells whether a next page exists
+	}
+	rows, err := s.r.QueryContext(ctx, q.String(), args...)
+	if err != nil {
+		return nil, "", fmt.Errorf("sqlite: list: %w", err)
+	}
+	ts, err := scanAll(rows)
+	if err != nil {
+		return nil, "", fmt.Errorf("sqlite: list: %w", err)
+	}
+	var next string
+	if opts.Limit > 0 && len(ts) > opts.Limit {
+		ts = ts[:opts.Limit]
+		last := ts[len(ts)-1]
+		next = rowcodec.Cursor(last.CreatedAt, last.ID)
+	}
+	return ts, next, nil
+}
+
+// Update implements store.Store. fn runs once, inside a BEGIN IMMEDIATE
+// transaction on the writer connection; it must not call s.
+func (s *Store) Update(ctx context.Context, id string, fn func(*store.Tunnel) error) (*store.Tunnel, error) {
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: update %s: %w", id, err)
+	}
+	defer tx.Rollback() // no-op after Commit
+	t, err := scanTunnel(tx.QueryRowContext(ctx, `SELECT `+columns+` FROM tunnels WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("sqlite: update %s: %w", id, store.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: update %s: %w", id, err)
+	}
+	oldSrc, oldDst := t.Source.TokenHash, t.Destination.TokenHash
+	if err := fn(t); err != nil {
+		return nil, err
+	}
+	if t.ID != id {
+		return nil, fmt.Errorf("%w: update %s changed the ID to %q", store.ErrInvalidTunnel, id, t.ID)
+	}
+	if err := rowcodec.Validate(t); err != nil {
+		return nil, err
+	}
+	v := values(t)
+	if _, err := tx.ExecContext(ctx, `UPDATE tunnels SET (`+columns+`)
+		= (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) WHERE id = ?`, append(v, id)...); err != nil {
+		return nil, writeErr("update", id, err)
+	}
+	if err := putTokens(ctx, tx, t, oldSrc, oldDst); err != nil {
+		return nil, writeErr("update", id, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, fmt.Errorf("sqlite: update %s: commit: %w", id, err)
+	}
+	rowcodec.Normalize(t)
+	return t, nil
+}
+
+// Delete implements store.Store.
+func (s *Store) Delete(ctx context.Context, id string) error {
+	res, err := s.w.ExecContext(ctx, `DELETE FROM tunnels WHERE id = ?`, id)
+	if err != nil {
+		return fmt.Errorf("sqlite: delete %s: %w", id, err)
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return fmt.Errorf("sqlite: delete %s: %w", id, err)
+	} else if n == 0 {
+		return fmt.Errorf("sqlite: delete %s: %w", id, store.ErrNotFound)
+	}
+	return nil
+}
+
+// CountOpen implements store.Store.
+func (s *Store) CountOpen(ctx context.Context) (int, error) {
+	var n int
+	if err := s.r.QueryRowContext(ctx, `SELECT count(*) FROM tunnels WHERE status = 'OPEN'`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("sqlite: count open: %w", err)
+	}
+	return n, nil
+}
+
+// OpenExpiringBefore implements store.Store. Tunnels come soonest-expiring
+// first.
+func (s *Store) OpenExpiringBefore(ctx context.Context, t time.Time) ([]*store.Tunnel, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT `+columns+` FROM tunnels
+		WHERE status = 'OPEN' AND expires_at < ? ORDER BY expires_at, id`, rowcodec.Micro(t))
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: open expiring: %w", err)
+	}
+	ts, err := scanAll(rows)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: open expiring: %w", err)
+	}
+	return ts, nil
+}
+
+// DeleteClosedBefore implements store.Store.
+func (s *Store) DeleteClosedBefore(ctx context.Context, t time.Time) (int, error) {
+	res, err := s.w.ExecContext(ctx, `DELETE FROM tunnels WHERE status = 'CLOSED' AND closed_at < ?`, rowcodec.Micro(t))
+	if err != nil {
+		return 0, fmt.Errorf("sqlite: delete closed: %w", err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, fmt.Errorf("sqlite: delete closed: %w", err)
+	}
+	return int(n), nil
+}

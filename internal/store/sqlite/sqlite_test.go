@@ -1,0 +1,352 @@
+package sqlite
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/sectun/sectun/internal/store"
+	"github.com/sectun/sectun/internal/store/storetest"
+	"github.com/sectun/sectun/internal/token"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func openFile(t testing.TB, path string) *Store {
+	t.Helper()
+	s, err := Open(context.Background(), path)
+	if err != nil {
+		t.Fatalf("Open(%s): %v", path, err)
+	}
+	return s
+}
+
+func TestConformance(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) store.Store {
+		return openFile(t, filepath.Join(t.TempDir(), "tunneld.db"))
+	})
+}
+
+func TestConformanceMemory(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) store.Store { return openFile(t, Memory) })
+}
+
+func tunnel(id string) (*store.Tunnel, string, string) {
+	src, srcHash := token.New()
+	dst, dstHash := token.New()
+	now := time.Now()
+	return &store.Tunnel{
+		ID: id, ARN: "arn:" + id, Status: store.StatusOpen, ThingName: "thing",
+		Services: []string{"SSH"}, LifetimeMinutes: 60,
+		CreatedAt: now, UpdatedAt: now, ExpiresAt: now.Add(time.Hour),
+		Source:      store.Peer{TokenHash: srcHash, UpdatedAt: now},
+		Destination: store.Peer{TokenHash: dstHash, UpdatedAt: now},
+	}, src, dst
+}
+
+// rawDB opens the file directly, bypassing Store, read-only.
+func rawDB(t *testing.T, path string) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("sqlite", path+"?_pragma=query_only(1)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+func TestReopen(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "tunneld.db")
+	s := openFile(t, path)
+	tun, _, _ := tunnel("persist")
+	if err := s.Create(ctx, tun); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Update(ctx, "persist", func(t *store.Tunnel) error {
+		t.Source.Connected = true
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// SQLite's schema cookie changes with any DDL: reopening a current file
+	// must leave it (and the recorded version) alone.
+	cookie := func() (schemaCookie, version int) {
+		db := rawDB(t, path)
+		defer db.Close()
+		if err := db.QueryRow(`PRAGMA schema_version`).Scan(&schemaCookie); err != nil {
+			t.Fatal(err)
+		}
+		if err := db.QueryRow(`SELECT version FROM schema_version`).Scan(&version); err != nil {
+			t.Fatal(err)
+		}
+		return schemaCookie, version
+	}
+	cookie1, v1 := cookie()
+	if v1 != len(migrations) {
+		t.Fatalf("schema_version = %d, want %d", v1, len(migrations))
+	}
+	for i := range 3 {
+		s := openFile(t, path)
+		got, err := s.Get(ctx, "persist")
+		if err != nil {
+			t.Fatalf("reopen %d: Get: %v", i, err)
+		}
+		if !got.Source.Connected || !bytes.Equal(got.Source.TokenHash, tun.Source.TokenHash) {
+			t.Errorf("reopen %d: tunnel not persisted: %+v", i, got)
+		}
+		if _, mode, err := s.FindByToken(ctx, tun.Destination.TokenHash); err != nil || mode != store.ModeDestination {
+			t.Errorf("reopen %d: FindByToken: %q %v", i, mode, err)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if c, v := cookie(); c != cookie1 || v != v1 {
+			t.Errorf("reopen %d changed the schema: cookie %d -> %d, version %d -> %d", i, cookie1, c, v1, v)
+		}
+	}
+	// WAL mode is persistent in the file.
+	var mode string
+	if err := rawDB(t, path).QueryRow(`PRAGMA journal_mode`).Scan(&mode); err != nil || mode != "wal" {
+		t.Errorf("journal_mode = %q, %v; want wal", mode, err)
+	}
+}
+
+func TestOpenConcurrently(t *testing.T) {
+	// Several processes (here: Stores) opening a new file at once apply
+	// the migrations exactly once.
+	path := filepath.Join(t.TempDir(), "tunneld.db")
+	var wg sync.WaitGroup
+	errs := make([]error, 4)
+	stores := make([]*Store, 4)
+	for i := range stores {
+		wg.Go(func() { stores[i], errs[i] = Open(context.Background(), path) })
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("Open %d: %v", i, err)
+			continue
+		}
+		stores[i].Close()
+	}
+}
+
+func TestNewerSchemaRefused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "tunneld.db")
+	openFile(t, path).Close()
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`UPDATE schema_version SET version = ?`, len(migrations)+1); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	s, err := Open(context.Background(), path)
+	if err == nil {
+		s.Close()
+		t.Fatal("Open of a newer schema succeeded")
+	}
+	if !strings.Contains(err.Error(), "newer") {
+		t.Errorf("error does not say why: %v", err)
+	}
+}
+
+func TestOpenBadPath(t *testing.T) {
+	for _, p := range []string{"", "a?b", "file:x.db", filepath.Join(t.TempDir(), "missing-dir", "x.db")} {
+		if s, err := Open(context.Background(), p); err == nil {
+			s.Close()
+			t.Errorf("Open(%q) succeeded", p)
+		}
+	}
+}
+
+// TestNoPlaintextTokens reads the database file and its table directly:
+// the token columns hold 32-byte SHA-256 hashes and no plaintext token
+// appears anywhere in the files.
+func TestNoPlaintextTokens(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "tunneld.db")
+	s := openFile(t, path)
+	var plains []string
+	for i := range 10 {
+		tun, src, dst := tunnel(fmt.Sprintf("t%d", i))
+		client := token.NewClientToken()
+		tun.Source.ClientTokenHash = token.Hash(client)
+		if err := s.Create(ctx, tun); err != nil {
+			t.Fatal(err)
+		}
+		plains = append(plains, src, dst, client)
+	}
+	// Reads go through WAL and the main file; check both before and after
+	// a checkpoint.
+	check := func(when string) {
+		db := rawDB(t, path)
+		rows, err := db.Query(`SELECT id, src_token_hash, dst_token_hash, src_client_token_hash,
+			typeof(src_token_hash), typeof(dst_token_hash) FROM tunnels`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for rows.Next() {
+			var id, ts, td string
+			var src, dst, client []byte
+			if err := rows.Scan(&id, &src, &dst, &client, &ts, &td); err != nil {
+				t.Fatal(err)
+			}
+			n++
+			if ts != "blob" || td != "blob" || len(src) != 32 || len(dst) != 32 || len(client) != 32 {
+				t.Errorf("%s: %s: token columns %s/%s of %d/%d/%d bytes, want 32-byte blobs", when, id, ts, td, len(src), len(dst), len(client))
+			}
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatal(err)
+		}
+		rows.Close()
+		if n != 10 {
+			t.Errorf("%s: %d rows", when, n)
+		}
+		var tokens, hashes32 int
+		if err := db.QueryRow(`SELECT count(*), count(CASE WHEN typeof(hash) = 'blob' AND length(hash) = 32 THEN 1 END)
+			FROM tokens`).Scan(&tokens, &hashes32); err != nil {
+			t.Fatal(err)
+		}
+		if tokens != 20 || hashes32 != 20 {
+			t.Errorf("%s: tokens table: %d rows, %d of them 32-byte blobs; want 20, 20", when, tokens, hashes32)
+		}
+		db.Close()
+		files, _ := filepath.Glob(path + "*")
+		for _, f := range files {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range plains {
+				if bytes.Contains(b, []byte(p)) {
+					t.Errorf("%s: %s holds a plaintext token", when, filepath.Base(f))
+				}
+			}
+		}
+	}
+	check("open")
+	if err := s.Close(); err != nil { // checkpoints the WAL into the file
+		t.Fatal(err)
+	}
+	check("closed")
+}
+
+// TestQueryPlans checks the query plans of the hot lookups: no
+// full scans of tunnels.
+func TestQueryPlans(t *testing.T) {
+	s := openFile(t, filepath.Join(t.TempDir(), "tunneld.db"))
+	defer s.Close()
+	h := make([]byte, 32)
+	tests := []struct {
+		name  string
+		query string
+		args  []any
+	}{
+		{"FindByToken", `SELECT ` + columns + ` FROM tunnels WHERE id = (SELECT tunnel_id FROM tokens WHERE hash = ?)`, []any{h}},
+		{"Get", `SELECT ` + columns + ` FROM tunnels WHERE id = ?`, []any{"x"}},
+		{"List page", `SELECT ` + columns + ` FROM tunnels WHERE (created_at, id) < (?, ?) ORDER BY created_at DESC, id DESC LIMIT 11`, []any{1, "x"}},
+		{"List thing", `SELECT ` + columns + ` FROM tunnels WHERE thing_name = ? ORDER BY created_at DESC, id DESC LIMIT 11`, []any{"x"}},
+		{"OpenExpiringBefore", `SELECT ` + columns + ` FROM tunnels WHERE status = 'OPEN' AND expires_at < ? ORDER BY expires_at, id`, []any{1}},
+		{"DeleteClosedBefore", `SELECT id FROM tunnels WHERE status = 'CLOSED' AND closed_at < ?`, []any{1}},
+		{"token rows of a tunnel", `SELECT hash FROM tokens WHERE tunnel_id = ? AND mode = ?`, []any{"x", "source"}},
+	}
+	for _, tt := range tests {
+		rows, err := s.r.Query(`EXPLAIN QUERY PLAN `+tt.query, tt.args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var plan []string
+		for rows.Next() {
+			var id, parent, notused int
+			var detail string
+			if err := rows.Scan(&id, &parent, &notused, &detail); err != nil {
+				t.Fatal(err)
+			}
+			plan = append(plan, detail)
+		}
+		rows.Close()
+		joined := strings.Join(plan, "; ")
+		if strings.Contains(joined, "SCAN tunnels") && !strings.Contains(joined, "USING INDEX") {
+			t.Errorf("%s: full table scan: %s", tt.name, joined)
+		}
+		if strings.Contains(joined, "USE TEMP B-TREE") {
+			t.Errorf("%s: sorts in a temp b-tree: %s", tt.name, joined)
+		}
+		t.Logf("%s: %s", tt.name, joined)
+	}
+}
+
+// TestConcurrentWritersNoBusy hammers the store with writers and readers:
+// no SQLITE_BUSY (or any other error) may surface.
+func TestConcurrentWritersNoBusy(t *testing.T) {
+	ctx := context.Background()
+	s := openFile(t, filepath.Join(t.TempDir(), "tunneld.db"))
+	defer s.Close()
+	var wg sync.WaitGroup
+	errc := make(chan error, 1000)
+	for w := range 8 {
+		wg.Go(func() {
+			for i := range 20 {
+				tun, _, _ := tunnel(fmt.Sprintf("w%d-%d", w, i))
+				if err := s.Create(ctx, tun); err != nil {
+					errc <- err
+					return
+				}
+				if _, err := s.Update(ctx, tun.ID, func(t *store.Tunnel) error { t.Source.Connected = true; return nil }); err != nil {
+					errc <- err
+					return
+				}
+				if _, _, err := s.List(ctx, store.ListOptions{Limit: 5}); err != nil {
+					errc <- err
+					return
+				}
+				if _, _, err := s.FindByToken(ctx, tun.Destination.TokenHash); err != nil {
+					errc <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		t.Error(err)
+	}
+	if n, err := s.CountOpen(ctx); err != nil || n != 160 {
+		t.Errorf("CountOpen = %d, %v; want 160", n, err)
+	}
+}
+
+func TestInMemoryIsPrivate(t *testing.T) {
+	ctx := context.Background()
+	a, b := openFile(t, Memory), openFile(t, Memory)
+	defer a.Close()
+	defer b.Close()
+	tun, _, _ := tunnel("x")
+	if err := a.Create(ctx, tun); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Get(ctx, "x"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("second in-memory store sees the first's tunnel: %v", err)
+	}
+}
