@@ -1,0 +1,63 @@
+// Package broker is tunneld's embedded MQTT broker (mochi-mqtt): devices
+// connect to it and subscribe to their notify topic, and the Broker, which
+// is a notify.Publisher, publishes tunnel notifications into it directly.
+//
+// # Listeners
+//
+// A plain TCP listener (default 127.0.0.1:1883; Config.DisableTCP turns it
+// off), an optional TLS listener (Config.TLSAddr), and connections handed
+// over from outside with ServeConn (for tunneld's single TLS port, where
+// the caller has done the TLS handshake and picked MQTT by ALPN). Each
+// connection must complete its TLS handshake and send CONNECT within
+// Config.ConnectTimeout.
+//
+// # Authentication (CONNECT), first rule that applies
+//
+//  1. A verified TLS client certificate (a connection whose net.Conn has a
+//     ConnectionState method, e.g. *tls.Conn, with verified chains): its
+//     identity is the leaf's Subject CommonName, or if that is empty its
+//     first DNS SAN, or its first URI SAN. An identity listed in
+//     Config.AdminCertNames is an admin; any other must be a valid thing
+//     name (notify.ValidThingName) and is that thing. The MQTT username and
+//     password are then ignored (AWS SDKs send metrics in the username).
+//  2. A non-empty username: it must be in Config.Users with that password
+//     (compared in constant time). An admin user is an admin; any other
+//     user is the thing of the same name.
+//  3. Neither: anonymous. Allowed only on a listener bound to a loopback
+//     address (127.0.0.0/8, ::1) and unless Config.NoAnonymous; never on
+//     the TLS-port connections of ServeConn. The thing is the client ID
+//     up to its first '@' ("dev-1" and "dev-1@agent" are both thing
+//     dev-1), which must be a valid thing name. This is the quick-start
+//     mode: any local process can claim any thing.
+//
+// A device (non-admin) must also use a client ID equal to its thing name,
+// or "<thing>@<anything>", or an empty one (the broker assigns a random
+// ID): client IDs key sessions, and a client taking over another thing's
+// client ID would otherwise take over its subscriptions. The client ID
+// "inline" is reserved. A will message must be on a topic the client may
+// publish to. Refused connections get CONNACK "bad user name or password".
+//
+// # Access control (SUBSCRIBE, PUBLISH)
+//
+// With P the topic prefix (default "$aws") and T the device's thing:
+//   - an admin may subscribe and publish anywhere;
+//   - a device may subscribe only to filters beginning with "P/things/T/"
+//     (e.g. "P/things/T/tunnels/notify", "P/things/T/tunnels/#",
+//     "P/things/T/#"): wildcards after that prefix can only match its own
+//     topics. A refused filter gets SUBACK 0x80;
+//   - a device may publish only to topics beginning with "P/things/T/" and
+//     not beginning with "P/things/T/tunnels/" (the service's part, which
+//     holds the notify topic). A refused QoS 0 publish is dropped; a
+//     refused QoS 1/2 publish disconnects an MQTT 3.1.1 client (MQTT 5
+//     clients get a "not authorized" acknowledgement);
+//   - the broker itself (NotifyTunnel) bypasses these rules.
+//
+// Retained messages are disabled (a retained notification would replay a
+// used token to every new subscriber).
+//
+// Concurrency: Broker methods are safe for concurrent use. Close is
+// idempotent and waits for every goroutine the broker started.
+//
+// Errors: ErrNotStarted, ErrStarted, notify.ErrClosed, and configuration
+// errors from New that say which setting is wrong.
+package broker
