@@ -1,0 +1,586 @@
+package api
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/sectun/sectun/internal/store"
+	"github.com/sectun/sectun/internal/token"
+)
+
+// openParams is a validated OpenTunnel request.
+type openParams struct {
+	description string
+	tags        []tagOut
+	thingName   string
+	services    []string
+	lifetime    int // minutes
+}
+
+// parseOpenTunnel decodes and validates an OpenTunnel body.
+func (s *Server) parseOpenTunnel(body []byte) (*openParams, error) {
+	var in openTunnelIn
+	if err := decode(body, &in); err != nil {
+		return nil, err
+	}
+	var v validator
+	p := &openParams{lifetime: s.maxLifetime}
+	if in.Description != nil {
+		p.description = *in.Description
+		v.description("description", p.description)
+	}
+	if in.Tags != nil {
+		p.tags = v.tags("tags", in.Tags)
+	}
+	if in.DestinationConfig != nil {
+		p.thingName, p.services = v.destinationConfig("destinationConfig", in.DestinationConfig, s.maxServices)
+	}
+	if in.TimeoutConfig != nil && in.TimeoutConfig.MaxLifetimeTimeoutMinutes != nil {
+		m := *in.TimeoutConfig.MaxLifetimeTimeoutMinutes
+		switch {
+		case m < 1:
+			v.add("timeoutConfig.maxLifetimeTimeoutMinutes", m, "Member must have value greater than or equal to 1")
+		case m > s.maxLifetime:
+			v.add("timeoutConfig.maxLifetimeTimeoutMinutes", m, fmt.Sprintf("Member must have value less than or equal to %d", s.maxLifetime))
+		default:
+			p.lifetime = m
+		}
+	}
+	if err := v.err(); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+func (s *Server) openTunnel(ctx context.Context, body []byte) (any, string, error) {
+	p, err := s.parseOpenTunnel(body)
+	if err != nil {
+		return nil, "", err
+	}
+	now := s.clock()
+	srcPlain, srcHash := token.New()
+	dstPlain, dstHash := token.New()
+	t := &store.Tunnel{
+		Description:     p.description,
+		Status:          store.StatusOpen,
+		ThingName:       p.thingName,
+		Services:        p.services,
+		LifetimeMinutes: p.lifetime,
+		Tags:            toStoreTags(p.tags),
+		CreatedAt:       now,
+		UpdatedAt:       now,
+		ExpiresAt:       now.Add(time.Duration(p.lifetime) * time.Minute),
+		Source:          store.Peer{TokenHash: srcHash, UpdatedAt: now},
+		Destination:     store.Peer{TokenHash: dstHash, UpdatedAt: now},
+	}
+	if err := s.create(ctx, t); err != nil {
+		return nil, "", err
+	}
+	s.log.LogAttrs(ctx, slog.LevelInfo, "tunnel opened",
+		slog.String("tunnel_id", t.ID), slog.String("thing_name", t.ThingName),
+		slog.Any("services", t.Services), slog.Int("lifetime_minutes", t.LifetimeMinutes),
+		slog.String("source_token", token.Short(srcPlain)), slog.String("destination_token", token.Short(dstPlain)))
+	if t.ThingName != "" {
+		s.notify(ctx, t, dstPlain)
+	}
+	return &openTunnelOut{
+		TunnelID:               t.ID,
+		TunnelArn:              t.ARN,
+		SourceAccessToken:      srcPlain,
+		DestinationAccessToken: dstPlain,
+	}, t.ID, nil
+}
+
+// create stores t under a fresh ID, enforcing MaxOpenTunnels.
+func (s *Server) create(ctx context.Context, t *store.Tunnel) error {
+	if s.maxOpen > 0 {
+		s.openMu.Lock()
+		defer s.openMu.Unlock()
+		n, err := s.store.CountOpen(ctx)
+		if err != nil {
+			return fmt.Errorf("api: counting open tunnels: %w", err)
+		}
+		if n >= s.maxOpen {
+			return errorf(CodeLimitExceeded, http.StatusBadRequest,
+				"Limit of %d open tunnels reached: close a tunnel (CloseTunnel) before opening another", s.maxOpen)
+		}
+	}
+	for range 3 { // a UUID v4 collision is all but impossible; retry anyway
+		t.ID = newUUID()
+		t.ARN = s.TunnelARN(t.ID)
+		err := s.store.Create(ctx, t)
+		if !errors.Is(err, store.ErrExists) {
+			if err != nil {
+				return fmt.Errorf("api: creating tunnel: %w", err)
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("api: creating tunnel: %w", store.ErrExists)
+}
+
+func (s *Server) notify(ctx context.Context, t *store.Tunnel, dstToken string) {
+	if s.notifier == nil {
+		return
+	}
+	s.notifier.NotifyTunnel(ctx, Notification{
+		TunnelID:  t.ID,
+		ThingName: t.ThingName,
+		Token:     dstToken,
+		Region:    s.region,
+		Services:  slices.Clone(t.Services),
+	})
+}
+
+func (s *Server) closeTunnel(ctx context.Context, body []byte) (any, string, error) {
+	var in closeTunnelIn
+	if err := decode(body, &in); err != nil {
+		return nil, "", err
+	}
+	var v validator
+	id := v.tunnelID("tunnelId", in.TunnelID)
+	if err := v.err(); err != nil {
+		return nil, "", err
+	}
+	now := s.clock()
+	var closed bool
+	_, err := s.store.Update(ctx, id, func(t *store.Tunnel) error {
+		closed = false
+		if t.Status == store.StatusClosed {
+			return nil
+		}
+		closeInPlace(t, now)
+		closed = true
+		return nil
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, id, notFound(id)
+	}
+	if err != nil {
+		return nil, id, fmt.Errorf("api: closing tunnel: %w", err)
+	}
+	if closed {
+		s.log.LogAttrs(ctx, slog.LevelInfo, "tunnel closed", slog.String("tunnel_id", id), slog.String("reason", "CloseTunnel"))
+	}
+	// Always tell the relay: it is idempotent there, and a peer that raced
+	// an earlier close is caught this way.
+	if s.peers != nil {
+		s.peers.CloseTunnel(id, "tunnel closed")
+	}
+	if in.Delete != nil && *in.Delete {
+		if err := s.store.Delete(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {
+			return nil, id, fmt.Errorf("api: deleting tunnel: %w", err)
+		}
+		s.log.LogAttrs(ctx, slog.LevelInfo, "tunnel deleted", slog.String("tunnel_id", id))
+	}
+	return emptyOut{}, id, nil
+}
+
+// closeInPlace marks t closed at now; both ends are disconnected by then.
+func closeInPlace(t *store.Tunnel, now time.Time) {
+	t.Status = store.StatusClosed
+	t.ClosedAt = now
+	t.UpdatedAt = now
+	for _, p := range []*store.Peer{&t.Source, &t.Destination} {
+		if p.Connected {
+			p.Connected = false
+			p.UpdatedAt = now
+		}
+	}
+}
+
+func (s *Server) describeTunnel(ctx context.Context, body []byte) (any, string, error) {
+	var in tunnelIDIn
+	if err := decode(body, &in); err != nil {
+		return nil, "", err
+	}
+	var v validator
+	id := v.tunnelID("tunnelId", in.TunnelID)
+	if err := v.err(); err != nil {
+		return nil, "", err
+	}
+	t, err := s.store.Get(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, id, notFound(id)
+	}
+	if err != nil {
+		return nil, id, fmt.Errorf("api: reading tunnel: %w", err)
+	}
+	return &describeTunnelOut{Tunnel: tunnelShape(t)}, id, nil
+}
+
+func tunnelShape(t *store.Tunnel) tunnelOut {
+	out := tunnelOut{
+		TunnelID:                   t.ID,
+		TunnelArn:                  t.ARN,
+		Status:                     string(t.Status),
+		SourceConnectionState:      connState(&t.Source),
+		DestinationConnectionState: connState(&t.Destination),
+		Description:                t.Description,
+		TimeoutConfig:              &timeoutConfigOut{MaxLifetimeTimeoutMinutes: t.LifetimeMinutes},
+		Tags:                       toTagOut(t.Tags),
+		CreatedAt:                  epochTime(t.CreatedAt),
+		LastUpdatedAt:              epochTime(t.UpdatedAt),
+	}
+	if t.ThingName != "" || len(t.Services) > 0 {
+		svcs := t.Services
+		if svcs == nil {
+			svcs = []string{}
+		}
+		out.DestinationConfig = &destinationConfigOut{ThingName: t.ThingName, Services: svcs}
+	}
+	return out
+}
+
+func connState(p *store.Peer) *connectionStateOut {
+	st := "DISCONNECTED"
+	if p.Connected {
+		st = "CONNECTED"
+	}
+	return &connectionStateOut{Status: st, LastUpdatedAt: epochTime(p.UpdatedAt)}
+}
+
+func (s *Server) listTunnels(ctx context.Context, body []byte) (any, string, error) {
+	var in listTunnelsIn
+	if err := decode(body, &in); err != nil {
+		return nil, "", err
+	}
+	var v validator
+	opts := store.ListOptions{Limit: maxMaxResults}
+	if in.ThingName != nil {
+		opts.ThingName = *in.ThingName
+		v.str("thingName", opts.ThingName, 1, maxThingName, thingNameRE, patThingName)
+	}
+	if in.MaxResults != nil {
+		switch m := *in.MaxResults; {
+		case m < 1:
+			v.add("maxResults", m, "Member must have value greater than or equal to 1")
+		case m > maxMaxResults:
+			v.add("maxResults", m, fmt.Sprintf("Member must have value less than or equal to %d", maxMaxResults))
+		default:
+			opts.Limit = m
+		}
+	}
+	if in.NextToken != nil {
+		v.str("nextToken", *in.NextToken, 1, 4096, nextTokenRE, patNextToken)
+		if v.n == 0 {
+			c, err := base64.RawURLEncoding.DecodeString(*in.NextToken)
+			if err != nil || len(c) == 0 {
+				v.add("nextToken", *in.NextToken, "Member must be a nextToken returned by ListTunnels")
+			}
+			opts.Cursor = string(c)
+		}
+	}
+	if err := v.err(); err != nil {
+		return nil, "", err
+	}
+	ts, next, err := s.store.List(ctx, opts)
+	if err != nil {
+		if errors.Is(err, store.ErrInvalidCursor) {
+			return nil, "", errorf(CodeValidation, http.StatusBadRequest,
+				"1 validation error detected: Value at 'nextToken' failed to satisfy constraint: Member must be a nextToken returned by ListTunnels")
+		}
+		return nil, "", fmt.Errorf("api: listing tunnels: %w", err)
+	}
+	out := &listTunnelsOut{TunnelSummaries: make([]tunnelSummaryOut, 0, len(ts))}
+	for _, t := range ts {
+		out.TunnelSummaries = append(out.TunnelSummaries, tunnelSummaryOut{
+			TunnelID:      t.ID,
+			TunnelArn:     t.ARN,
+			Status:        string(t.Status),
+			Description:   t.Description,
+			CreatedAt:     epochTime(t.CreatedAt),
+			LastUpdatedAt: epochTime(t.UpdatedAt),
+		})
+	}
+	if next != "" {
+		out.NextToken = base64.RawURLEncoding.EncodeToString([]byte(next))
+	}
+	return out, "", nil
+}
+
+// errTunnelClosed marks an update refused because the tunnel is closed.
+var errTunnelClosed = errors.New("api: tunnel closed")
+
+func (s *Server) rotateTunnelAccessToken(ctx context.Context, body []byte) (any, string, error) {
+	var in rotateIn
+	if err := decode(body, &in); err != nil {
+		return nil, "", err
+	}
+	var v validator
+	id := v.tunnelID("tunnelId", in.TunnelID)
+	var modes []store.Mode
+	if v.required("clientMode", in.ClientMode) {
+		switch *in.ClientMode {
+		case "SOURCE":
+			modes = []store.Mode{store.ModeSource}
+		case "DESTINATION":
+			modes = []store.Mode{store.ModeDestination}
+		case "ALL":
+			modes = []store.Mode{store.ModeSource, store.ModeDestination}
+		default:
+			v.add("clientMode", *in.ClientMode, "Member must satisfy enum value set: [SOURCE, DESTINATION, ALL]")
+		}
+	}
+	var thing string
+	var services []string
+	if in.DestinationConfig != nil {
+		if in.ClientMode != nil && *in.ClientMode == "SOURCE" {
+			v.add("destinationConfig", "{...}", "Member must be absent when clientMode is SOURCE")
+		} else {
+			thing, services = v.destinationConfig("destinationConfig", in.DestinationConfig, s.maxServices)
+		}
+	}
+	if err := v.err(); err != nil {
+		return nil, id, err
+	}
+
+	// Tokens are made outside the update function, which may run again.
+	plain := make(map[store.Mode]string, 2)
+	hashes := make(map[store.Mode][]byte, 2)
+	for _, m := range modes {
+		plain[m], hashes[m] = token.New()
+	}
+	all := len(modes) == 2
+	now := s.clock()
+	t, err := s.store.Update(ctx, id, func(t *store.Tunnel) error {
+		if t.Status != store.StatusOpen {
+			return errTunnelClosed
+		}
+		if in.DestinationConfig != nil {
+			if !all && !sameSet(t.Services, services) {
+				return errorf(CodeValidation, http.StatusBadRequest,
+					"1 validation error detected: Value '[%s]' at 'destinationConfig.services' failed to satisfy constraint: "+
+						"Member must equal the tunnel's services [%s] unless clientMode is ALL (the source stays connected)",
+					shorten(strings.Join(services, ", ")), strings.Join(t.Services, ", "))
+			}
+			if thing != "" {
+				t.ThingName = thing
+			}
+			t.Services = slices.Clone(services)
+		}
+		for _, m := range modes {
+			p := t.Peer(m)
+			p.TokenHash = hashes[m]
+			p.ClientTokenHash = nil
+			p.Consumed = false
+		}
+		t.UpdatedAt = now
+		return nil
+	})
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return nil, id, notFound(id)
+	case errors.Is(err, errTunnelClosed):
+		return nil, id, errorf(CodeValidation, http.StatusBadRequest,
+			"Tunnel %s is CLOSED: its tokens cannot be rotated; open a new tunnel", id)
+	case err != nil:
+		var ae *apiError
+		if errors.As(err, &ae) {
+			return nil, id, ae
+		}
+		return nil, id, fmt.Errorf("api: rotating tokens: %w", err)
+	}
+	attrs := []slog.Attr{slog.String("tunnel_id", id), slog.String("client_mode", *in.ClientMode)}
+	for _, m := range modes {
+		attrs = append(attrs, slog.String(string(m)+"_token", token.Short(plain[m])))
+	}
+	s.log.LogAttrs(ctx, slog.LevelInfo, "tunnel tokens rotated", attrs...)
+	if s.peers != nil {
+		for _, m := range modes {
+			s.peers.DisconnectPeer(id, m, "access token rotated")
+		}
+	}
+	out := &rotateOut{TunnelArn: t.ARN}
+	if p, ok := plain[store.ModeSource]; ok {
+		out.SourceAccessToken = p
+	}
+	if p, ok := plain[store.ModeDestination]; ok {
+		out.DestinationAccessToken = p
+		if t.ThingName != "" {
+			s.notify(ctx, t, p)
+		}
+	}
+	return out, id, nil
+}
+
+func sameSet(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.Equal(a, b)
+}
+
+// tunnelForARN returns the ID of the tunnel an ARN names, checking that
+// the tunnel exists and has exactly that ARN.
+func (s *Server) tunnelIDForARN(arn string) (string, error) {
+	i := strings.LastIndex(arn, ":tunnel/")
+	if !strings.HasPrefix(arn, "arn:") || i < 0 {
+		return "", errorf(CodeResourceNotFound, http.StatusBadRequest, "Resource %s not found: not a tunnel ARN", shorten(arn))
+	}
+	id := arn[i+len(":tunnel/"):]
+	if !tunnelIDRE.MatchString(id) {
+		return "", errorf(CodeResourceNotFound, http.StatusBadRequest, "Resource %s not found", shorten(arn))
+	}
+	return id, nil
+}
+
+func (s *Server) resourceNotFound(arn string) *apiError {
+	return errorf(CodeResourceNotFound, http.StatusBadRequest, "Resource %s not found", shorten(arn))
+}
+
+func (s *Server) tagResource(ctx context.Context, body []byte) (any, string, error) {
+	var in tagResourceIn
+	if err := decode(body, &in); err != nil {
+		return nil, "", err
+	}
+	var v validator
+	arn := v.arn("resourceArn", in.ResourceArn)
+	var tags []tagOut
+	if in.Tags == nil {
+		v.add("tags", nil, "Member must not be null")
+	} else {
+		tags = v.tags("tags", in.Tags)
+	}
+	if err := v.err(); err != nil {
+		return nil, "", err
+	}
+	id, err := s.tunnelIDForARN(arn)
+	if err != nil {
+		return nil, "", err
+	}
+	now := s.clock()
+	_, err = s.store.Update(ctx, id, func(t *store.Tunnel) error {
+		if t.ARN != arn {
+			return s.resourceNotFound(arn)
+		}
+		merged := slices.Clone(t.Tags)
+		for _, nt := range tags {
+			i := slices.IndexFunc(merged, func(x store.Tag) bool { return x.Key == nt.Key })
+			if i >= 0 {
+				merged[i].Value = nt.Value
+			} else {
+				merged = append(merged, store.Tag{Key: nt.Key, Value: nt.Value})
+			}
+		}
+		if len(merged) > maxTags {
+			return errorf(CodeValidation, http.StatusBadRequest,
+				"1 validation error detected: Value at 'tags' failed to satisfy constraint: a tunnel can hold at most %d tags (it would have %d)", maxTags, len(merged))
+		}
+		t.Tags = merged
+		t.UpdatedAt = now
+		return nil
+	})
+	return s.tagUpdateResult(arn, id, err)
+}
+
+func (s *Server) tagUpdateResult(arn, id string, err error) (any, string, error) {
+	var ae *apiError
+	switch {
+	case err == nil:
+		return emptyOut{}, id, nil
+	case errors.Is(err, store.ErrNotFound):
+		return nil, id, s.resourceNotFound(arn)
+	case errors.As(err, &ae):
+		return nil, id, ae
+	}
+	return nil, id, fmt.Errorf("api: updating tags: %w", err)
+}
+
+func (s *Server) untagResource(ctx context.Context, body []byte) (any, string, error) {
+	var in untagResourceIn
+	if err := decode(body, &in); err != nil {
+		return nil, "", err
+	}
+	var v validator
+	arn := v.arn("resourceArn", in.ResourceArn)
+	var keys []string
+	switch {
+	case in.TagKeys == nil:
+		v.add("tagKeys", nil, "Member must not be null")
+	case len(*in.TagKeys) > maxTags:
+		v.add("tagKeys", fmt.Sprintf("<%d keys>", len(*in.TagKeys)), fmt.Sprintf("Member must have length less than or equal to %d", maxTags))
+	default:
+		keys = *in.TagKeys
+		for i, k := range keys {
+			v.str(fmt.Sprintf("tagKeys.%d.member", i+1), k, 1, maxTagKey, tagRE, patTag)
+		}
+	}
+	if err := v.err(); err != nil {
+		return nil, "", err
+	}
+	id, err := s.tunnelIDForARN(arn)
+	if err != nil {
+		return nil, "", err
+	}
+	now := s.clock()
+	_, err = s.store.Update(ctx, id, func(t *store.Tunnel) error {
+		if t.ARN != arn {
+			return s.resourceNotFound(arn)
+		}
+		t.Tags = slices.DeleteFunc(slices.Clone(t.Tags), func(x store.Tag) bool { return slices.Contains(keys, x.Key) })
+		t.UpdatedAt = now
+		return nil
+	})
+	return s.tagUpdateResult(arn, id, err)
+}
+
+func (s *Server) listTagsForResource(ctx context.Context, body []byte) (any, string, error) {
+	var in listTagsIn
+	if err := decode(body, &in); err != nil {
+		return nil, "", err
+	}
+	var v validator
+	arn := v.arn("resourceArn", in.ResourceArn)
+	if err := v.err(); err != nil {
+		return nil, "", err
+	}
+	id, err := s.tunnelIDForARN(arn)
+	if err != nil {
+		return nil, "", err
+	}
+	t, err := s.store.Get(ctx, id)
+	if errors.Is(err, store.ErrNotFound) || err == nil && t.ARN != arn {
+		return nil, id, s.resourceNotFound(arn)
+	}
+	if err != nil {
+		return nil, id, fmt.Errorf("api: reading tunnel: %w", err)
+	}
+	tags := toTagOut(t.Tags)
+	if tags == nil {
+		tags = []tagOut{}
+	}
+	return &listTagsOut{Tags: tags}, id, nil
+}
+
+func toStoreTags(ts []tagOut) []store.Tag {
+	if len(ts) == 0 {
+		return nil
+	}
+	out := make([]store.Tag, len(ts))
+	for i, t := range ts {
+		out[i] = store.Tag{Key: t.Key, Value: t.Value}
+	}
+	return out
+}
+
+func toTagOut(ts []store.Tag) []tagOut {
+	if len(ts) == 0 {
+		return nil
+	}
+	out := make([]tagOut, len(ts))
+	for i, t := range ts {
+		out[i] = tagOut{Key: t.Key, Value: t.Value}
+	}
+	return out
+}
