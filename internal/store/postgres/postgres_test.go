@@ -1,0 +1,289 @@
+package postgres
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"go.uber.org/goleak"
+
+	"github.com/sectun/sectun/internal/store"
+	"github.com/sectun/sectun/internal/store/storetest"
+	"github.com/sectun/sectun/internal/token"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+const dsnEnv = "SECTUN_TEST_POSTGRES_DSN"
+
+// testDSN returns the test database's DSN or skips the test.
+func testDSN(t testing.TB) string {
+	dsn := os.Getenv(dsnEnv)
+	if dsn == "" {
+		t.Skipf("%s is not set: skipping the PostgreSQL store tests (as root: eval \"$(sh .ci/postgres-setup.sh)\")", dsnEnv)
+	}
+	return dsn
+}
+
+// freshSchema creates an empty schema that is dropped when the test ends,
+// and returns dsn with search_path set to it, and an admin connection.
+func freshSchema(t testing.TB, dsn string) (string, *pgx.Conn) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	admin, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatalf("connect to %s: %v", dsnEnv, err)
+	}
+	var b [6]byte
+	rand.Read(b[:])
+	schema := "sectun_test_" + hex.EncodeToString(b[:])
+	if _, err := admin.Exec(ctx, `CREATE SCHEMA `+schema); err != nil {
+		admin.Close(ctx)
+		t.Fatalf("create schema: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := admin.Exec(ctx, `DROP SCHEMA `+schema+` CASCADE`); err != nil {
+			t.Errorf("drop schema %s: %v", schema, err)
+		}
+		admin.Close(ctx)
+	})
+	return withSearchPath(t, dsn, schema), admin
+}
+
+func withSearchPath(t testing.TB, dsn, schema string) string {
+	if strings.Contains(dsn, "://") {
+		u, err := url.Parse(dsn)
+		if err != nil {
+			t.Fatalf("%s is not a valid URL", dsnEnv) // the DSN holds a password: don't print it
+		}
+		q := u.Query()
+		q.Set("search_path", schema)
+		u.RawQuery = q.Encode()
+		return u.String()
+	}
+	return dsn + " search_path=" + schema
+}
+
+func openStore(t testing.TB, dsn string) *Store {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := Open(ctx, dsn)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	return s
+}
+
+func TestConformance(t *testing.T) {
+	dsn := testDSN(t)
+	storetest.Run(t, func(t *testing.T) store.Store {
+		d, _ := freshSchema(t, dsn)
+		return openStore(t, d)
+	})
+}
+
+func tunnel(id string) *store.Tunnel {
+	_, srcHash := token.New()
+	_, dstHash := token.New()
+	now := time.Now()
+	return &store.Tunnel{
+		ID: id, ARN: "arn:" + id, Status: store.StatusOpen, ThingName: "thing",
+		Services: []string{"SSH"}, LifetimeMinutes: 60,
+		CreatedAt: now, UpdatedAt: now, ExpiresAt: now.Add(time.Hour),
+		Source:      store.Peer{TokenHash: srcHash, UpdatedAt: now},
+		Destination: store.Peer{TokenHash: dstHash, UpdatedAt: now},
+	}
+}
+
+// ddlState fingerprints the schema: the recorded version and every
+// relation's OID and column list, which any DDL would change.
+func ddlState(t *testing.T, admin *pgx.Conn, schema string) string {
+	t.Helper()
+	var version int
+	if err := admin.QueryRow(context.Background(), `SELECT version FROM `+schema+`.schema_version`).Scan(&version); err != nil {
+		t.Fatal(err)
+	}
+	var fp string
+	err := admin.QueryRow(context.Background(), `SELECT coalesce(string_agg(c.oid::text || ':' || c.relname || ':' || a.attname, ',' ORDER BY c.oid, a.attnum), '')
+		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0
+		WHERE n.nspname = $1`, schema).Scan(&fp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("v%d %s", version, fp)
+}
+
+func schemaOf(dsn string) string {
+	u, _ := url.Parse(dsn)
+	if u != nil && u.Query().Get("search_path") != "" {
+		return u.Query().Get("search_path")
+	}
+	_, s, _ := strings.Cut(dsn, "search_path=")
+	return s
+}
+
+func TestReopen(t *testing.T) {
+	ctx := context.Background()
+	dsn, admin := freshSchema(t, testDSN(t))
+	schema := schemaOf(dsn)
+	s := openStore(t, dsn)
+	tun := tunnel("persist")
+	if err := s.Create(ctx, tun); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	before := ddlState(t, admin, schema)
+	if !strings.HasPrefix(before, fmt.Sprintf("v%d ", len(migrations))) {
+		t.Fatalf("schema state %q: want version %d", before, len(migrations))
+	}
+	for i := range 2 {
+		s := openStore(t, dsn)
+		if _, mode, err := s.FindByToken(ctx, tun.Source.TokenHash); err != nil || mode != store.ModeSource {
+			t.Errorf("reopen %d: FindByToken: %q %v", i, mode, err)
+		}
+		s.Close()
+		if after := ddlState(t, admin, schema); after != before {
+			t.Errorf("reopen %d changed the schema:\n%s\n%s", i, before, after)
+		}
+	}
+}
+
+func TestOpenConcurrently(t *testing.T) {
+	dsn, _ := freshSchema(t, testDSN(t))
+	var wg sync.WaitGroup
+	stores := make([]*Store, 4)
+	errs := make([]error, 4)
+	for i := range stores {
+		wg.Go(func() { stores[i], errs[i] = Open(context.Background(), dsn) })
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("Open %d: %v", i, err)
+			continue
+		}
+		stores[i].Close()
+	}
+}
+
+func TestNewerSchemaRefused(t *testing.T) {
+	dsn, admin := freshSchema(t, testDSN(t))
+	openStore(t, dsn).Close()
+	if _, err := admin.Exec(context.Background(), `UPDATE `+schemaOf(dsn)+`.schema_version SET version = $1`, len(migrations)+1); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Open(context.Background(), dsn)
+	if err == nil {
+		s.Close()
+		t.Fatal("Open of a newer schema succeeded")
+	}
+	if !strings.Contains(err.Error(), "newer") {
+		t.Errorf("error does not say why: %v", err)
+	}
+}
+
+func TestOpenErrorHidesPassword(t *testing.T) {
+	dsn := testDSN(t)
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Skip("DSN is not a URL")
+	}
+	u.User = url.UserPassword("sectun", "wrong-password-XYZZY")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := Open(ctx, u.String())
+	if err == nil {
+		s.Close()
+		t.Fatal("Open with a wrong password succeeded")
+	}
+	if strings.Contains(err.Error(), "XYZZY") {
+		t.Errorf("error shows the password: %v", err)
+	}
+}
+
+// TestHashesOnly reads the tables directly: token columns hold 32-byte
+// hashes only.
+func TestHashesOnly(t *testing.T) {
+	ctx := context.Background()
+	dsn, admin := freshSchema(t, testDSN(t))
+	schema := schemaOf(dsn)
+	s := openStore(t, dsn)
+	defer s.Close()
+	for i := range 5 {
+		if err := s.Create(ctx, tunnel(fmt.Sprintf("t%d", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var rows, ok, tokens, tokensOK int
+	if err := admin.QueryRow(ctx, `SELECT count(*),
+		count(*) FILTER (WHERE octet_length(src_token_hash) = 32 AND octet_length(dst_token_hash) = 32)
+		FROM `+schema+`.tunnels`).Scan(&rows, &ok); err != nil {
+		t.Fatal(err)
+	}
+	if err := admin.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE octet_length(hash) = 32)
+		FROM `+schema+`.tokens`).Scan(&tokens, &tokensOK); err != nil {
+		t.Fatal(err)
+	}
+	if rows != 5 || ok != 5 || tokens != 10 || tokensOK != 10 {
+		t.Errorf("tunnels %d (%d with 32-byte hashes), tokens %d (%d 32-byte); want 5, 5, 10, 10", rows, ok, tokens, tokensOK)
+	}
+	// The database refuses anything else even when written behind the
+	// store's back.
+	_, err := admin.Exec(ctx, `INSERT INTO `+schema+`.tokens (hash, tunnel_id, mode) VALUES ($1, 't0', 'source')`, []byte("plaintext-token"))
+	if err == nil {
+		t.Error("tokens accepted a 15-byte hash")
+	}
+}
+
+func TestCanceledUpdateReleasesLock(t *testing.T) {
+	// An Update whose context ends while it waits for the row lock gives
+	// up; the holder's write lands.
+	ctx := context.Background()
+	dsn, _ := freshSchema(t, testDSN(t))
+	s := openStore(t, dsn)
+	defer s.Close()
+	if err := s.Create(ctx, tunnel("lock")); err != nil {
+		t.Fatal(err)
+	}
+	holding := make(chan struct{})
+	release := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Update(ctx, "lock", func(t *store.Tunnel) error {
+			close(holding)
+			<-release
+			t.Description = "holder"
+			return nil
+		})
+		done <- err
+	}()
+	<-holding
+	wctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	_, err := s.Update(wctx, "lock", func(t *store.Tunnel) error { t.Description = "waiter"; return nil })
+	cancel()
+	if err == nil || !errors.Is(err, context.DeadlineExceeded) && !strings.Contains(err.Error(), "cancel") {
+		t.Errorf("waiting Update = %v, want a deadline error", err)
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Get(ctx, "lock")
+	if err != nil || got.Description != "holder" {
+		t.Errorf("Get = %+v, %v; want the holder's write", got, err)
+	}
+}
