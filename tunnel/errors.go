@@ -1,0 +1,102 @@
+package tunnel
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// Sentinel errors. Errors returned by this package wrap them; test with
+// errors.Is.
+var (
+	// ErrTunnelClosed: the service closed the WebSocket with a close frame
+	// that ends the tunnel (the tunnel was closed or deleted). Permanent.
+	ErrTunnelClosed = errors.New("tunnel: tunnel closed by the service")
+	// ErrTokenRejected: the service refused the WebSocket upgrade with a 4xx
+	// status (bad, expired or used token, wrong mode, closed tunnel). It is
+	// wrapped by a *HandshakeError and is permanent: no retry can help.
+	ErrTokenRejected = errors.New("tunnel: access token rejected")
+	// ErrStreamReset: the stream or connection was reset (by the peer, the
+	// service's SESSION_RESET, a replacing stream or a stalled reader).
+	// Reads return io.EOF instead when the peer simply closed its end.
+	ErrStreamReset = errors.New("tunnel: stream reset")
+	// ErrSessionClosed: Session.Close was called.
+	ErrSessionClosed = errors.New("tunnel: session closed")
+	// ErrDisconnected: the WebSocket to the service was lost; connections
+	// open at that moment fail with it while the session reconnects.
+	ErrDisconnected = errors.New("tunnel: connection to the service lost")
+	// ErrUnknownService: the service ID is not one of the tunnel's.
+	ErrUnknownService = errors.New("tunnel: unknown service")
+	// ErrVersionMismatch: the service or the peer speaks a protocol version
+	// that cannot carry what was asked.
+	ErrVersionMismatch = errors.New("tunnel: protocol version mismatch")
+	// ErrWrongMode: Dial on a destination or Accept on a source.
+	ErrWrongMode = errors.New("tunnel: operation not available in this mode")
+	// ErrTooManyConns: Config.MaxConns connections are already open.
+	ErrTooManyConns = errors.New("tunnel: too many connections")
+	// ErrInvalidConfig: Config failed validation.
+	ErrInvalidConfig = errors.New("tunnel: invalid config")
+)
+
+// HandshakeError is a WebSocket upgrade refused by the service with an HTTP
+// status. For 4xx statuses it wraps ErrTokenRejected and the session gives
+// up; 5xx statuses are retried.
+type HandshakeError struct {
+	StatusCode int
+	ChannelID  string // the service's channel-id header, for support requests
+	Body       string // the start of the response body
+	Reason     string // what went wrong and what to do, derived from status and body
+}
+
+func (e *HandshakeError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "tunnel: handshake refused (HTTP %d", e.StatusCode)
+	if e.ChannelID != "" {
+		fmt.Fprintf(&b, ", channel-id %s", e.ChannelID)
+	}
+	b.WriteString(")")
+	if e.Reason != "" {
+		b.WriteString(": ")
+		b.WriteString(e.Reason)
+	}
+	if body := strings.TrimSpace(e.Body); body != "" {
+		fmt.Fprintf(&b, " (service said: %q)", body)
+	}
+	return b.String()
+}
+
+// Unwrap returns ErrTokenRejected for 4xx statuses.
+func (e *HandshakeError) Unwrap() error {
+	if e.StatusCode >= 400 && e.StatusCode < 500 {
+		return ErrTokenRejected
+	}
+	return nil
+}
+
+// handshakeReason explains a refused upgrade to the user: what went wrong
+// and what to do. The service's body is matched loosely because neither
+// AWS nor other services document it.
+func handshakeReason(status int, body string) string {
+	b := strings.ToLower(body)
+	switch {
+	case status >= 500:
+		return "the service is unavailable; retrying with backoff"
+	case strings.Contains(b, "expired"):
+		return "access token expired: rotate the token or open a new tunnel"
+	case strings.Contains(b, "client token") || strings.Contains(b, "client-token"):
+		return "client token rejected: pass the same client token as the first connection (32-128 letters, digits, dashes), or rotate the access token"
+	case strings.Contains(b, "already") || strings.Contains(b, "used") || strings.Contains(b, "in use"):
+		return "access token already used: pass a client token to reconnect, or rotate the token"
+	case strings.Contains(b, "mode"):
+		return "access token is for the other mode: use the source token in source mode and the destination token in destination mode"
+	case status == 410 || strings.Contains(b, "closed"):
+		return "the tunnel is closed: open a new tunnel"
+	case status == 401 || status == 403:
+		return "access token rejected: check the token and the mode, or rotate the token"
+	case status == 404 || status == 400:
+		return "bad request: check the endpoint (it must serve /tunnel) and the options"
+	case status == 429:
+		return "rate limited by the service: retry later"
+	}
+	return "the service refused the connection: check the token, mode and endpoint"
+}
