@@ -4,14 +4,37 @@
 // messages, and the protocol's limits and validity rules.
 //
 // The codec is hand-written on protowire and produces exactly the bytes that
-// protobuf's own encoder produces for the schema in
-// com.amazonaws.iot.securedtunneling.Message; decoding never copies the
-// payload, which aliases the input buffer.
+// protobuf's deterministic encoder produces for the schema
+// com.amazonaws.iot.securedtunneling.Message; decoding accepts exactly what
+// protobuf accepts, minus fields outside the schema and payloads over
+// MaxPayloadSize (both differentially fuzzed against protoc-generated code
+// kept under internal/oraclepb, which only the tests import). Decoding never
+// copies the payload: Message.Payload aliases the input, with its capacity
+// capped at the field's end. Service IDs must be valid UTF-8 (proto3
+// strings): the decoder rejects anything else, the encoder does not check.
+// The data path (Unmarshal reusing a Message, AppendMarshal into a buffer
+// with room, FrameReader.Next, FrameWriter.Write) does not allocate.
+//
+// FrameReader reads frames from the byte stream of received WebSocket
+// messages, whatever their boundaries, through one buffer of
+// FrameHeaderSize+MaxMessageSize bytes allocated once; a frame's length is
+// checked before its body is read. FrameWriter packs whole frames into
+// WebSocket messages of at most MaxWebSocketMessageSize bytes and sends them
+// when the next frame would not fit or on Flush.
+//
+// Message.Validate checks the protocol's per-message rules for a sender:
+// the service checks what a local proxy sends with RoleSource or
+// RoleDestination; a local proxy checks everything it reads from the service
+// (the service's own messages and those relayed from the other end) with
+// RoleService.
 //
 // Concurrency: Message values are plain data. A FrameReader or FrameWriter
-// must be used by one goroutine at a time.
+// must be used by one goroutine at a time. What FrameReader.Next and
+// NextFrame return is valid only until the next call.
 //
-// Errors: decoding failures wrap ErrMalformed; oversized input wraps
-// ErrTooLarge; rule violations found by Message.Validate are *RuleError values
-// that wrap ErrInvalidMessage.
+// Errors: decoding failures and empty frames wrap ErrMalformed; anything over
+// the protocol limits wraps ErrTooLarge; FrameReader returns io.EOF at a
+// clean end of stream and io.ErrUnexpectedEOF inside a frame, and passes the
+// underlying reader's other errors through; rule violations found by
+// Message.Validate are *RuleError values that wrap ErrInvalidMessage.
 package wire
