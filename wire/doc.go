@@ -5,13 +5,15 @@
 //
 // The codec is hand-written on protowire and produces exactly the bytes that
 // protobuf's deterministic encoder produces for the schema
-// com.amazonaws.iot.securedtunneling.Message; decoding accepts exactly what
-// protobuf accepts, minus fields outside the schema and payloads over
-// MaxPayloadSize (both differentially fuzzed against protoc-generated code
-// kept under internal/oraclepb, which only the tests import). Decoding never
-// copies the payload: Message.Payload aliases the input, with its capacity
-// capped at the field's end. Service IDs must be valid UTF-8 (proto3
-// strings): the decoder rejects anything else, the encoder does not check.
+// com.amazonaws.iot.securedtunneling.Message. Decoding accepts exactly what
+// protobuf accepts, except fields outside the schema or with the wrong wire
+// type (protobuf keeps them as unknown fields) and payloads over
+// MaxPayloadSize; both directions are differentially fuzzed against
+// protoc-generated code under internal/oraclepb, which only the tests import.
+// Decoding never copies the payload: Message.Payload aliases the input, with
+// its capacity capped at the field's end. Service IDs must be valid UTF-8
+// (proto3 strings): the decoder rejects anything else, the encoder does not
+// check.
 // The data path (Unmarshal reusing a Message, AppendMarshal into a buffer
 // with room, FrameReader.Next, FrameWriter.Write) does not allocate.
 //
