@@ -311,5 +311,17 @@ func (c *Conn) CloseWith(code int, reason string) error {
 	return err
 }
 
+// SendClose sends a close frame with code and reason (truncated to fit a
+// control frame) but leaves the connection open, so the peer's close reply
+// can still be read: the closing handshake of RFC 6455, which spares the
+// peer a TCP reset. No message can be written afterwards; Close or
+// CloseWith then closes the connection (without a second close frame).
+func (c *Conn) SendClose(code int, reason string) error {
+	if len(reason) > 123 {
+		reason = reason[:123]
+	}
+	return c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(time.Second))
+}
+
 // Close closes the connection with a normal close frame.
 func (c *Conn) Close() error { return c.CloseWith(CloseNormal, "") }

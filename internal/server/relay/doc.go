@@ -1,0 +1,91 @@
+// Package relay is the tunneling service's WebSocket endpoint, /tunnel: it
+// performs the handshake that local proxies, the AWS IoT Device Client, the
+// AWS device SDKs and the tunnel library expect (see PROTOCOL.md), then
+// relays tunnel frames between the two peers of each tunnel, enforcing the
+// protocol's rules.
+//
+// # Contract with the rest of the server
+//
+// The relay keeps no persistent state. An Authorizer, supplied by the
+// server, decides who may connect:
+//
+//   - Authorize is called once per handshake that passed the HTTP-level
+//     checks, before the upgrade. It must check the access token against
+//     the requested mode, the tunnel's status and lifetime, and apply the
+//     client-token rules (bind the client token on first use, or consume a
+//     token used without one; allow the same access token + client token to
+//     reconnect). Refusals wrap ErrUnauthorized and become HTTP 401 with the
+//     error's text (minus the "relay: unauthorized: " prefix) as the body,
+//     so the text must be readable and must not reveal other tunnels. Any
+//     other error is answered 500 ("retry later") and logged. A token that
+//     Authorize accepted is then used, even if the upgrade fails afterwards.
+//   - A second successful handshake for a tunnel end that already has a
+//     peer replaces it: the relay closes the old WebSocket with 1008
+//     "replaced by a new connection" and sends STREAM_RESET to the other
+//     end for every active stream.
+//   - PeerChanged reports connection-state changes for DescribeTunnel. Calls
+//     for one tunnel are serialized and each reports the state at the time
+//     of the call, so the last call always matches reality. It is called
+//     with a context that expires after 10 s.
+//
+// The server in turn calls CloseTunnel when a tunnel is closed or expires
+// (both WebSockets closed with 1000 and the reason), DisconnectPeer when an
+// end's token is rotated (that WebSocket closed with 1008 and the reason),
+// and Shutdown when the process stops (every WebSocket closed with 1001).
+// A handshake already past Authorize when CloseTunnel or DisconnectPeer is
+// called is refused after its upgrade with the same close code, so a race
+// with the store cannot leave a peer connected to a closed tunnel.
+//
+// The relay must be mounted on exactly the path /tunnel (Config.Path) of
+// an http.Server whose MaxHeaderBytes is at least 4 KiB; the 4 KiB request
+// limit of the protocol is enforced here, on the size of the request line
+// and headers as sent. http.Server timeouts must not cut hijacked
+// connections (net/http clears deadlines on hijack).
+//
+// # Handshake
+//
+// Checks in order, each failure answered with a plain-text body saying what
+// is wrong and a channel-id header (present on every response):
+// path (400), request size (431), WebSocket upgrade form (400),
+// local-proxy-mode (400), access token count (400), client-token (400),
+// Sec-WebSocket-Protocol (400), shutting down (503), Authorize (401/500).
+// The highest offered subprotocol among Config.Subprotocols is echoed. On
+// protocol 2.0 and 3.0 the first WebSocket message is SERVICE_IDS, alone.
+//
+// # Relaying
+//
+// Each peer has one goroutine, the one that ran ServeHTTP: it reads tunnel
+// frames from its WebSocket, validates them and appends their encoded bytes
+// to the other peer's output buffer (one WebSocket message of at most
+// 131076 bytes, pooled while empty). The buffer is flushed, by the same
+// goroutine, before each read from the network that could block, and
+// whenever the next frame would not fit. A slow receiver therefore blocks
+// the sender's reader, which stops reading its socket: TCP backpressure,
+// with at most one message buffered per peer. The per-tunnel bandwidth limit
+// is applied at the same point, before reading more. Frames for an end that
+// has no peer are dropped and counted; a STREAM_START or CONNECTION_START so
+// dropped is answered with STREAM_RESET or CONNECTION_RESET, so the sender's
+// client is not left hanging.
+//
+// Violations close only the offender: undecodable frames with 1002, frames
+// breaking a rule (wire.Message.Validate for the sender's role, service IDs
+// not of the tunnel, a service ID on a stream started without one) with
+// 1008, text messages with 1003 and messages over 131076 bytes with 1009.
+// The relay pings each peer every Config.PingInterval and drops a peer from
+// which nothing (message, ping or pong) arrived for Config.IdleTimeout
+// (close 1001). When a peer leaves or is replaced, the other gets
+// STREAM_RESET for each stream still active.
+//
+// # Concurrency
+//
+// A Relay is safe for concurrent use. Each peer's output buffer is guarded
+// by its own mutex; stream state by a per-tunnel mutex; the tunnel table by
+// one relay mutex (taken on connect and disconnect only). The data path
+// takes no relay-wide lock.
+//
+// # Errors
+//
+// ErrUnauthorized is the sentinel Authorizers wrap. New fails with
+// ErrConfig on an invalid Config. Shutdown returns the context's error if
+// goroutines are still running when it expires.
+package relay

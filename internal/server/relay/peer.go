@@ -1,0 +1,568 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sectun/sectun/internal/store"
+	"github.com/sectun/sectun/internal/wsconn"
+	"github.com/sectun/sectun/wire"
+)
+
+// WebSocket buffer sizes of accepted connections. The read buffer only
+// holds frame headers and small messages (large reads bypass it); the
+// write buffer is pooled between writes. Both stay small because idle
+// peers must be cheap.
+const (
+	acceptReadBuffer  = 4 << 10
+	acceptWriteBuffer = 4 << 10
+)
+
+// frameReaders holds FrameReaders (64 KiB each) between bursts, so an idle
+// peer holds none.
+var frameReaders = sync.Pool{New: func() any { return wire.NewFrameReader(nil) }}
+
+// outBuf is a FrameWriter (up to 131076 bytes) lent to a peer while frames
+// wait for it.
+type outBuf struct {
+	fw  *wire.FrameWriter
+	dst *peer // nil: discard what is written
+}
+
+var outBufs = sync.Pool{New: func() any {
+	o := &outBuf{}
+	o.fw = wire.NewFrameWriter(o, 0)
+	return o
+}}
+
+func (o *outBuf) WriteMessage(b []byte) error {
+	d := o.dst
+	if d == nil {
+		return nil
+	}
+	d.conn.SetWriteDeadline(time.Now().Add(d.r.cfg.WriteTimeout))
+	return d.conn.WriteMessage(b)
+}
+
+// counters are a peer's traffic figures, written by its reader.
+type counters struct {
+	frames  atomic.Int64 // frames relayed from this peer
+	bytes   atomic.Int64 // their size, length prefixes included
+	dropped atomic.Int64 // frames from this peer not delivered
+}
+
+func (c *counters) add(o *counters) {
+	c.frames.Add(o.frames.Load())
+	c.bytes.Add(o.bytes.Load())
+	c.dropped.Add(o.dropped.Load())
+}
+
+// peer is one connected end of a tunnel.
+type peer struct {
+	r         *Relay
+	t         *tunnel // set by install
+	tunnelID  string
+	services  []string
+	conn      *wsconn.Conn
+	mode      store.Mode
+	idx       int // modeIndex(mode)
+	role      wire.Role
+	version   int
+	channelID string
+	log       *slog.Logger
+	ctx       context.Context // ends when the peer is closed
+	cancel    context.CancelFunc
+	ping      *time.Timer
+
+	// closed is set when frames from and to this peer must no longer be
+	// relayed: from install (replaced, under t.mu) or close.
+	closed      atomic.Bool
+	closeOnce   sync.Once
+	closeCode   int // written in closeOnce
+	closeReason string
+	linger      *time.Timer // cuts the connection after close
+
+	// wmu guards out, the frames waiting for this peer. Other peers'
+	// readers append to it and flush it.
+	wmu sync.Mutex
+	out *outBuf
+
+	// Owned by the peer's own reader goroutine.
+	wake     wakeReader
+	msg      wire.Message
+	pending  *peer     // peer whose out holds frames this reader appended
+	consumed int       // frame bytes read since the last bandwidth wait
+	lastLive time.Time // when the liveness deadline was last restarted
+	cnt      counters
+}
+
+// wakeReader feeds a FrameReader: first the bytes read while idle, then
+// the connection, flushing pending output before each network read.
+type wakeReader struct {
+	p        *peer
+	buf      [16]byte
+	off, end int
+}
+
+func (w *wakeReader) Read(b []byte) (int, error) {
+	if w.off < w.end {
+		n := copy(b, w.buf[w.off:w.end])
+		w.off += n
+		return n, nil
+	}
+	if err := w.p.beforeRead(); err != nil {
+		return 0, err
+	}
+	return w.p.netRead(b)
+}
+
+// netRead reads from the WebSocket. Time the reader spent writing to the
+// other peer or throttled is not the peer's silence: the liveness deadline
+// restarts if it was last set long ago.
+func (p *peer) netRead(b []byte) (int, error) {
+	if d := p.r.cfg.IdleTimeout; d > 0 {
+		if now := time.Now(); now.Sub(p.lastLive) > d/8 {
+			p.lastLive = now
+			p.conn.SetLiveness(d)
+		}
+	}
+	return p.conn.Read(b)
+}
+
+func (r *Relay) newPeer(conn *wsconn.Conn, g Grant, hs HandshakeRequest) *peer {
+	p := &peer{
+		r:         r,
+		tunnelID:  g.TunnelID,
+		services:  g.Services,
+		conn:      conn,
+		mode:      hs.Mode,
+		idx:       modeIndex(hs.Mode),
+		role:      wire.RoleSource,
+		version:   subprotocolVersion(hs.Subprotocol),
+		channelID: hs.ChannelID,
+		log:       r.log.With("tunnel_id", g.TunnelID, "channel_id", hs.ChannelID, "mode", hs.Mode),
+	}
+	if hs.Mode == store.ModeDestination {
+		p.role = wire.RoleDestination
+	}
+	p.wake.p = p
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+	if d := r.cfg.PingInterval; d > 0 {
+		p.ping = time.AfterFunc(d, p.pingTick)
+	}
+	return p
+}
+
+func (p *peer) pingTick() {
+	if p.closed.Load() {
+		return
+	}
+	p.conn.Ping(nil)
+	p.ping.Reset(p.r.cfg.PingInterval)
+}
+
+// closeLinger is how long a closed peer has to answer the close frame
+// before its TCP connection is cut.
+const closeLinger = 2 * time.Second
+
+// close sends the peer a close frame with code and reason and stops
+// relaying its frames; only the first call has effect. The connection
+// itself is closed when the peer answers (its reader sees the reply) or
+// after closeLinger: closing at once could reset the TCP connection before
+// the close frame is read, and the reference local proxy reconnects after
+// a reset where it exits after a close frame. It may be called from any
+// goroutine.
+func (p *peer) close(code int, reason string) {
+	p.closeOnce.Do(func() {
+		p.closed.Store(true)
+		p.closeCode, p.closeReason = code, reason
+		p.cancel()
+		if p.ping != nil {
+			p.ping.Stop()
+		}
+		p.conn.SendClose(code, reason)
+		p.linger = time.AfterFunc(closeLinger, func() { p.conn.Close() })
+	})
+}
+
+// abort closes a peer that has no reader running, waiting for its answer.
+func (p *peer) abort(code int, reason string) {
+	p.close(code, reason)
+	p.discard()
+	p.linger.Stop()
+	p.conn.Close()
+}
+
+// discard reads and drops what the peer still sends until its close reply,
+// or until the connection is cut.
+func (p *peer) discard() {
+	for {
+		if _, err := p.conn.Read(p.wake.buf[:]); err != nil {
+			return
+		}
+	}
+}
+
+var (
+	// errViolation ends a reader that closed its peer for breaking a rule.
+	errViolation = errors.New("relay: protocol violation")
+	// errClosed ends a reader whose peer was closed by another goroutine.
+	errClosed = errors.New("relay: peer closed")
+)
+
+func (p *peer) violation(code int, reason string, err error) error {
+	p.r.violations.Add(1)
+	p.log.Warn("protocol violation: closing peer", "code", code, "reason", reason, "err", err)
+	p.close(code, reason)
+	return errViolation
+}
+
+// writeFailed closes a peer a write to which failed.
+func (p *peer) writeFailed(err error) {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		p.close(wsconn.ClosePolicyViolation, fmt.Sprintf("not reading: write timed out after %v", p.r.cfg.WriteTimeout))
+		return
+	}
+	p.close(wsconn.CloseInternalError, "write failed")
+}
+
+// run relays the peer's frames until its WebSocket ends, then detaches it.
+func (p *peer) run() {
+	err := p.loop()
+	p.finish(err)
+}
+
+func (p *peer) loop() error {
+	for {
+		if err := p.beforeRead(); err != nil {
+			return err
+		}
+		// Wait for the next bytes without holding a frame buffer.
+		n, err := p.netRead(p.wake.buf[:])
+		if err != nil {
+			return err
+		}
+		p.wake.off, p.wake.end = 0, n
+		fr := frameReaders.Get().(*wire.FrameReader)
+		fr.Reset(&p.wake)
+		err = p.drain(fr)
+		fr.Reset(nil)
+		frameReaders.Put(fr)
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// drain handles frames until fr has nothing buffered.
+func (p *peer) drain(fr *wire.FrameReader) error {
+	for {
+		frame, err := fr.NextFrame()
+		if err != nil {
+			if errors.Is(err, wire.ErrMalformed) {
+				return p.violation(wsconn.CloseProtocolError, "malformed tunnel frame: empty", err)
+			}
+			return err
+		}
+		if p.closed.Load() {
+			return errClosed
+		}
+		if err := p.handle(frame); err != nil {
+			return err
+		}
+		if fr.Buffered() == 0 && p.wake.off == p.wake.end {
+			return nil
+		}
+	}
+}
+
+// beforeRead runs before every network read: frames waiting for the other
+// peer go out, and the bandwidth limit makes the reader wait for what it
+// consumed, so a throttled or slow tunnel pushes back on the sender's TCP.
+func (p *peer) beforeRead() error {
+	lim := p.t.limiters[p.idx]
+	if p.pending == nil && (lim == nil || p.consumed == 0) {
+		return nil
+	}
+	p.flushPending()
+	if lim != nil && p.consumed > 0 {
+		n := p.consumed
+		p.consumed = 0
+		for n > 0 {
+			k := min(n, limiterBurst)
+			if err := lim.WaitN(p.ctx, k); err != nil {
+				return err
+			}
+			n -= k
+		}
+	}
+	return nil
+}
+
+// handle checks one frame from this peer and relays it.
+func (p *peer) handle(frame []byte) error {
+	m := &p.msg
+	if err := m.Unmarshal(frame); err != nil {
+		return p.violation(wsconn.CloseProtocolError, "malformed tunnel frame", err)
+	}
+	if err := m.Validate(p.role); err != nil {
+		var re *wire.RuleError
+		reason := "invalid message"
+		if errors.As(err, &re) {
+			reason = fmt.Sprintf("invalid %v: %s", re.Type, re.Rule)
+		}
+		return p.violation(wsconn.ClosePolicyViolation, reason, err)
+	}
+	t := p.t
+	if !t.hasService(m.ServiceID) {
+		return p.violation(wsconn.ClosePolicyViolation, "service ID is not one of the tunnel's", fmt.Errorf("service ID %q", m.ServiceID))
+	}
+	p.consumed += wire.FrameHeaderSize + len(frame)
+	switch m.Type {
+	case wire.TypeData:
+		if id := t.anon.Load(); id != 0 && id == m.StreamID && m.ServiceID != "" {
+			t.mu.Lock()
+			bad := t.anonConflict(m.ServiceID, m.StreamID)
+			t.mu.Unlock()
+			if bad {
+				return p.violation(wsconn.ClosePolicyViolation, "service ID on a stream started without one", nil)
+			}
+		}
+		p.forward(frame)
+		return nil
+	case wire.TypeStreamStart, wire.TypeStreamReset, wire.TypeConnectionStart, wire.TypeConnectionReset:
+		return p.forwardControl(frame, m)
+	}
+	// An unknown type marked ignorable: the other peer may know it.
+	p.forward(frame)
+	return nil
+}
+
+// forward relays a frame that does not change stream state.
+func (p *peer) forward(frame []byte) {
+	dst := p.t.peers[1-p.idx].Load()
+	if dst == nil {
+		p.cnt.dropped.Add(1)
+		return
+	}
+	p.enqueue(dst, frame)
+}
+
+// forwardControl relays a stream control frame, updating the tunnel's
+// stream state in the same critical section that picks the receiver, so
+// that a replacement or departure resets exactly the streams the receiver
+// saw started.
+func (p *peer) forwardControl(frame []byte, m *wire.Message) error {
+	t := p.t
+	t.mu.Lock()
+	if p.closed.Load() {
+		t.mu.Unlock()
+		p.cnt.dropped.Add(1)
+		return nil
+	}
+	if m.Type != wire.TypeStreamStart && t.anonConflict(m.ServiceID, m.StreamID) {
+		t.mu.Unlock()
+		return p.violation(wsconn.ClosePolicyViolation, "service ID on a stream started without one", nil)
+	}
+	dst := t.peers[1-p.idx].Load()
+	if dst == nil || dst.closed.Load() {
+		t.mu.Unlock()
+		p.cnt.dropped.Add(1)
+		// Nobody will answer: say so rather than leave the client hanging.
+		switch m.Type {
+		case wire.TypeStreamStart:
+			p.sendNow(&wire.Message{Type: wire.TypeStreamReset, StreamID: m.StreamID, ServiceID: m.ServiceID})
+		case wire.TypeConnectionStart:
+			p.sendNow(&wire.Message{Type: wire.TypeConnectionReset, StreamID: m.StreamID, ServiceID: m.ServiceID, ConnectionID: m.ConnectionID})
+		}
+		return nil
+	}
+	switch m.Type {
+	case wire.TypeStreamStart:
+		t.streams[m.ServiceID] = m.StreamID
+		if m.ServiceID == "" {
+			t.anon.Store(m.StreamID)
+		}
+	case wire.TypeStreamReset:
+		if id, ok := t.streams[m.ServiceID]; ok && id == m.StreamID {
+			delete(t.streams, m.ServiceID)
+			if m.ServiceID == "" {
+				t.anon.Store(0)
+			}
+		}
+	}
+	t.mu.Unlock()
+	p.enqueue(dst, frame)
+	return nil
+}
+
+// enqueue appends an encoded frame to dst's output. If the output is full
+// it is written first, blocking this reader: that is the backpressure.
+func (p *peer) enqueue(dst *peer, frame []byte) {
+	if p.pending != nil && p.pending != dst {
+		p.flushPending()
+	}
+	dst.wmu.Lock()
+	if p.closed.Load() || dst.closed.Load() {
+		dst.wmu.Unlock()
+		p.cnt.dropped.Add(1)
+		return
+	}
+	o := dst.out
+	if o == nil {
+		o = outBufs.Get().(*outBuf)
+		o.dst = dst
+		dst.out = o
+	}
+	err := o.fw.WriteFrame(frame)
+	dst.wmu.Unlock()
+	if err != nil {
+		p.cnt.dropped.Add(1)
+		dst.writeFailed(err)
+		return
+	}
+	p.pending = dst
+	p.cnt.frames.Add(1)
+	p.cnt.bytes.Add(int64(wire.FrameHeaderSize + len(frame)))
+}
+
+// flushPending writes out what this reader appended to another peer.
+func (p *peer) flushPending() {
+	dst := p.pending
+	if dst == nil {
+		return
+	}
+	p.pending = nil
+	if err := dst.flushOut(); err != nil {
+		dst.writeFailed(err)
+	}
+}
+
+// flushOut writes p's waiting frames and returns the buffer to the pool.
+func (p *peer) flushOut() error {
+	p.wmu.Lock()
+	defer p.wmu.Unlock()
+	o := p.out
+	if o == nil {
+		return nil
+	}
+	p.out = nil
+	if p.closed.Load() {
+		o.dst = nil
+	}
+	err := o.fw.Flush()
+	o.dst = nil
+	outBufs.Put(o)
+	return err
+}
+
+// sendNow writes service-generated messages to p at once.
+func (p *peer) sendNow(msgs ...*wire.Message) {
+	p.wmu.Lock()
+	if p.closed.Load() {
+		p.wmu.Unlock()
+		return
+	}
+	o := p.out
+	if o == nil {
+		o = outBufs.Get().(*outBuf)
+		o.dst = p
+		p.out = o
+	}
+	var err error
+	for _, m := range msgs {
+		if err = o.fw.Write(m); err != nil {
+			break
+		}
+	}
+	if err == nil {
+		err = o.fw.Flush()
+	}
+	p.out = nil
+	o.dst = nil
+	o.fw.Flush() // after an error: drop what is left
+	outBufs.Put(o)
+	p.wmu.Unlock()
+	if err != nil {
+		p.writeFailed(err)
+	}
+}
+
+// sendResets tells p that the streams are gone.
+func (p *peer) sendResets(refs []streamRef) {
+	if len(refs) == 0 {
+		return
+	}
+	msgs := make([]*wire.Message, len(refs))
+	for i, s := range refs {
+		msgs[i] = &wire.Message{Type: wire.TypeStreamReset, StreamID: s.id, ServiceID: s.service}
+	}
+	p.log.Debug("resetting streams of the departed peer", "streams", len(refs))
+	p.sendNow(msgs...)
+}
+
+// finish detaches a peer whose reader ended: its last frames go out, the
+// other end learns its streams are reset, the Authorizer that it left.
+func (p *peer) finish(err error) {
+	p.flushPending()
+	alreadyClosed := p.closed.Load()
+	var ne net.Error
+	switch {
+	case errors.Is(err, errViolation):
+	case alreadyClosed:
+	case errors.Is(err, wsconn.ErrTextMessage):
+		p.r.violations.Add(1)
+		p.log.Warn("protocol violation: text message", "code", wsconn.CloseUnsupportedData)
+	case errors.As(err, &ne) && ne.Timeout():
+		p.log.Info("peer silent: closing", "idle_timeout", p.r.cfg.IdleTimeout)
+		p.close(wsconn.CloseGoingAway, fmt.Sprintf("nothing received for %v", p.r.cfg.IdleTimeout))
+	default:
+		var ce *wsconn.CloseError
+		if errors.As(err, &ce) {
+			p.log.Info("peer disconnected", "code", ce.Code, "reason", ce.Reason)
+		} else {
+			p.log.Info("peer connection lost", "err", err)
+		}
+	}
+	p.close(wsconn.CloseNormal, "")
+	if errors.Is(err, errViolation) || errors.Is(err, errClosed) {
+		p.discard() // until the close reply, or closeLinger
+	}
+	p.linger.Stop()
+	p.conn.Close()
+	if alreadyClosed {
+		p.log.Debug("peer closed", "code", p.closeCode, "reason", p.closeReason)
+	}
+
+	r, t := p.r, p.t
+	r.mu.Lock()
+	t.mu.Lock()
+	current := t.peers[p.idx].Load() == p
+	var resets []streamRef
+	var other *peer
+	if current {
+		t.peers[p.idx].Store(nil)
+		resets = t.takeStreams()
+		other = t.peers[1-p.idx].Load()
+	}
+	t.mu.Unlock()
+	delete(r.peers, p)
+	r.totals.add(&p.cnt)
+	r.mu.Unlock()
+
+	// Release the output; frames still in it can no longer be delivered.
+	p.flushOut()
+	if other != nil {
+		other.sendResets(resets)
+	}
+	if current {
+		r.notify(t, p.mode)
+	}
+}

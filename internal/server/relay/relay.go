@@ -1,0 +1,523 @@
+package relay
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
+
+	"github.com/sectun/sectun/internal/store"
+	"github.com/sectun/sectun/internal/token"
+	"github.com/sectun/sectun/internal/wsconn"
+	"github.com/sectun/sectun/wire"
+)
+
+// Mode is one end of a tunnel: store.ModeSource or store.ModeDestination.
+type Mode = store.Mode
+
+// The subprotocols of the three protocol versions.
+const (
+	SubprotocolV1 = "aws.iot.securetunneling-1.0"
+	SubprotocolV2 = "aws.iot.securetunneling-2.0"
+	SubprotocolV3 = "aws.iot.securetunneling-3.0"
+)
+
+var (
+	// ErrUnauthorized is wrapped by Authorizer errors that refuse a
+	// handshake (bad, unknown, used or rotated token, wrong mode, closed or
+	// expired tunnel). The handshake is answered 401.
+	ErrUnauthorized = errors.New("relay: unauthorized")
+	// ErrConfig reports an invalid Config.
+	ErrConfig = errors.New("relay: invalid config")
+)
+
+// HandshakeRequest is what a client presented, after the HTTP-level checks.
+type HandshakeRequest struct {
+	// AccessToken is the client access token (never log it: token.Short).
+	AccessToken string
+	// ClientToken is the client-token header, "" when absent; when present
+	// it matched ^[a-zA-Z0-9-]{32,128}$.
+	ClientToken string
+	// Mode is the local-proxy-mode query parameter.
+	Mode Mode
+	// RemoteAddr is the client's address, as http.Request.RemoteAddr.
+	RemoteAddr string
+	// ChannelID is the channel-id of this WebSocket session, for logs.
+	ChannelID string
+	// Subprotocol is the subprotocol that will be echoed.
+	Subprotocol string
+}
+
+// Grant is what an accepted handshake connects to.
+type Grant struct {
+	// TunnelID identifies the tunnel; both ends' grants must carry the same.
+	TunnelID string
+	// Services are the tunnel's service IDs (destinationConfig.services),
+	// sent in SERVICE_IDS and enforced on every frame; empty means one
+	// anonymous service (frames must not carry a service ID).
+	Services []string
+}
+
+// Authorizer decides who may connect. See the package documentation for
+// the semantics the relay expects.
+type Authorizer interface {
+	// Authorize checks the token for this mode and binds or consumes it.
+	// Refusals wrap ErrUnauthorized (HTTP 401, the text is shown to the
+	// client); other errors give HTTP 500.
+	Authorize(ctx context.Context, req HandshakeRequest) (Grant, error)
+	// PeerChanged records that an end of a tunnel got (connected) or lost
+	// its peer. Calls for a tunnel are serialized.
+	PeerChanged(ctx context.Context, tunnelID string, mode Mode, connected bool)
+}
+
+// Config configures a Relay. The zero value of every field but Authorizer
+// means its default.
+type Config struct {
+	// Authorizer checks handshakes. Required.
+	Authorizer Authorizer
+	// Logger receives connection events with keys tunnel_id, channel_id
+	// and mode; nil discards.
+	Logger *slog.Logger
+	// BandwidthLimit caps each tunnel, in each direction, to this many
+	// bytes per second of tunnel frames (bursts up to 131076 bytes); 0
+	// means no limit.
+	BandwidthLimit int64
+	// Registerer, when set, receives the relay's Prometheus metrics
+	// (tunneld_relay_*). nil registers none.
+	Registerer prometheus.Registerer
+	// Subprotocols are the accepted protocol versions (SubprotocolV1..V3);
+	// default all three. The highest one a client offers is chosen.
+	Subprotocols []string
+	// Path is the only path served; default "/tunnel".
+	Path string
+	// MaxRequestSize caps the handshake's request line and headers, in
+	// bytes; default 4096, as AWS.
+	MaxRequestSize int
+	// IdleTimeout drops a peer from which nothing (message, ping or pong)
+	// arrived for this long; default 60 s (three of the reference proxy's
+	// 20 s ping periods); negative disables.
+	IdleTimeout time.Duration
+	// PingInterval is how often the relay pings each peer, so peers that
+	// do not ping themselves still answer within IdleTimeout; default 20 s;
+	// negative disables.
+	PingInterval time.Duration
+	// WriteTimeout closes a peer that accepts no data for this long while
+	// the relay has some for it; default 30 s.
+	WriteTimeout time.Duration
+	// AuthorizeTimeout bounds one Authorize call; default 10 s.
+	AuthorizeTimeout time.Duration
+}
+
+// Relay is the /tunnel endpoint and the set of connected peers.
+type Relay struct {
+	cfg     Config
+	log     *slog.Logger
+	authz   Authorizer
+	subprot []string // accepted, highest version first
+
+	mu      sync.Mutex
+	tunnels map[string]*tunnel
+	peers   map[*peer]struct{} // every peer whose goroutine runs after install
+	fences  map[fenceKey]fence
+	closing bool
+	wg      sync.WaitGroup // ServeHTTP calls past the shutdown check
+
+	shutdownOnce sync.Once
+	done         chan struct{} // closed when Shutdown starts
+
+	totals    counters // folded counters of departed peers
+	handshake struct {
+		ok       atomic.Int64
+		failures [numFailures]atomic.Int64
+	}
+	violations atomic.Int64
+	replaced   atomic.Int64
+}
+
+// fenceKey names a tunnel (mode "") or one end of it.
+type fenceKey struct {
+	tunnelID string
+	mode     Mode
+}
+
+// fence refuses handshakes that started before CloseTunnel or
+// DisconnectPeer and were authorized before the store changed.
+type fence struct {
+	at     time.Time
+	code   int
+	reason string
+}
+
+// fenceTTL outlives any handshake: Authorize and the first write are
+// bounded by AuthorizeTimeout and WriteTimeout.
+func (r *Relay) fenceTTL() time.Duration {
+	return r.cfg.AuthorizeTimeout + r.cfg.WriteTimeout + 10*time.Second
+}
+
+// New returns a Relay. It fails with ErrConfig if Authorizer is nil or a
+// subprotocol is unknown, and with the registerer's error if the metrics
+// cannot be registered.
+func New(cfg Config) (*Relay, error) {
+	if cfg.Authorizer == nil {
+		return nil, fmt.Errorf("%w: Authorizer is required", ErrConfig)
+	}
+	if cfg.BandwidthLimit < 0 {
+		return nil, fmt.Errorf("%w: negative BandwidthLimit", ErrConfig)
+	}
+	if cfg.Path == "" {
+		cfg.Path = "/tunnel"
+	}
+	if cfg.MaxRequestSize <= 0 {
+		cfg.MaxRequestSize = 4096
+	}
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = 60 * time.Second
+	}
+	if cfg.PingInterval == 0 {
+		cfg.PingInterval = 20 * time.Second
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = 30 * time.Second
+	}
+	if cfg.AuthorizeTimeout <= 0 {
+		cfg.AuthorizeTimeout = 10 * time.Second
+	}
+	r := &Relay{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		authz:   cfg.Authorizer,
+		tunnels: make(map[string]*tunnel),
+		peers:   make(map[*peer]struct{}),
+		fences:  make(map[fenceKey]fence),
+		done:    make(chan struct{}),
+	}
+	if r.log == nil {
+		r.log = slog.New(slog.DiscardHandler)
+	}
+	offered := cfg.Subprotocols
+	if len(offered) == 0 {
+		offered = []string{SubprotocolV3, SubprotocolV2, SubprotocolV1}
+	}
+	for _, want := range []string{SubprotocolV3, SubprotocolV2, SubprotocolV1} {
+		for _, s := range offered {
+			if s == want {
+				r.subprot = append(r.subprot, s)
+				break
+			}
+		}
+	}
+	for _, s := range offered {
+		if subprotocolVersion(s) == 0 {
+			return nil, fmt.Errorf("%w: unknown subprotocol %q", ErrConfig, s)
+		}
+	}
+	if cfg.Registerer != nil {
+		if err := cfg.Registerer.Register(&collector{r: r}); err != nil {
+			return nil, fmt.Errorf("relay: registering metrics: %w", err)
+		}
+	}
+	return r, nil
+}
+
+func subprotocolVersion(s string) int {
+	switch s {
+	case SubprotocolV1:
+		return 1
+	case SubprotocolV2:
+		return 2
+	case SubprotocolV3:
+		return 3
+	}
+	return 0
+}
+
+func newChannelID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// ServeHTTP performs the handshake and, on success, relays the peer's
+// frames until its WebSocket closes. Mount it at Config.Path.
+func (r *Relay) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	start := time.Now()
+	channelID := newChannelID()
+	// Lower case as AWS sends it; net/http writes the key as given.
+	w.Header()["channel-id"] = []string{channelID}
+
+	hs, herr := r.checkRequest(req)
+	if herr != nil {
+		r.reject(w, req, channelID, hs, herr)
+		return
+	}
+	hs.ChannelID = channelID
+	hs.RemoteAddr = req.RemoteAddr
+
+	r.mu.Lock()
+	if r.closing {
+		r.mu.Unlock()
+		r.reject(w, req, channelID, hs, &handshakeError{http.StatusServiceUnavailable, failShutdown, "the tunneling service is shutting down: retry later"})
+		return
+	}
+	r.wg.Add(1)
+	r.mu.Unlock()
+	defer r.wg.Done()
+
+	ctx, cancel := context.WithTimeout(req.Context(), r.cfg.AuthorizeTimeout)
+	grant, err := r.authz.Authorize(ctx, hs)
+	cancel()
+	if err == nil && grant.TunnelID == "" {
+		err = errors.New("authorizer granted no tunnel ID")
+	}
+	if err != nil {
+		if errors.Is(err, ErrUnauthorized) {
+			r.reject(w, req, channelID, hs, &handshakeError{http.StatusUnauthorized, failUnauthorized, unauthorizedText(err)})
+		} else {
+			r.log.Error("authorizing handshake", "channel_id", channelID, "mode", hs.Mode, "token_id", token.Short(hs.AccessToken), "err", err)
+			r.reject(w, req, channelID, hs, &handshakeError{http.StatusInternalServerError, failInternal, "internal error: retry later"})
+		}
+		return
+	}
+
+	conn, err := wsconn.Accept(w, req, wsconn.AcceptOptions{
+		Subprotocol:     hs.Subprotocol,
+		Header:          http.Header{"channel-id": {channelID}},
+		ReadBufferSize:  acceptReadBuffer,
+		WriteBufferSize: acceptWriteBuffer,
+	})
+	if err != nil {
+		r.handshake.failures[failUpgrade].Add(1)
+		r.log.Info("websocket upgrade failed after authorization", "tunnel_id", grant.TunnelID, "channel_id", channelID, "mode", hs.Mode, "token_id", token.Short(hs.AccessToken), "err", err)
+		return
+	}
+	p := r.newPeer(conn, grant, hs)
+	if p.version >= 2 {
+		// Alone in its message: the reference proxy discards what follows
+		// SERVICE_IDS in the same message.
+		b, err := wire.AppendFrame(nil, &wire.Message{Type: wire.TypeServiceIDs, AvailableServiceIDs: grant.Services})
+		if err == nil {
+			conn.SetWriteDeadline(time.Now().Add(r.cfg.WriteTimeout))
+			err = conn.WriteMessage(b)
+		}
+		if err != nil {
+			p.log.Info("sending SERVICE_IDS failed", "err", err)
+			p.abort(wsconn.CloseInternalError, "internal error")
+			r.handshake.failures[failUpgrade].Add(1)
+			return
+		}
+	}
+	if !r.install(p, start) {
+		return
+	}
+	r.handshake.ok.Add(1)
+	p.log.Info("peer connected", "subprotocol", hs.Subprotocol, "remote_addr", hs.RemoteAddr, "token_id", token.Short(hs.AccessToken))
+	r.notify(p.t, p.mode)
+	p.run()
+}
+
+// unauthorizedText is the refusal's text without the sentinel's prefix.
+func unauthorizedText(err error) string {
+	s := err.Error()
+	if rest, ok := strings.CutPrefix(s, ErrUnauthorized.Error()+": "); ok {
+		s = rest
+	}
+	return "access denied: " + s
+}
+
+func (r *Relay) reject(w http.ResponseWriter, req *http.Request, channelID string, hs HandshakeRequest, e *handshakeError) {
+	r.handshake.failures[e.reason].Add(1)
+	args := []any{"channel_id", channelID, "status", e.status, "reason", e.reason.String(), "remote_addr", req.RemoteAddr, "msg", e.text}
+	if hs.Mode != "" {
+		args = append(args, "mode", hs.Mode)
+	}
+	if hs.AccessToken != "" {
+		args = append(args, "token_id", token.Short(hs.AccessToken))
+	}
+	r.log.Info("handshake refused", args...)
+	if e.status == http.StatusBadRequest && e.reason == failUpgradeForm {
+		w.Header().Set("Sec-WebSocket-Version", "13")
+	}
+	http.Error(w, e.text, e.status)
+}
+
+// install makes p its tunnel end's peer, replacing any previous one. It
+// returns false (having closed p) if the tunnel or end was fenced, or the
+// relay is shutting down, after the handshake started.
+func (r *Relay) install(p *peer, started time.Time) bool {
+	r.mu.Lock()
+	if r.closing {
+		r.mu.Unlock()
+		p.abort(wsconn.CloseGoingAway, "the tunneling service is shutting down")
+		return false
+	}
+	for _, k := range [...]fenceKey{{p.tunnelID, ""}, {p.tunnelID, p.mode}} {
+		if f, ok := r.fences[k]; ok && !started.After(f.at) {
+			r.mu.Unlock()
+			r.handshake.failures[failFenced].Add(1)
+			p.log.Info("peer refused after handshake", "reason", f.reason)
+			p.abort(f.code, f.reason)
+			return false
+		}
+	}
+	t := r.tunnels[p.tunnelID]
+	if t == nil {
+		t = r.newTunnel(p.tunnelID)
+		r.tunnels[t.id] = t
+	}
+	p.t = t
+	t.setServices(p.services)
+	r.peers[p] = struct{}{}
+	t.mu.Lock()
+	old := t.peers[p.idx].Load()
+	t.peers[p.idx].Store(p)
+	var resets []streamRef
+	if old != nil {
+		old.closed.Store(true)
+		resets = t.takeStreams()
+	}
+	other := t.peers[1-p.idx].Load()
+	t.mu.Unlock()
+	r.mu.Unlock()
+
+	if old != nil {
+		r.replaced.Add(1)
+		old.log.Info("peer replaced by a new connection", "new_channel_id", p.channelID)
+		old.close(wsconn.ClosePolicyViolation, "replaced by a new connection")
+		if other != nil {
+			other.sendResets(resets)
+		}
+	}
+	return true
+}
+
+// notify reports the current state of one end to the Authorizer, and
+// forgets the tunnel when it has no peer left and both ends were reported
+// disconnected.
+func (r *Relay) notify(t *tunnel, mode Mode) {
+	idx := modeIndex(mode)
+	t.notifyMu.Lock()
+	defer t.notifyMu.Unlock()
+	connected := t.peers[idx].Load() != nil
+	if t.reported[idx] != connected {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		r.authz.PeerChanged(ctx, t.id, mode, connected)
+		cancel()
+		t.reported[idx] = connected
+	}
+	if connected || t.reported[1-idx] {
+		return
+	}
+	r.mu.Lock()
+	if r.tunnels[t.id] == t && t.peers[0].Load() == nil && t.peers[1].Load() == nil {
+		delete(r.tunnels, t.id)
+	}
+	r.mu.Unlock()
+}
+
+// CloseTunnel closes both peers of a tunnel with 1000 and reason (default
+// "tunnel closed"), and refuses handshakes for it that are already past
+// Authorize. It does not wait for the peers' goroutines.
+func (r *Relay) CloseTunnel(tunnelID, reason string) {
+	if reason == "" {
+		reason = "tunnel closed"
+	}
+	r.fenceAndClose(fenceKey{tunnelID, ""}, wsconn.CloseNormal, reason)
+}
+
+// DisconnectPeer closes one end's peer with 1008 and reason (default
+// "access token rotated"), e.g. after its token was rotated, and refuses
+// handshakes for that end already past Authorize. It does not wait.
+func (r *Relay) DisconnectPeer(tunnelID string, mode Mode, reason string) {
+	if reason == "" {
+		reason = "access token rotated"
+	}
+	if modeIndex(mode) < 0 {
+		return
+	}
+	r.fenceAndClose(fenceKey{tunnelID, mode}, wsconn.ClosePolicyViolation, reason)
+}
+
+func (r *Relay) fenceAndClose(k fenceKey, code int, reason string) {
+	now := time.Now()
+	var victims []*peer
+	r.mu.Lock()
+	for fk, f := range r.fences {
+		if now.Sub(f.at) > r.fenceTTL() {
+			delete(r.fences, fk)
+		}
+	}
+	r.fences[k] = fence{at: now, code: code, reason: reason}
+	if t := r.tunnels[k.tunnelID]; t != nil {
+		for i := range t.peers {
+			if p := t.peers[i].Load(); p != nil && (k.mode == "" || p.mode == k.mode) {
+				victims = append(victims, p)
+			}
+		}
+	}
+	r.mu.Unlock()
+	for _, p := range victims {
+		p.log.Info("closing peer", "reason", reason)
+		p.close(code, reason)
+	}
+}
+
+// Shutdown refuses new handshakes, closes every WebSocket with 1001 and
+// waits until every ServeHTTP call has returned, or ctx ends (then it
+// returns ctx's error). It may be called more than once.
+func (r *Relay) Shutdown(ctx context.Context) error {
+	r.shutdownOnce.Do(func() { close(r.done) })
+	r.mu.Lock()
+	r.closing = true
+	victims := make([]*peer, 0, len(r.peers))
+	for p := range r.peers {
+		victims = append(victims, p)
+	}
+	r.mu.Unlock()
+
+	// Closing writes a close frame with a 1 s deadline: do it in parallel
+	// so stuck peers do not add up.
+	work := make(chan *peer)
+	var cw sync.WaitGroup
+	for range min(len(victims), 32) {
+		cw.Go(func() {
+			for p := range work {
+				p.close(wsconn.CloseGoingAway, "the tunneling service is shutting down")
+			}
+		})
+	}
+	for _, p := range victims {
+		work <- p
+	}
+	close(work)
+	cw.Wait()
+
+	waited := make(chan struct{})
+	go func() { r.wg.Wait(); close(waited) }()
+	select {
+	case <-waited:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("relay: shutdown: %w", ctx.Err())
+	}
+}
+
+// newTunnel returns the state of a tunnel that has no peer yet.
+func (r *Relay) newTunnel(id string) *tunnel {
+	t := &tunnel{id: id, streams: make(map[string]int32)}
+	if r.cfg.BandwidthLimit > 0 {
+		for i := range t.limiters {
+			t.limiters[i] = rate.NewLimiter(rate.Limit(r.cfg.BandwidthLimit), limiterBurst)
+		}
+	}
+	return t
+}
