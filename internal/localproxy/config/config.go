@@ -347,7 +347,7 @@ func (c *Config) build(values map[string]sourced, env Environment) error {
 		return errorf(ErrAccessToken, "the access token (from %s) holds spaces or control characters: copy it again without them", t.from)
 	}
 	c.AccessToken = t.value
-	if strings.HasPrefix(t.from, "-") {
+	if t.from == lookupLong(optAccessToken).flagName() {
 		c.Warnings = append(c.Warnings, "access token given on the command line, where other users can see it: set "+envAccessToken+" instead")
 	}
 	if v, ok := get(optClientToken); ok {

@@ -116,9 +116,13 @@ func parseHostPort(s string) (host string, port int, err error) {
 // as sectun extensions, "[v6addr]:port" and a "ws://" or "wss://" URL
 // (with an optional path prefix; a final "/tunnel" is dropped). With a
 // region (-r), the host is s.RegionEndpointOverrides[region] if present,
-// else s.EndpointFormat with the region in place of %s. Exactly one of
-// endpoint and region must be non-empty.
+// else s.EndpointFormat with the region in place of %s (s nil means
+// DefaultSettings). Exactly one of endpoint and region must be non-empty.
 func EndpointURL(endpoint, region string, s *Settings) (*url.URL, error) {
+	if s == nil {
+		d := DefaultSettings()
+		s = &d
+	}
 	switch {
 	case endpoint != "" && region != "":
 		return nil, errorf(ErrEndpointAndRegion, "give either an endpoint or a region")
