@@ -32,6 +32,12 @@ type Store struct {
 	w *sql.DB // one connection, BEGIN IMMEDIATE: every write
 	r *sql.DB // read-only pool; w itself for Memory
 
+	// Prepared statements of the hot paths: preparing a 22-column SELECT
+	// costs more than running it. database/sql prepares each once per
+	// connection.
+	get, find                            *sql.Stmt // on r
+	lock, insert, update, tokDel, tokIns *sql.Stmt // on w
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -95,13 +101,50 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		r.SetConnMaxIdleTime(0)
 		s.r = r
 	}
+	if err := s.prepare(ctx); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("sqlite: %s: %w", path, err)
+	}
 	return s, nil
+}
+
+const (
+	selectByID    = `SELECT ` + columns + ` FROM tunnels WHERE id = ?`
+	selectByToken = `SELECT ` + columns + ` FROM tunnels WHERE id = (SELECT tunnel_id FROM tokens WHERE hash = ?)`
+)
+
+func (s *Store) prepare(ctx context.Context) error {
+	for _, p := range []struct {
+		db    *sql.DB
+		dst   **sql.Stmt
+		query string
+	}{
+		{s.r, &s.get, selectByID},
+		{s.r, &s.find, selectByToken},
+		{s.w, &s.lock, selectByID},
+		{s.w, &s.insert, `INSERT INTO tunnels (` + columns + `) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`},
+		{s.w, &s.update, `UPDATE tunnels SET (` + columns + `) = (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) WHERE id = ?`},
+		{s.w, &s.tokDel, `DELETE FROM tokens WHERE tunnel_id = ? AND mode = ?`},
+		{s.w, &s.tokIns, `INSERT INTO tokens (hash, tunnel_id, mode) VALUES (?, ?, ?)`},
+	} {
+		st, err := p.db.PrepareContext(ctx, p.query)
+		if err != nil {
+			return fmt.Errorf("prepare: %w", err)
+		}
+		*p.dst = st
+	}
+	return nil
 }
 
 // Close closes the database. It is idempotent; calls after the first
 // return the first call's result.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
+		for _, st := range []*sql.Stmt{s.get, s.find, s.lock, s.insert, s.update, s.tokDel, s.tokIns} {
+			if st != nil {
+				st.Close()
+			}
+		}
 		var rerr error
 		if s.r != s.w {
 			rerr = s.r.Close()
@@ -195,14 +238,9 @@ func writeErr(op, id string, err error) error {
 	return fmt.Errorf("sqlite: %s %s: %w", op, id, err)
 }
 
-// execer is a *sql.Tx or *sql.DB.
-type execer interface {
-	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
-}
-
 // putTokens makes the tokens rows of t's ends match t, given the hashes
 // they had before (nil for a new tunnel).
-func putTokens(ctx context.Context, tx execer, t *store.Tunnel, oldSrc, oldDst []byte) error {
+func (s *Store) putTokens(ctx context.Context, tx *sql.Tx, t *store.Tunnel, oldSrc, oldDst []byte) error {
 	ends := []struct {
 		mode     store.Mode
 		old, new []byte
@@ -214,14 +252,14 @@ func putTokens(ctx context.Context, tx execer, t *store.Tunnel, oldSrc, oldDst [
 	// works.
 	for _, e := range ends {
 		if len(e.old) > 0 && !bytes.Equal(e.old, e.new) {
-			if _, err := tx.ExecContext(ctx, `DELETE FROM tokens WHERE tunnel_id = ? AND mode = ?`, t.ID, string(e.mode)); err != nil {
+			if _, err := tx.StmtContext(ctx, s.tokDel).ExecContext(ctx, t.ID, string(e.mode)); err != nil {
 				return err
 			}
 		}
 	}
 	for _, e := range ends {
 		if len(e.new) > 0 && !bytes.Equal(e.old, e.new) {
-			if _, err := tx.ExecContext(ctx, `INSERT INTO tokens (hash, tunnel_id, mode) VALUES (?, ?, ?)`, e.new, t.ID, string(e.mode)); err != nil {
+			if _, err := tx.StmtContext(ctx, s.tokIns).ExecContext(ctx, e.new, t.ID, string(e.mode)); err != nil {
 				return err
 			}
 		}
@@ -239,11 +277,10 @@ func (s *Store) Create(ctx context.Context, t *store.Tunnel) error {
 		return fmt.Errorf("sqlite: create %s: %w", t.ID, err)
 	}
 	defer tx.Rollback()
-	if _, err := tx.ExecContext(ctx, `INSERT INTO tunnels (`+columns+`)
-		VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`, values(t)...); err != nil {
+	if _, err := tx.StmtContext(ctx, s.insert).ExecContext(ctx, values(t)...); err != nil {
 		return writeErr("create", t.ID, err)
 	}
-	if err := putTokens(ctx, tx, t, nil, nil); err != nil {
+	if err := s.putTokens(ctx, tx, t, nil, nil); err != nil {
 		return writeErr("create", t.ID, err)
 	}
 	if err := tx.Commit(); err != nil {
@@ -254,7 +291,7 @@ func (s *Store) Create(ctx context.Context, t *store.Tunnel) error {
 
 // Get implements store.Store.
 func (s *Store) Get(ctx context.Context, id string) (*store.Tunnel, error) {
-	t, err := scanTunnel(s.r.QueryRowContext(ctx, `SELECT `+columns+` FROM tunnels WHERE id = ?`, id))
+	t, err := scanTunnel(s.get.QueryRowContext(ctx, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("sqlite: get %s: %w", id, store.ErrNotFound)
 	}
@@ -270,8 +307,7 @@ func (s *Store) FindByToken(ctx context.Context, tokenHash []byte) (*store.Tunne
 		return nil, "", fmt.Errorf("sqlite: find by token: empty hash: %w", store.ErrNotFound)
 	}
 	// Two primary-key lookups: tokens, then tunnels.
-	t, err := scanTunnel(s.r.QueryRowContext(ctx, `SELECT `+columns+` FROM tunnels
-		WHERE id = (SELECT tunnel_id FROM tokens WHERE hash = ?)`, tokenHash))
+	t, err := scanTunnel(s.find.QueryRowContext(ctx, tokenHash))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, "", fmt.Errorf("sqlite: find by token: %w", store.ErrNotFound)
 	}
@@ -337,7 +373,7 @@ func (s *Store) Update(ctx context.Context, id string, fn func(*store.Tunnel) er
 		return nil, fmt.Errorf("sqlite: update %s: %w", id, err)
 	}
 	defer tx.Rollback() // no-op after Commit
-	t, err := scanTunnel(tx.QueryRowContext(ctx, `SELECT `+columns+` FROM tunnels WHERE id = ?`, id))
+	t, err := scanTunnel(tx.StmtContext(ctx, s.lock).QueryRowContext(ctx, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("sqlite: update %s: %w", id, store.ErrNotFound)
 	}
@@ -354,12 +390,10 @@ func (s *Store) Update(ctx context.Context, id string, fn func(*store.Tunnel) er
 	if err := rowcodec.Validate(t); err != nil {
 		return nil, err
 	}
-	v := values(t)
-	if _, err := tx.ExecContext(ctx, `UPDATE tunnels SET (`+columns+`)
-		= (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) WHERE id = ?`, append(v, id)...); err != nil {
+	if _, err := tx.StmtContext(ctx, s.update).ExecContext(ctx, append(values(t), id)...); err != nil {
 		return nil, writeErr("update", id, err)
 	}
-	if err := putTokens(ctx, tx, t, oldSrc, oldDst); err != nil {
+	if err := s.putTokens(ctx, tx, t, oldSrc, oldDst); err != nil {
 		return nil, writeErr("update", id, err)
 	}
 	if err := tx.Commit(); err != nil {

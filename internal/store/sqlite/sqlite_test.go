@@ -262,8 +262,8 @@ func TestQueryPlans(t *testing.T) {
 		query string
 		args  []any
 	}{
-		{"FindByToken", `SELECT ` + columns + ` FROM tunnels WHERE id = (SELECT tunnel_id FROM tokens WHERE hash = ?)`, []any{h}},
-		{"Get", `SELECT ` + columns + ` FROM tunnels WHERE id = ?`, []any{"x"}},
+		{"FindByToken", selectByToken, []any{h}},
+		{"Get", selectByID, []any{"x"}},
 		{"List page", `SELECT ` + columns + ` FROM tunnels WHERE (created_at, id) < (?, ?) ORDER BY created_at DESC, id DESC LIMIT 11`, []any{1, "x"}},
 		{"List thing", `SELECT ` + columns + ` FROM tunnels WHERE thing_name = ? ORDER BY created_at DESC, id DESC LIMIT 11`, []any{"x"}},
 		{"OpenExpiringBefore", `SELECT ` + columns + ` FROM tunnels WHERE status = 'OPEN' AND expires_at < ? ORDER BY expires_at, id`, []any{1}},
