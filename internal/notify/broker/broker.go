@@ -48,6 +48,7 @@ type Broker struct {
 	stopAfter func() bool // unregisters Start's ctx callback
 
 	closeOnce sync.Once
+	done      chan struct{} // closed when Close has finished
 }
 
 const (
@@ -70,6 +71,7 @@ func New(cfg Config) (*Broker, error) {
 		users:      make(map[string]User, len(cfg.Users)),
 		adminCerts: make(map[string]bool, len(cfg.AdminCertNames)),
 		anonymous:  map[string]bool{},
+		done:       make(chan struct{}),
 	}
 	for _, u := range cfg.Users {
 		b.users[u.Name] = u
@@ -102,7 +104,7 @@ func New(cfg Config) (*Broker, error) {
 	b.srv = mqtt.New(&mqtt.Options{
 		Capabilities:           caps,
 		InlineClient:           true,
-		Logger:                 b.log.With("component", "mqtt"),
+		Logger:                 slog.New(quieter{b.log.Handler()}).With("component", "mqtt"),
 		SysTopicResendInterval: 60,
 	})
 	if err := b.srv.AddHook(&authHook{b: b}, nil); err != nil {
@@ -258,10 +260,15 @@ func (b *Broker) NotifyTunnel(_ context.Context, n notify.Notification) error {
 	return nil
 }
 
+// Done is closed once the broker has closed (by Close, or by the end of
+// Start's context) and all its goroutines are gone.
+func (b *Broker) Done() <-chan struct{} { return b.done }
+
 // Close disconnects every client, stops the listeners and waits for all
 // goroutines. It is idempotent and safe to call before Start.
 func (b *Broker) Close() error {
 	b.closeOnce.Do(func() {
+		defer close(b.done)
 		b.mu.Lock()
 		started := b.state == stateStarted
 		b.state = stateClosed
@@ -280,3 +287,23 @@ func (b *Broker) Close() error {
 	})
 	return nil
 }
+
+// quieter logs mochi's Info records (start-up chatter) at Debug.
+type quieter struct{ h slog.Handler }
+
+func (q quieter) Enabled(ctx context.Context, l slog.Level) bool {
+	if l == slog.LevelInfo {
+		l = slog.LevelDebug
+	}
+	return q.h.Enabled(ctx, l)
+}
+
+func (q quieter) Handle(ctx context.Context, r slog.Record) error {
+	if r.Level == slog.LevelInfo {
+		r.Level = slog.LevelDebug
+	}
+	return q.h.Handle(ctx, r)
+}
+
+func (q quieter) WithAttrs(a []slog.Attr) slog.Handler { return quieter{q.h.WithAttrs(a)} }
+func (q quieter) WithGroup(g string) slog.Handler      { return quieter{q.h.WithGroup(g)} }

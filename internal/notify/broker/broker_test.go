@@ -430,12 +430,13 @@ func TestStartContextCloses(t *testing.T) {
 	}
 	addr := b.Addr().String()
 	cancel()
-	deadline := time.Now().Add(wait)
-	for b.NotifyTunnel(context.Background(), note("d")) == nil {
-		if time.Now().After(deadline) {
-			t.Fatal("broker still open after its Start context ended")
-		}
-		time.Sleep(time.Millisecond)
+	select {
+	case <-b.Done():
+	case <-time.After(wait):
+		t.Fatal("broker still open after its Start context ended")
+	}
+	if err := b.NotifyTunnel(context.Background(), note("d")); !errors.Is(err, notify.ErrClosed) {
+		t.Fatalf("NotifyTunnel after the context ended: %v", err)
 	}
 	b.Close()
 	if c, err := net.DialTimeout("tcp", addr, wait); err == nil {

@@ -66,6 +66,7 @@ type clientOpts struct {
 	url, id, user, pass string
 	tls                 *tls.Config
 	will                string // will topic, if any
+	persistent          bool   // clean session false
 }
 
 // dial connects a client; it returns the CONNECT error instead of failing.
@@ -78,7 +79,7 @@ func dial(t *testing.T, o clientOpts) (*client, error) {
 		SetUsername(o.user).
 		SetPassword(o.pass).
 		SetProtocolVersion(4).
-		SetCleanSession(true).
+		SetCleanSession(!o.persistent).
 		SetAutoReconnect(false).
 		SetConnectTimeout(wait).
 		SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { c.msgs <- m }).
