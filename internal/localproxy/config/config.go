@@ -107,7 +107,11 @@ type Config struct {
 	// DirMappings are the --config-dir entries, first occurrence of each
 	// service ID only, in file-name order.
 	DirMappings []DirEntry
-	// BindAddress is -b/--local-bind-address ("" = not given).
+	// BindAddress is -b/--local-bind-address ("" = not given; brackets
+	// around an IPv6 address are removed). A source listens on it (see
+	// ListenHost); a destination binds its outgoing connections to it
+	// (port 0) and, as the reference does, dials it for mappings that
+	// name no host.
 	BindAddress string
 	// CAPath is -c/--capath: an extra CA certificate directory ("" = none).
 	CAPath string
@@ -146,6 +150,16 @@ type Config struct {
 type sourced struct {
 	value string
 	from  string
+}
+
+// where names option name for a message: its flag, and the origin of the
+// value when that is not the command line.
+func (v sourced) where(name string) string {
+	flag := lookupLong(name).flagName()
+	if v.from == flag {
+		return flag
+	}
+	return flag + " (from " + v.from + ")"
 }
 
 // Parse builds a Config from the command line args (without the program
@@ -291,7 +305,7 @@ func (c *Config) build(values map[string]sourced, env Environment) error {
 	// Options that need a non-empty value.
 	for _, name := range []string{optEndpoint, optRegion, optBindAddress, optCAPath, optSettingsJSON, optMode, optClientType, optConfigDir, optVerbose} {
 		if v, ok := get(name); ok && strings.TrimSpace(v.value) == "" {
-			return errorf(ErrUsage, "%s (from %s) is empty: give a value or leave the option out", lookupLong(name).flagName(), v.from)
+			return errorf(ErrUsage, "%s is empty: give a value or leave the option out", v.where(name))
 		}
 	}
 
@@ -300,7 +314,7 @@ func (c *Config) build(values map[string]sourced, env Environment) error {
 	if v, ok := get(optVerbose); ok {
 		n, err := strconv.Atoi(strings.TrimSpace(v.value))
 		if err != nil || n < 0 || n > 255 {
-			return errorf(ErrVerbosity, "-v/--verbose %q (from %s): use a level 0..6 (0 off, 4 info, 6 trace)", v.value, v.from)
+			return errorf(ErrVerbosity, "%s %q: use a level 0..6 (0 off, 4 info, 6 trace)", v.where(optVerbose), v.value)
 		}
 		c.Verbosity = min(n, 6)
 	}
@@ -310,7 +324,7 @@ func (c *Config) build(values map[string]sourced, env Environment) error {
 		c.SettingsFile = v.value
 		data, err := readFile(v.value, MaxSettingsFileSize)
 		if err != nil {
-			return errorf(ErrFile, "--settings-json %s (from %s): %v", v.value, v.from, err)
+			return errorf(ErrFile, "%s %s: %v", v.where(optSettingsJSON), v.value, err)
 		}
 		if err := loadSettings(strings.NewReader(string(data)), &c.Settings); err != nil {
 			return errorf(ErrSettings, "%s: %v", v.value, err)
@@ -381,7 +395,7 @@ func (c *Config) build(values map[string]sourced, env Environment) error {
 	}
 	if v, ok := get(optCAPath); ok {
 		if _, err := os.Stat(v.value); err != nil {
-			return errorf(ErrFile, "-c/--capath %s (from %s): %v", v.value, v.from, err)
+			return errorf(ErrFile, "%s %s: %v", v.where(optCAPath), v.value, err)
 		}
 		c.CAPath = v.value
 	}
@@ -396,7 +410,7 @@ func (c *Config) build(values map[string]sourced, env Environment) error {
 			c.DestinationClientType = "V2"
 		case "V3":
 		default:
-			return errorf(ErrClientType, "-y/--destination-client-type %q (from %s): use V1 or V2 for an older destination, or leave it out for V3", v.value, v.from)
+			return errorf(ErrClientType, "%s %q: use V1 or V2 for an older destination, or leave it out for V3", v.where(optClientType), v.value)
 		}
 	}
 
@@ -421,7 +435,7 @@ func (c *Config) buildMode(get func(string) (sourced, bool)) error {
 	d, hasD := get(optDestination)
 	m, hasM := get(optMode)
 	if hasS && hasD {
-		return errorf(ErrModeConflict, "-s/--source-listen-port (from %s) and -d/--destination-app (from %s): a proxy is either a source or a destination, keep one", s.from, d.from)
+		return errorf(ErrModeConflict, "%s and %s: a proxy is either a source or a destination, keep one", s.where(optSource), d.where(optDestination))
 	}
 	if !hasS && !hasD && !hasM {
 		return errorf(ErrNoMode, "pass -s PORT (source), -d PORT (destination), or -m source|destination with mappings in --config-dir")
@@ -434,16 +448,16 @@ func (c *Config) buildMode(get func(string) (sourced, bool)) error {
 		switch strings.ToLower(strings.TrimSpace(m.value)) {
 		case "src", "source":
 			if hasD {
-				return errorf(ErrModeConflict, "-m %s (from %s) with -d (from %s): -d runs a destination; drop one", m.value, m.from, d.from)
+				return errorf(ErrModeConflict, "%s %s with %s: -d runs a destination; drop one", m.where(optMode), m.value, d.where(optDestination))
 			}
 			c.Mode = ModeSource
 		case "dst", "destination":
 			if hasS {
-				return errorf(ErrModeConflict, "-m %s (from %s) with -s (from %s): -s runs a source; drop one", m.value, m.from, s.from)
+				return errorf(ErrModeConflict, "%s %s with %s: -s runs a source; drop one", m.where(optMode), m.value, s.where(optSource))
 			}
 			c.Mode = ModeDestination
 		default:
-			return errorf(ErrMode, "-m/--mode %q (from %s): use src, source, dst or destination", m.value, m.from)
+			return errorf(ErrMode, "%s %q: use src, source, dst or destination", m.where(optMode), m.value)
 		}
 	}
 	v := s
@@ -455,7 +469,10 @@ func (c *Config) buildMode(get func(string) (sourced, bool)) error {
 	}
 	ms, err := ParseMappings(v.value, c.Mode)
 	if err != nil {
-		return fmt.Errorf("%w (from %s)", err, v.from)
+		if v.from != lookupLong(optSource).flagName() && v.from != lookupLong(optDestination).flagName() {
+			return fmt.Errorf("%w (from %s)", err, v.from)
+		}
+		return err
 	}
 	c.Mappings = ms
 	if c.Mode == ModeSource {
@@ -491,7 +508,7 @@ func (c *Config) readConfigDir(get func(string) (sourced, bool), env Environment
 	dir := ""
 	if v, ok := get(optConfigDir); ok {
 		if err := checkConfigDir(v.value); err != nil {
-			return errorf(ErrFile, "--config-dir %s (from %s): %v: it must be an existing directory holding mapping files", v.value, v.from, err)
+			return errorf(ErrFile, "%s %s: %v: it must be an existing directory holding mapping files", v.where(optConfigDir), v.value, err)
 		}
 		dir = v.value
 	} else {

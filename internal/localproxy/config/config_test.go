@@ -702,3 +702,16 @@ func TestExpandLongPrefixes(t *testing.T) {
 		}
 	}
 }
+
+func BenchmarkParse(b *testing.B) {
+	env := Environment{Getenv: func(k string) string {
+		return map[string]string{envAccessToken: "tok", "HTTPS_PROXY": "http://u:p@proxy:3128"}[k]
+	}}
+	args := []string{"-r", "us-east-1", "-s", "SSH1=5555,HTTP1=8080", "-v", "5", "-y", "V2"}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, _, err := Parse(args, env); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

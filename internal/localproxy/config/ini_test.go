@@ -103,8 +103,8 @@ func FuzzParseOptionsFile(f *testing.F) {
 			if o.name == "" || strings.ContainsAny(o.name+o.value, "#\n") {
 				t.Fatalf("bad option %+v", o)
 			}
-			if strings.HasPrefix(o.name, "[") {
-				return // would read back as a section header
+			if strings.HasPrefix(o.name, "[") || strings.Contains(o.name, "=") || o.name != strings.Trim(o.name, " \t\r") {
+				return // a [section] name can make a name that reads back differently
 			}
 			b.WriteString(o.name + " = " + o.value + "\n")
 		}

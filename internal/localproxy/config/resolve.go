@@ -67,8 +67,15 @@ func (c *Config) Resolve(serviceIDs []string) ([]Mapping, error) {
 			}
 		}
 		if len(missing) > 0 || len(unknown) > 0 {
-			return nil, errorf(ErrServiceIDs, "the tunnel has services %s, %s maps %s%s%s: map exactly the tunnel's services, e.g. %s %s",
-				strings.Join(ids, ", "), opt, mappedIDs(c.Mappings), listNote(" (not in the tunnel: ", unknown), listNote(" (no mapping: ", missing), opt, example(ids))
+			var notes []string
+			if len(unknown) > 0 {
+				notes = append(notes, "not in the tunnel: "+strings.Join(unknown, ", "))
+			}
+			if len(missing) > 0 {
+				notes = append(notes, "no mapping: "+strings.Join(missing, ", "))
+			}
+			return nil, errorf(ErrServiceIDs, "the tunnel has services %s but %s maps %s (%s): map exactly the tunnel's services, e.g. %s %s",
+				strings.Join(ids, ", "), opt, mappedIDs(c.Mappings), strings.Join(notes, "; "), opt, example(ids))
 		}
 		return out, nil
 	}
@@ -108,13 +115,6 @@ func mappedIDs(ms []Mapping) string {
 		ids[i] = m.ServiceID
 	}
 	return strings.Join(ids, ", ")
-}
-
-func listNote(prefix string, ids []string) string {
-	if len(ids) == 0 {
-		return ""
-	}
-	return prefix + strings.Join(ids, ", ") + ")"
 }
 
 func example(ids []string) string {

@@ -54,8 +54,9 @@ type Settings struct {
 	// TCPWriteBufferSize (tcp.write_buffer_size); read but never exported
 	// by the reference. Default 131076.
 	TCPWriteBufferSize int
-	// MaxActiveConnections (tcp.max_active_connections): simultaneous TCP
-	// connections per service. Default 128.
+	// MaxActiveConnections (tcp.max_active_connections): the most
+	// simultaneous TCP connections (the reference aborts beyond it; sectun
+	// should refuse the extra connection). Default 128.
 	MaxActiveConnections int
 
 	// PingPeriod (websocket.ping_period_ms) between WebSocket pings.
