@@ -301,6 +301,16 @@ func (r *Relay) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	p := r.newPeer(conn, grant, hs)
+	// The peer is installed before SERVICE_IDS goes out, so a client that
+	// has read SERVICE_IDS can count on being reachable; holding its
+	// output lock keeps the other peer's frames behind SERVICE_IDS.
+	p.wmu.Lock()
+	if code, reason, ok := r.install(p, start); !ok {
+		p.wmu.Unlock()
+		p.log.Info("peer refused after handshake", "reason", reason)
+		p.abort(code, reason)
+		return
+	}
 	if p.version >= 2 {
 		// Alone in its message: the reference proxy discards what follows
 		// SERVICE_IDS in the same message.
@@ -311,14 +321,13 @@ func (r *Relay) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		}
 		if err != nil {
 			p.log.Info("sending SERVICE_IDS failed", "err", err)
-			p.abort(wsconn.CloseInternalError, "internal error")
-			r.handshake.failures[failUpgrade].Add(1)
+			p.wmu.Unlock()
+			p.close(wsconn.CloseInternalError, "internal error")
+			p.run() // finds the peer closed and detaches it
 			return
 		}
 	}
-	if !r.install(p, start) {
-		return
-	}
+	p.wmu.Unlock()
 	r.handshake.ok.Add(1)
 	p.log.Info("peer connected", "subprotocol", hs.Subprotocol, "remote_addr", hs.RemoteAddr, "token_id", token.Short(hs.AccessToken))
 	r.notify(p.t, p.mode)
@@ -351,22 +360,20 @@ func (r *Relay) reject(w http.ResponseWriter, req *http.Request, channelID strin
 }
 
 // install makes p its tunnel end's peer, replacing any previous one. It
-// returns false (having closed p) if the tunnel or end was fenced, or the
-// relay is shutting down, after the handshake started.
-func (r *Relay) install(p *peer, started time.Time) bool {
+// fails, with the close code and reason to give p, if the tunnel or end
+// was fenced after the handshake started, or the relay is shutting down.
+func (r *Relay) install(p *peer, started time.Time) (code int, reason string, ok bool) {
 	r.mu.Lock()
 	if r.closing {
 		r.mu.Unlock()
-		p.abort(wsconn.CloseGoingAway, "the tunneling service is shutting down")
-		return false
+		r.handshake.failures[failShutdown].Add(1)
+		return wsconn.CloseGoingAway, "the tunneling service is shutting down", false
 	}
 	for _, k := range [...]fenceKey{{p.tunnelID, ""}, {p.tunnelID, p.mode}} {
 		if f, ok := r.fences[k]; ok && !started.After(f.at) {
 			r.mu.Unlock()
 			r.handshake.failures[failFenced].Add(1)
-			p.log.Info("peer refused after handshake", "reason", f.reason)
-			p.abort(f.code, f.reason)
-			return false
+			return f.code, f.reason, false
 		}
 	}
 	t := r.tunnels[p.tunnelID]
@@ -397,7 +404,7 @@ func (r *Relay) install(p *peer, started time.Time) bool {
 			other.sendResets(resets)
 		}
 	}
-	return true
+	return 0, "", true
 }
 
 // notify reports the current state of one end to the Authorizer, and
