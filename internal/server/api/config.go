@@ -97,10 +97,14 @@ type Config struct {
 	// SweepInterval is how often Run sweeps; 0 means DefaultSweepInterval.
 	SweepInterval time.Duration
 	// Credentials maps access key IDs to secrets for SigV4 verification.
-	// Required unless NoAuth.
-	Credentials sigv4.CredentialStore
-	// NoAuth turns signature verification off (any request is accepted).
-	// It excludes Credentials.
+	// It must not be modified while the Server runs. Unless NoAuth, it or
+	// CredentialStore must be set.
+	Credentials sigv4.Credentials
+	// CredentialStore, when set, is used instead of Credentials (for
+	// secrets that change at run time).
+	CredentialStore sigv4.CredentialStore
+	// NoAuth turns signature verification off: any request is accepted
+	// and Credentials and CredentialStore are ignored.
 	NoAuth bool
 	// MaxBodyBytes caps request bodies (larger: 413); 0 means
 	// DefaultMaxBodyBytes.
@@ -166,13 +170,14 @@ func New(cfg Config) (*Server, error) {
 	if s.store == nil {
 		return nil, fmt.Errorf("%w: Store is required", ErrConfig)
 	}
-	switch {
-	case cfg.NoAuth && cfg.Credentials != nil:
-		return nil, fmt.Errorf("%w: NoAuth and Credentials exclude each other", ErrConfig)
-	case !cfg.NoAuth && cfg.Credentials == nil:
-		return nil, fmt.Errorf("%w: Credentials are required (or set NoAuth)", ErrConfig)
-	case !cfg.NoAuth:
-		s.verifier = &sigv4.Verifier{Credentials: cfg.Credentials}
+	if !cfg.NoAuth {
+		var cs sigv4.CredentialStore = cfg.Credentials
+		if cfg.CredentialStore != nil {
+			cs = cfg.CredentialStore
+		} else if len(cfg.Credentials) == 0 {
+			return nil, fmt.Errorf("%w: no Credentials: give at least one access key (or set NoAuth)", ErrConfig)
+		}
+		s.verifier = &sigv4.Verifier{Credentials: cs}
 	}
 	if s.region == "" {
 		s.region = DefaultRegion

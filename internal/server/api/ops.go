@@ -339,7 +339,7 @@ func (s *Server) rotateTunnelAccessToken(ctx context.Context, body []byte) (any,
 		}
 	}
 	if err := v.err(); err != nil {
-		return nil, id, err
+		return nil, "", err
 	}
 
 	// Tokens are made outside the update function, which may run again.

@@ -205,8 +205,8 @@ func TestVerify(t *testing.T) {
 			wantErr: ErrInvalidSignature, wantCode: CodeInvalidSignature, wantMsg: "Date in Credential scope does not match",
 		},
 		{
-			name: "content sha mismatch",
-			spec: func(s *reqSpec) { s.headers["X-Amz-Content-Sha256"] = "UNSIGNED-PAYLOAD" },
+			name:    "content sha mismatch",
+			spec:    func(s *reqSpec) { s.headers["X-Amz-Content-Sha256"] = "UNSIGNED-PAYLOAD" },
 			wantErr: ErrInvalidSignature, wantCode: CodeInvalidSignature, wantMsg: "x-amz-content-sha256",
 		},
 	}
