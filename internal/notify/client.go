@@ -73,7 +73,8 @@ func isTLSScheme(s string) bool {
 
 // ClientPublisher publishes notifications through an external MQTT broker
 // (Mosquitto, EMQX, AWS IoT Core, ...) with paho over MQTT 3.1.1, clean
-// session. It connects in the background and reconnects on its own; while
+// session. It connects in the background and reconnects on its own (with
+// backoff up to MaxReconnectInterval); while
 // it is not connected NotifyTunnel fails at once with ErrNotConnected
 // (wrap it in Retrying to queue and retry). Publishes are QoS 1 and
 // NotifyTunnel returns when the broker's PUBACK arrives.
@@ -86,6 +87,7 @@ type ClientPublisher struct {
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // connectLoop
+	lost   chan struct{}  // capacity 1: the connection was lost
 
 	mu        sync.Mutex
 	up        chan struct{} // closed while connected; replaced when the connection is lost
@@ -99,6 +101,11 @@ type ClientPublisher struct {
 func NewClientPublisher(cfg ClientConfig) (*ClientPublisher, error) {
 	u, err := url.Parse(cfg.URL)
 	if err != nil {
+		// url.Error repeats the URL, which may hold a password.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
 		return nil, fmt.Errorf("notify: broker URL: %w", err)
 	}
 	u.Scheme = strings.ToLower(u.Scheme)
@@ -158,6 +165,7 @@ func NewClientPublisher(cfg ClientConfig) (*ClientPublisher, error) {
 		ctx:    ctx,
 		cancel: cancel,
 		up:     make(chan struct{}),
+		lost:   make(chan struct{}, 1),
 	}
 	opts := mqtt.NewClientOptions().
 		AddBroker(u.String()).
@@ -166,10 +174,9 @@ func NewClientPublisher(cfg ClientConfig) (*ClientPublisher, error) {
 		SetPassword(cfg.Password).
 		SetProtocolVersion(4).
 		SetCleanSession(true).
-		SetAutoReconnect(true).
-		SetConnectRetry(false). // connectLoop retries the first connection, with logs and a cancellable wait
+		SetAutoReconnect(false). // connectLoop reconnects
+		SetConnectRetry(false).
 		SetConnectTimeout(cfg.ConnectTimeout).
-		SetMaxReconnectInterval(cfg.MaxReconnectInterval).
 		SetKeepAlive(cfg.KeepAlive).
 		SetPingTimeout(min(cfg.KeepAlive, 10*time.Second)).
 		SetWriteTimeout(cfg.PublishTimeout).
@@ -177,6 +184,10 @@ func NewClientPublisher(cfg ClientConfig) (*ClientPublisher, error) {
 		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
 			p.setUp(false)
 			p.log.Warn("notify: lost the MQTT broker connection, reconnecting", "error", err)
+			select {
+			case p.lost <- struct{}{}:
+			default:
+			}
 		}).
 		SetConnectionNotificationHandler(func(_ mqtt.Client, n mqtt.ConnectionNotification) {
 			switch n := n.(type) {
@@ -223,11 +234,16 @@ func clientTLS(cfg ClientConfig) (*tls.Config, error) {
 	return t, nil
 }
 
-// connectLoop makes the first connection, retrying with backoff until it
-// succeeds or Close; after that paho's auto-reconnect keeps it up.
+// connectLoop keeps the client connected until Close: it connects,
+// waits for the connection to be lost, and connects again, with jittered
+// exponential backoff between attempts (reset once a connection has held
+// for a minute, so that a broker that keeps kicking the client, e.g. for a
+// duplicate client ID, is not hammered). It replaces paho's auto-reconnect,
+// whose backoff sleeps cannot be interrupted by Close.
 func (p *ClientPublisher) connectLoop() {
 	defer p.wg.Done()
-	backoff := 500 * time.Millisecond
+	const minBackoff, stable = 500 * time.Millisecond, time.Minute
+	backoff := minBackoff
 	for {
 		tok := p.c.Connect()
 		p.mu.Lock()
@@ -239,7 +255,15 @@ func (p *ClientPublisher) connectLoop() {
 			return
 		}
 		if tok.Error() == nil {
-			return
+			upAt := time.Now()
+			select {
+			case <-p.lost:
+			case <-p.ctx.Done():
+				return
+			}
+			if time.Since(upAt) >= stable {
+				backoff = minBackoff
+			}
 		}
 		t := time.NewTimer(jitter(backoff))
 		select {
@@ -343,8 +367,8 @@ func (p *ClientPublisher) NotifyTunnel(ctx context.Context, n Notification) erro
 }
 
 // Close disconnects from the broker (waiting up to 250ms for in-flight
-// work) and waits for the connection goroutine. An initial connection
-// attempt in progress is awaited (at most ConnectTimeout). Idempotent.
+// work) and waits for the publisher's goroutines; a connection attempt in
+// progress is awaited (at most ConnectTimeout). Idempotent.
 func (p *ClientPublisher) Close() error {
 	p.mu.Lock()
 	if p.closed {

@@ -19,8 +19,14 @@
 // The topic prefix ("$aws" by default) is configurable everywhere because
 // some external brokers reserve topics beginning with '$'.
 //
+// Delivery is at least once: a publish whose PUBACK did not arrive in time
+// is retried and may reach the device twice. Devices should ignore a token
+// they already act on.
+//
 // Concurrency: all Publishers are safe for concurrent use; Close is
-// idempotent and waits for the goroutines the Publisher started.
+// idempotent and waits for the goroutines the Publisher started
+// (ClientPublisher: at most ConnectTimeout for a connection attempt in
+// progress).
 //
 // Errors: ErrInvalidNotification (a notification that cannot be published:
 // bad thing name, empty token or region, bad service ID), ErrInvalidDocument
