@@ -67,6 +67,7 @@ func (n Notification) LogValue() slog.Value {
 // Notifier delivers Notifications to devices (the MQTT publisher
 // implements it). It is called synchronously after the tunnel is stored and
 // before the API answers; it must not block for long (queue and return).
+// Its ctx carries the request's values but is never canceled.
 type Notifier interface {
 	NotifyTunnel(ctx context.Context, n Notification)
 }

@@ -130,7 +130,8 @@ func (s *Server) notify(ctx context.Context, t *store.Tunnel, dstToken string) {
 	if s.notifier == nil {
 		return
 	}
-	s.notifier.NotifyTunnel(ctx, Notification{
+	// Not canceled when the request ends: a notifier may publish later.
+	s.notifier.NotifyTunnel(context.WithoutCancel(ctx), Notification{
 		TunnelID:  t.ID,
 		ThingName: t.ThingName,
 		Token:     dstToken,
