@@ -9,7 +9,8 @@
 //
 // Access tokens are made with package token; only their hashes are stored
 // and the plaintext is returned once (OpenTunnel, RotateTunnelAccessToken)
-// and handed to the Notifier. Nothing here logs a token or a request body.
+// and handed to the Notifier. Logs carry only token.Short hashes of tokens, never a
+// token or a request body.
 //
 // A Server also sweeps tunnels: Run closes tunnels whose lifetime has run
 // out (disconnecting their peers through Config.Peers) and deletes closed
