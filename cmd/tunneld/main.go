@@ -51,6 +51,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&cfg.Retention, "retention", 0, "how long closed tunnels stay listable (default 3h)")
 	fs.Int64Var(&cfg.BandwidthLimit, "bandwidth-limit", 0, "bytes per second per tunnel direction (0 = unlimited)")
 	fs.StringVar(&cfg.PostgresDSN, "postgres", os.Getenv("SECTUN_POSTGRES_DSN"), "PostgreSQL DSN instead of SQLite (env SECTUN_POSTGRES_DSN)")
+	m := &cfg.MQTT
+	fs.StringVar(&m.Listen, "mqtt-listen", "127.0.0.1:1883", "embedded MQTT broker address for device notifications (\"off\" disables notifications)")
+	fs.StringVar(&m.TLSListen, "mqtt-tls-listen", "", "add a TLS listener to the embedded broker (uses the server certificate unless --mqtt-tls-cert)")
+	fs.StringVar(&m.TLSCertFile, "mqtt-tls-cert", "", "certificate for the broker's TLS listener")
+	fs.StringVar(&m.TLSKeyFile, "mqtt-tls-key", "", "key for the broker's TLS listener")
+	fs.StringVar(&m.ClientCAFile, "mqtt-client-ca", "", "CA verifying device certificates on the broker's TLS listener (CommonName = thing name)")
+	fs.StringVar(&m.UsersFile, "mqtt-users", "", "file of `name password [admin]` lines for the embedded broker")
+	fs.BoolVar(&m.NoAnonymous, "mqtt-no-anonymous", false, "refuse anonymous MQTT clients even on loopback")
+	fs.StringVar(&m.TopicPrefix, "mqtt-topic-prefix", "$aws", "topic prefix of <prefix>/things/<thing>/tunnels/notify")
+	fs.StringVar(&m.BrokerURL, "mqtt-broker", "", "external broker URL (tcp://, ssl://, ws://, wss://) instead of the embedded one")
+	fs.StringVar(&m.ClientID, "mqtt-client-id", "", "client ID at the external broker (default tunneld-<random>)")
+	fs.StringVar(&m.Username, "mqtt-username", "", "username at the external broker")
+	fs.StringVar(&m.PasswordFile, "mqtt-password-file", "", "file holding the password for the external broker")
+	fs.StringVar(&m.CAFile, "mqtt-ca", "", "CA file verifying the external broker")
+	fs.StringVar(&m.CertFile, "mqtt-cert", "", "client certificate for the external broker")
+	fs.StringVar(&m.KeyFile, "mqtt-key", "", "client key for the external broker")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
 	configFile := fs.String("config", "", "file of `name = value` lines using these option names")
@@ -72,6 +88,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if *selfSigned && (cfg.Plaintext || cfg.TLSCertFile != "") {
 		return errors.New("--tls-self-signed cannot be combined with --plaintext or --tls-cert")
+	}
+	if m.Listen == "off" {
+		if m.BrokerURL == "" {
+			m.Off = true
+		}
+		m.Listen = ""
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {

@@ -65,8 +65,8 @@ type Config struct {
 	BandwidthLimit int64
 	// PostgresDSN selects PostgreSQL storage instead of SQLite.
 	PostgresDSN string
-	// Notifier publishes tunnel notifications to devices; nil = none.
-	Notifier api.Notifier
+	// MQTT configures device notifications.
+	MQTT MQTTConfig
 	// Logger receives structured logs; nil discards them.
 	Logger *slog.Logger
 	// Banner, when set, receives a few lines saying how to use the server.
@@ -86,6 +86,7 @@ type Server struct {
 	scheme   string
 	caPath   string
 	credPath string
+	notifier *notifier
 
 	closeOnce sync.Once
 }
@@ -123,8 +124,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, logger: logger, registry: prometheus.NewRegistry(), scheme: "https"}
 
 	var tlsConfig *tls.Config
+	var certFile, keyFile string
 	if !cfg.Plaintext {
-		if tlsConfig, err = s.setupTLS(host); err != nil {
+		if tlsConfig, certFile, keyFile, err = s.setupTLS(host); err != nil {
 			return nil, err
 		}
 	} else {
@@ -157,9 +159,19 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	ok := false
 	defer func() {
 		if !ok {
+			if s.notifier != nil {
+				s.notifier.close()
+			}
 			s.store.Close()
 		}
 	}()
+	var notifier api.Notifier
+	if !cfg.MQTT.Off {
+		if s.notifier, err = startNotifier(ctx, cfg.MQTT, certFile, keyFile, logger); err != nil {
+			return nil, fmt.Errorf("tunneld: %w", err)
+		}
+		notifier = s.notifier
+	}
 
 	s.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -194,7 +206,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		Credentials:          creds,
 		NoAuth:               cfg.NoAuth,
 		Peers:                s.relay,
-		Notifier:             cfg.Notifier,
+		Notifier:             notifier,
 		Logger:               logger,
 	})
 	if err != nil {
@@ -219,31 +231,30 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	return s, nil
 }
 
-func (s *Server) setupTLS(listenHost string) (*tls.Config, error) {
-	certFile, keyFile := s.cfg.TLSCertFile, s.cfg.TLSKeyFile
+func (s *Server) setupTLS(listenHost string) (cfg *tls.Config, certFile, keyFile string, err error) {
+	certFile, keyFile = s.cfg.TLSCertFile, s.cfg.TLSKeyFile
 	if (certFile == "") != (keyFile == "") {
-		return nil, errors.New("tunneld: --tls-cert and --tls-key go together")
+		return nil, "", "", errors.New("tunneld: --tls-cert and --tls-key go together")
 	}
 	if certFile == "" {
 		hosts := append([]string{"localhost", "127.0.0.1", "::1"}, s.cfg.TLSHosts...)
 		if listenHost != "" && !isLoopback(listenHost) && net.ParseIP(listenHost) != nil && !net.ParseIP(listenHost).IsUnspecified() {
 			hosts = append(hosts, listenHost)
 		}
-		var err error
 		s.caPath, certFile, keyFile, err = certs.DevServer(filepath.Join(s.cfg.DataDir, "tls"), hosts)
 		if err != nil {
-			return nil, fmt.Errorf("tunneld: self-signed certificate: %w", err)
+			return nil, "", "", fmt.Errorf("tunneld: self-signed certificate: %w", err)
 		}
 	}
 	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
-		return nil, fmt.Errorf("tunneld: TLS certificate: %w", err)
+		return nil, "", "", fmt.Errorf("tunneld: TLS certificate: %w", err)
 	}
 	return &tls.Config{
 		Certificates: []tls.Certificate{pair},
 		MinVersion:   tls.VersionTLS12,
 		NextProtos:   []string{"http/1.1"},
-	}, nil
+	}, certFile, keyFile, nil
 }
 
 func isLoopback(host string) bool {
@@ -319,6 +330,9 @@ func (s *Server) Run(ctx context.Context) error {
 	s.http.Shutdown(shutCtx)
 	s.relay.Shutdown(shutCtx)
 	stopSweep()
+	if s.notifier != nil {
+		s.notifier.close()
+	}
 	wg.Wait()
 	s.Close()
 	if errors.Is(err, http.ErrServerClosed) {
@@ -354,7 +368,10 @@ func (s *Server) printBanner() {
 		fmt.Fprintf(w, "  API access key: %s\n", s.credPath)
 		env = append(env, "AWS_SHARED_CREDENTIALS_FILE="+s.credPath)
 	}
-	env = append(env, "AWS_REGION="+s.cfg.Region)
+	env = append(env, "AWS_REGION="+s.cfg.Region, "AWS_DEFAULT_REGION="+s.cfg.Region)
+	if s.notifier != nil {
+		fmt.Fprintf(w, "  Devices: %s\n", s.notifier.describe(s.cfg.MQTT.TopicPrefix))
+	}
 	fmt.Fprintf(w, "Open a tunnel:\n  export %s\n", strings.Join(env, " "))
 	fmt.Fprintf(w, "  aws iotsecuretunneling open-tunnel --endpoint-url %s --destination-config services=SSH\n", base)
 	caFlag := ""

@@ -1,0 +1,146 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/sectun/sectun/internal/notify"
+	"github.com/sectun/sectun/internal/notify/broker"
+	"github.com/sectun/sectun/internal/server/api"
+)
+
+// MQTTConfig selects how tunnel notifications reach devices: an embedded
+// broker (the default) or an external one.
+type MQTTConfig struct {
+	// Off disables notifications entirely.
+	Off bool
+	// Listen is the embedded broker's plain TCP address; default
+	// 127.0.0.1:1883. Anonymous clients are accepted only on loopback.
+	Listen string
+	// TLSListen, when set, adds a TLS listener to the embedded broker using
+	// TLSCertFile/TLSKeyFile (default: the server's own certificate).
+	TLSListen               string
+	TLSCertFile, TLSKeyFile string
+	// ClientCAFile verifies device certificates on the TLS listener; the
+	// certificate's CommonName names the thing.
+	ClientCAFile string
+	// UsersFile lists `name password [admin]` lines for the embedded broker.
+	UsersFile string
+	// NoAnonymous refuses anonymous clients even on loopback.
+	NoAnonymous bool
+	// TopicPrefix replaces "$aws" in $aws/things/<thing>/tunnels/notify.
+	TopicPrefix string
+	// BrokerURL selects an external broker (tcp://, ssl://, ws://, wss://)
+	// instead of the embedded one.
+	BrokerURL string
+	// ClientID, Username, PasswordFile, CAFile, CertFile and KeyFile
+	// configure the connection to the external broker.
+	ClientID, Username, PasswordFile string
+	CAFile, CertFile, KeyFile        string
+}
+
+// notifier is what the server runs for notifications.
+type notifier struct {
+	retrying *notify.Retrying
+	broker   *broker.Broker
+	client   *notify.ClientPublisher
+	url      string // external broker
+}
+
+// NotifyTunnel implements api.Notifier: it queues the notification for
+// delivery with retries and never blocks the API.
+func (n *notifier) NotifyTunnel(ctx context.Context, a api.Notification) {
+	n.retrying.NotifyTunnel(ctx, notify.Notification{
+		ThingName: a.ThingName, Token: a.Token, Region: a.Region, Services: a.Services, TunnelID: a.TunnelID,
+	})
+}
+
+func (n *notifier) close() {
+	n.retrying.Close()
+	if n.broker != nil {
+		n.broker.Close()
+	}
+	if n.client != nil {
+		n.client.Close()
+	}
+}
+
+// describe says where devices connect, for the banner.
+func (n *notifier) describe(prefix string) string {
+	if prefix == "" {
+		prefix = notify.DefaultTopicPrefix
+	}
+	topic := notify.NotifyTopic(prefix, "<thing>")
+	if n.broker != nil {
+		var addrs []string
+		if a := n.broker.Addr(); a != nil {
+			addrs = append(addrs, "mqtt://"+a.String())
+		}
+		if a := n.broker.TLSAddr(); a != nil {
+			addrs = append(addrs, "mqtts://"+a.String())
+		}
+		return fmt.Sprintf("embedded MQTT broker on %s, notifications on %s", strings.Join(addrs, " and "), topic)
+	}
+	return fmt.Sprintf("notifications published to %s on %s", n.url, topic)
+}
+
+func startNotifier(ctx context.Context, cfg MQTTConfig, serverCert, serverKey string, logger *slog.Logger) (*notifier, error) {
+	n := &notifier{}
+	var pub notify.Publisher
+	if cfg.BrokerURL != "" {
+		var password string
+		if cfg.PasswordFile != "" {
+			b, err := os.ReadFile(cfg.PasswordFile)
+			if err != nil {
+				return nil, fmt.Errorf("--mqtt-password-file: %w", err)
+			}
+			password = strings.TrimSpace(string(b))
+		}
+		c, err := notify.NewClientPublisher(notify.ClientConfig{
+			URL: cfg.BrokerURL, ClientID: cfg.ClientID, Username: cfg.Username, Password: password,
+			CAFile: cfg.CAFile, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile,
+			TopicPrefix: cfg.TopicPrefix, Logger: logger,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("--mqtt-broker: %w", err)
+		}
+		n.client, pub, n.url = c, c, cfg.BrokerURL
+	} else {
+		bc := broker.Config{
+			Addr:         cfg.Listen,
+			TLSAddr:      cfg.TLSListen,
+			CertFile:     cfg.TLSCertFile,
+			KeyFile:      cfg.TLSKeyFile,
+			ClientCAFile: cfg.ClientCAFile,
+			NoAnonymous:  cfg.NoAnonymous,
+			TopicPrefix:  cfg.TopicPrefix,
+			Logger:       logger,
+		}
+		if bc.Addr == "" {
+			bc.Addr = "127.0.0.1:1883"
+		}
+		if bc.TLSAddr != "" && bc.CertFile == "" {
+			bc.CertFile, bc.KeyFile = serverCert, serverKey
+		}
+		if cfg.UsersFile != "" {
+			users, err := broker.ReadUsersFile(cfg.UsersFile)
+			if err != nil {
+				return nil, fmt.Errorf("--mqtt-users: %w", err)
+			}
+			bc.Users = users
+		}
+		b, err := broker.New(bc)
+		if err != nil {
+			return nil, fmt.Errorf("mqtt broker: %w", err)
+		}
+		if err := b.Start(context.WithoutCancel(ctx)); err != nil {
+			return nil, fmt.Errorf("mqtt broker: %w", err)
+		}
+		n.broker, pub = b, b
+	}
+	n.retrying = notify.NewRetrying(pub, notify.RetryConfig{Logger: logger})
+	return n, nil
+}
