@@ -71,6 +71,8 @@ type Config struct {
 	Logger *slog.Logger
 	// Banner, when set, receives a few lines saying how to use the server.
 	Banner io.Writer
+	// Now replaces the clock of tunnel lifetimes and handshakes (tests).
+	Now func() time.Time
 }
 
 // Server is a running tunneld.
@@ -101,6 +103,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	if cfg.Region == "" {
 		cfg.Region = "us-east-1"
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
 	}
 	logger := cfg.Logger
 	if logger == nil {
@@ -187,7 +192,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}))
 
 	s.relay, err = relay.New(relay.Config{
-		Authorizer:     &storeAuthorizer{store: s.store, now: time.Now, logger: logger},
+		Authorizer:     &storeAuthorizer{store: s.store, now: cfg.Now, logger: logger},
 		Logger:         logger,
 		BandwidthLimit: cfg.BandwidthLimit,
 		Registerer:     s.registry,
@@ -208,6 +213,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		Peers:                s.relay,
 		Notifier:             notifier,
 		Logger:               logger,
+		Now:                  cfg.Now,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("tunneld: api: %w", err)

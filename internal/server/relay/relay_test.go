@@ -534,3 +534,32 @@ func TestMetricsRegistered(t *testing.T) {
 
 var _ = errors.New
 var _ = http.StatusOK
+
+// The forwarding path allocates nothing of its own. What remains is
+// gorilla/websocket's, one each per WebSocket message: the client's message
+// writer and write-pool entry, the relay's message reader and write-pool
+// entry, the client's message reader.
+func TestDataPathAllocs(t *testing.T) {
+	if testing.Short() {
+		t.Skip("allocation counts")
+	}
+	tr := newTestRelay(t, Config{PingInterval: -1})
+	src, dst := tr.dialPair(t, "allocs")
+	msg := frameBytes(t, data(1, "", []byte("small interactive payload")), data(1, "", []byte("and another")))
+	relay := func() {
+		src.sendRaw(msg)
+		for range 2 {
+			if _, err := dst.fr.NextFrame(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for range 10 {
+		relay() // warm up pools
+	}
+	got := testing.AllocsPerRun(500, relay)
+	t.Logf("%.2f allocations per relayed message (clients included)", got)
+	if got > 6 {
+		t.Errorf("%.2f allocations per relayed message, budget 6", got)
+	}
+}
