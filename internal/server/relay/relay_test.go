@@ -540,8 +540,8 @@ var _ = http.StatusOK
 // writer and write-pool entry, the relay's message reader and write-pool
 // entry, the client's message reader.
 func TestDataPathAllocs(t *testing.T) {
-	if testing.Short() {
-		t.Skip("allocation counts")
+	if testing.Short() || raceEnabled {
+		t.Skip("allocation counts need a normal build")
 	}
 	tr := newTestRelay(t, Config{PingInterval: -1})
 	src, dst := tr.dialPair(t, "allocs")
