@@ -80,7 +80,7 @@ func handshakeReason(status int, body string) string {
 	b := strings.ToLower(body)
 	switch {
 	case status >= 500:
-		return "the service is unavailable; retrying with backoff"
+		return "the service is unavailable (5xx): retried with backoff"
 	case strings.Contains(b, "expired"):
 		return "access token expired: rotate the token or open a new tunnel"
 	case strings.Contains(b, "client token") || strings.Contains(b, "client-token"):

@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"sync"
 	"testing"
@@ -162,4 +163,29 @@ func readN(t testing.TB, c *Conn, n int) []byte {
 		t.Fatalf("ReadFull(%d): %v", n, err)
 	}
 	return b
+}
+
+var netErrClosed = net.ErrClosed
+
+// waitCount waits until n events of type T have been seen.
+func waitCount[T Event](t testing.TB, e *events, n int) {
+	t.Helper()
+	deadline := time.After(testTimeout)
+	for {
+		k := 0
+		for _, ev := range e.list() {
+			if _, ok := ev.(T); ok {
+				k++
+			}
+		}
+		if k >= n {
+			return
+		}
+		select {
+		case <-e.ch:
+		case <-deadline:
+			var zero T
+			t.Fatalf("%d %T events, want %d; got %#v", k, zero, n, e.list())
+		}
+	}
 }

@@ -364,6 +364,8 @@ func (l *link) writeConn(fw *wire.FrameWriter, c *Conn) (bool, error) {
 // in particular, means the tunnel is closed.
 func closeError(ce *wsconn.CloseError) error {
 	switch ce.Code {
+	case 1006: // no close frame at all: the connection dropped
+		return fmt.Errorf("%w: %s", ErrDisconnected, ce.Reason)
 	case wsconn.CloseGoingAway, wsconn.CloseInternalError, wsconn.CloseTryAgainLater, 1012 /* service restart */ :
 		return fmt.Errorf("%w: the service closed the connection: %d %s", ErrDisconnected, ce.Code, ce.Reason)
 	case wsconn.CloseProtocolError, wsconn.CloseUnsupportedData, wsconn.CloseMessageTooBig:

@@ -399,15 +399,15 @@ func (s *Service) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if v, ok := s.conns.Load(r.RemoteAddr); ok {
 		p.pc = v.(*pauseConn)
 	}
-	if version >= 2 && !s.opts.SkipServiceIDs {
-		// SERVICE_IDS first and alone in its WebSocket message.
-		p.fw.Write(&wire.Message{Type: wire.TypeServiceIDs, AvailableServiceIDs: s.opts.Services})
-		p.fw.Flush()
-	}
-
+	// Hold the write lock while registering, so that SERVICE_IDS goes out
+	// first and alone, before any relayed frame. The peer is registered
+	// before SERVICE_IDS is sent, so a client that waited for SERVICE_IDS
+	// may count on being reachable (a V1 client must use WaitConnected).
+	p.wmu.Lock()
 	s.mu.Lock()
 	if s.shut {
 		s.mu.Unlock()
+		p.wmu.Unlock()
 		p.kill()
 		return
 	}
@@ -423,6 +423,11 @@ func (s *Service) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	peerOther := s.peers[other(mode)]
 	s.notifyLocked()
 	s.mu.Unlock()
+	if version >= 2 && !s.opts.SkipServiceIDs {
+		p.fw.Write(&wire.Message{Type: wire.TypeServiceIDs, AvailableServiceIDs: s.opts.Services})
+		p.fw.Flush()
+	}
+	p.wmu.Unlock()
 	if old != nil {
 		old.kill()
 		if peerOther != nil && len(resets) > 0 {
@@ -495,11 +500,22 @@ func (s *Service) relay(p *peer) {
 	defer func() {
 		p.kill()
 		s.mu.Lock()
+		var resets []*wire.Message
+		var peerOther *peer
 		if s.peers[p.mode] == p {
 			delete(s.peers, p.mode)
 			s.notifyLocked()
+			// The other peer's streams are dead: tell it.
+			peerOther = s.peers[other(p.mode)]
+			for svc, id := range s.streams {
+				resets = append(resets, &wire.Message{Type: wire.TypeStreamReset, StreamID: id, ServiceID: svc})
+			}
+			clear(s.streams)
 		}
 		s.mu.Unlock()
+		if peerOther != nil && len(resets) > 0 {
+			peerOther.send(resets...)
+		}
 	}()
 	role := wire.RoleSource
 	if p.mode == Destination {
@@ -547,6 +563,8 @@ func nextFrameBuffered(br *bufio.Reader, n int) bool {
 	return br.Buffered() >= cur+wire.FrameHeaderSize+next
 }
 
+// observe records m and follows the active streams, which the service
+// resets on the other side when a peer goes.
 func (s *Service) observe(from string, m *wire.Message) {
 	if !s.opts.Record && m.Type != wire.TypeStreamStart && m.Type != wire.TypeStreamReset {
 		return
