@@ -1,0 +1,247 @@
+package localproxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"time"
+
+	"github.com/sectun/sectun/internal/localproxy/config"
+	"github.com/sectun/sectun/internal/proxy"
+	"github.com/sectun/sectun/internal/token"
+	"github.com/sectun/sectun/tunnel"
+)
+
+// closeTimeout bounds the closing of connections and of the session when
+// the process stops.
+const closeTimeout = 5 * time.Second
+
+// TunnelConfig translates a local proxy configuration into the tunnel
+// library's: mode, tokens, endpoint, TLS (-c, -k), web proxy, peer version
+// (-y, source mode only), keepalive, reconnect delay and attempts, and the
+// connection limit from the settings. It fails if the CA path holds no
+// certificate.
+func TunnelConfig(cfg *config.Config, log *slog.Logger) (tunnel.Config, error) {
+	s := &cfg.Settings
+	tc := tunnel.Config{
+		Mode:              tunnel.ModeSource,
+		AccessToken:       cfg.AccessToken,
+		ClientToken:       cfg.ClientToken,
+		Endpoint:          cfg.URL(),
+		KeepaliveInterval: s.PingPeriod,
+		ReconnectMin:      s.WebSocketRetryDelay,
+		ReconnectMax:      s.WebSocketRetryDelay,
+		MaxConns:          s.MaxActiveConnections,
+		DisableReconnect:  !s.ReconnectOnDataError,
+		Logger:            log,
+	}
+	if cfg.Mode == config.ModeDestination {
+		tc.Mode = tunnel.ModeDestination
+	} else {
+		switch cfg.DestinationClientType {
+		case "V1":
+			tc.PeerVersion = 1
+		case "V2":
+			tc.PeerVersion = 2
+		}
+	}
+	if n := s.WebSocketConnectRetryCount; n >= 0 {
+		// The reference's count is of retries after the first attempt.
+		tc.MaxAttempts = n + 1
+	}
+	if p := s.Subprotocol; p != "" && p != config.DefaultSettings().Subprotocol {
+		// A user's choice is honored alone, as the reference does; the
+		// default offers every version so that older services work too.
+		tc.Subprotocols = []string{p}
+	}
+	// The proxy comes from the configuration only (https_proxy, then
+	// HTTPS_PROXY; NO_PROXY does not apply, as in the reference): never
+	// let the library read the environment on its own.
+	webProxy := cfg.Proxy
+	tc.Proxy = func(*url.URL) (*url.URL, error) { return webProxy, nil }
+	tlsCfg, err := tunnel.TLSConfig(cfg.CAPath, cfg.NoSSLHostVerify)
+	if err != nil {
+		return tunnel.Config{}, err
+	}
+	tc.TLS = tlsCfg
+	return tc, nil
+}
+
+// Run runs a local proxy until ctx is canceled (SIGINT, SIGTERM: it then
+// returns nil) or the tunnel ends: it connects to the service, matches the
+// configured mappings against the tunnel's service IDs, then listens
+// (source) or dials the local services (destination). It returns the
+// session's error when the session ended (see ExitCode: a tunnel closed by
+// the service and a refused access token mean exit 0, as with the
+// reference), the error of Resolve for mappings that do not fit the tunnel,
+// and an error wrapping proxy.ErrListen when a listener cannot be opened.
+// log may be nil.
+func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("mode", cfg.Mode.String())
+	for _, w := range cfg.Warnings {
+		log.Warn(w)
+	}
+	tc, err := TunnelConfig(cfg, log)
+	if err != nil {
+		return err
+	}
+	tc.OnEvent = eventLogger(log)
+	log.Info("Starting proxy in "+cfg.Mode.String()+" mode", "endpoint", cfg.URL(), "token_id", token.Short(cfg.AccessToken))
+	if cfg.ClientToken == "" && tc.DisableReconnect {
+		log.Debug("no client token: the access token is used once")
+	} else if cfg.ClientToken == "" {
+		log.Info("no client token (-i): reconnects use one generated for this process, so a restarted localproxy needs a new (rotated) access token; pass -i to be able to restart with the same one")
+	}
+	sess, err := tunnel.Connect(ctx, tc)
+	if err != nil {
+		if ctx.Err() != nil {
+			log.Info("stopped while connecting", "err", err)
+			return nil
+		}
+		return err
+	}
+	defer closeWithin(log, "session", sess)
+
+	services := sess.Services()
+	mappings, err := cfg.Resolve(services)
+	if err != nil {
+		return err
+	}
+	log.Info("Use port mapping: " + config.FormatMappings(mappings))
+
+	var (
+		done   <-chan struct{}
+		failed func() error
+	)
+	if cfg.Mode == config.ModeSource {
+		svcs := make([]proxy.Service, len(mappings))
+		for i, m := range mappings {
+			svcs[i] = proxy.Service{ServiceID: m.ServiceID, Network: "tcp", Address: cfg.ListenAddress(m)}
+		}
+		src, err := proxy.NewSource(ctx, sess, proxy.SourceConfig{
+			Services:         svcs,
+			MaxConns:         cfg.Settings.MaxActiveConnections,
+			ListenRetries:    cfg.Settings.TCPConnectionRetryCount,
+			ListenRetryDelay: cfg.Settings.TCPConnectionRetryDelay,
+			BufferSize:       cfg.Settings.TCPReadBufferSize,
+			Logger:           log,
+		})
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		defer closeWithin(log, "listeners", src)
+		done, failed = src.Done(), src.Err
+	} else {
+		svcs := make([]proxy.Service, len(mappings))
+		for i, m := range mappings {
+			svcs[i] = proxy.Service{ServiceID: m.ServiceID, Network: m.Network(), Address: m.Address()}
+		}
+		dst, err := proxy.NewDestination(sess, proxy.DestinationConfig{
+			Services:       svcs,
+			BindAddress:    cfg.BindAddress,
+			DialRetries:    cfg.Settings.TCPConnectionRetryCount,
+			DialRetryDelay: cfg.Settings.TCPConnectionRetryDelay,
+			BufferSize:     cfg.Settings.TCPReadBufferSize,
+			Logger:         log,
+		})
+		if err != nil {
+			return err
+		}
+		defer closeWithin(log, "connections", dst)
+		done, failed = dst.Done(), dst.Err
+	}
+
+	select {
+	case <-ctx.Done():
+		log.Info("stopping: " + context.Cause(ctx).Error())
+		return nil
+	case <-sess.Done():
+		return sess.Err()
+	case <-done:
+		if err := sess.Err(); err != nil {
+			return err // the Destination ended because the session did
+		}
+		return failed()
+	}
+}
+
+// closeWithin closes c, logging if that takes longer than closeTimeout
+// (it still waits: Close waits for goroutines that own sockets).
+func closeWithin(log *slog.Logger, what string, c interface{ Close() error }) {
+	done := make(chan struct{})
+	go func() {
+		c.Close()
+		close(done)
+	}()
+	t := time.NewTimer(closeTimeout)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		log.Warn("closing the " + what + " takes long")
+		<-done
+	}
+}
+
+// eventLogger logs the session's events that the tunnel library does not
+// log itself at a level the reference would.
+func eventLogger(log *slog.Logger) func(tunnel.Event) {
+	return func(ev tunnel.Event) {
+		switch e := ev.(type) {
+		case tunnel.Reconnecting:
+			log.Info("reconnecting", "attempt", e.Attempt, "delay", e.Delay.Round(time.Millisecond), "err", e.Err)
+		case tunnel.StreamStarted:
+			log.Debug("stream started", "service_id", e.ServiceID, "stream_id", e.StreamID, "conn_id", e.ConnectionID, "remote", e.Remote)
+		case tunnel.ConnectionStarted:
+			log.Debug("connection started", "service_id", e.ServiceID, "stream_id", e.StreamID, "conn_id", e.ConnectionID, "remote", e.Remote)
+		case tunnel.StreamReset:
+			log.Debug("stream reset", "service_id", e.ServiceID, "stream_id", e.StreamID, "remote", e.Remote)
+		case tunnel.ConnectionReset:
+			log.Debug("connection reset", "service_id", e.ServiceID, "stream_id", e.StreamID, "conn_id", e.ConnectionID, "remote", e.Remote)
+		}
+	}
+}
+
+// ExitCode returns the process exit code for Run's result, following the
+// reference local proxy: 0 for a normal stop, a tunnel closed by the
+// service (close frame) and an HTTP 401 answer to the handshake (the
+// reference exits 0 without retrying); 1 for everything else.
+func ExitCode(err error) int {
+	var he *tunnel.HandshakeError
+	switch {
+	case err == nil, errors.Is(err, tunnel.ErrTunnelClosed):
+		return 0
+	case errors.As(err, &he) && he.StatusCode == 401:
+		return 0
+	}
+	return 1
+}
+
+// Exit logs the outcome of Run in one line and returns the exit code (see
+// ExitCode).
+func Exit(log *slog.Logger, err error) int {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	code := ExitCode(err)
+	var he *tunnel.HandshakeError
+	switch {
+	case err == nil:
+		log.Info("stopped")
+	case errors.Is(err, tunnel.ErrTunnelClosed):
+		log.Info("the tunnel was closed by the service; exiting", "reason", err)
+	case errors.As(err, &he) && he.StatusCode == 401:
+		log.Log(context.Background(), slog.LevelError, "the service refused the access token; not retrying: "+err.Error())
+	default:
+		log.Log(context.Background(), LevelFatal, fmt.Sprint(err))
+	}
+	return code
+}
