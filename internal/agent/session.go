@@ -1,0 +1,145 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/sectun/sectun/internal/token"
+	"github.com/sectun/sectun/tunnel"
+)
+
+// sessionParams are one destination session's inputs.
+type sessionParams struct {
+	id     string // token.Short(token), for logs
+	token  string
+	region string
+	// services maps service IDs to addresses; nil means "from the
+	// tunnel's SERVICE_IDS" (RunToken, where no notification says).
+	services map[string]string
+	onStart  func(map[string]string)
+}
+
+// runSession connects a destination session and serves its connections
+// until the tunnel closes, the session fails for good or ctx ends. started
+// reports whether the first connection succeeded.
+func runSession(ctx context.Context, cfg *Config, p sessionParams) (started bool, err error) {
+	log := cfg.Logger.With("session", p.id)
+	tcfg := tunnel.Config{
+		Mode:        tunnel.ModeDestination,
+		AccessToken: p.token,
+		Endpoint:    cfg.TunnelEndpoint,
+		Region:      p.region,
+		TLS:         cfg.TunnelTLS,
+		MaxConns:    cfg.MaxConnsPerTunnel,
+		Logger:      log,
+	}
+	if tcfg.Endpoint == "" && tcfg.Region == "" {
+		tcfg.Region = cfg.TunnelRegion
+	}
+	cctx, cancel := context.WithTimeout(ctx, cfg.TunnelConnectTimeout)
+	sess, err := tunnel.Connect(cctx, tcfg)
+	cancel()
+	if err != nil {
+		if ctx.Err() != nil {
+			err = fmt.Errorf("%w (while connecting: %w)", tunnel.ErrSessionClosed, err)
+		}
+		log.Error("cannot start the tunnel session", "err", err)
+		return false, err
+	}
+	defer sess.Close()
+
+	mapping := p.services
+	announced := sess.Services()
+	if mapping == nil {
+		if mapping, err = cfg.mapping(announced); err != nil {
+			log.Error("closing the session", "err", err)
+			return true, err
+		}
+	} else {
+		for _, s := range announced {
+			if _, ok := mapping[s]; !ok {
+				// SERVICE_IDS is authoritative; the notification was stale
+				// or wrong. Map what we can, refuse what we cannot.
+				addr, ok := cfg.serviceAddr(s)
+				if !ok {
+					err = fmt.Errorf("%w: the tunnel announces service %q, which has no local address", ErrUnmappedService, s)
+					log.Error("closing the session", "err", err)
+					return true, err
+				}
+				mapping[s] = addr
+			}
+		}
+	}
+	log.Info("tunnel session started", "services", describeMapping(mapping), "version", sess.Version())
+	if p.onStart != nil {
+		p.onStart(mapping)
+	}
+
+	done := make(chan struct{})
+	sctx, stop := context.WithCancel(ctx)
+	go func() {
+		defer close(done)
+		serve(sctx, sess, mapping, log)
+	}()
+	select {
+	case <-sess.Done():
+	case <-ctx.Done():
+	}
+	stop()
+	sess.Close()
+	<-done
+	err = sess.Err()
+	switch {
+	case errors.Is(err, tunnel.ErrTunnelClosed):
+		log.Info("tunnel closed: session ended", "err", err)
+	case errors.Is(err, tunnel.ErrSessionClosed):
+		log.Info("session stopped")
+	default:
+		log.Warn("session ended", "err", err)
+	}
+	return true, err
+}
+
+func describeMapping(m map[string]string) []string {
+	out := make([]string, 0, len(m))
+	for _, k := range sortedKeys(m) {
+		name := k
+		if name == "" {
+			name = "(no service ID)"
+		}
+		out = append(out, name+"="+m[k])
+	}
+	return out
+}
+
+// RunToken runs one destination session with an access token known in
+// advance (no MQTT) until its tunnel closes or ctx ends, mapping the
+// services the tunnel announces with cfg.Services (and DefaultServices).
+// It needs cfg.TunnelEndpoint or cfg.TunnelRegion. It returns nil when the
+// tunnel was closed by the service or ctx ended, and otherwise the error
+// that ended the session (a *tunnel.HandshakeError for a refused token,
+// ErrUnmappedService, ...). cfg.OnEvent receives SessionStarted and
+// SessionEnded.
+func RunToken(ctx context.Context, cfg Config, accessToken string) error {
+	if err := cfg.normalize(); err != nil {
+		return err
+	}
+	if accessToken == "" {
+		return fmt.Errorf("%w: empty access token", ErrInvalidConfig)
+	}
+	if cfg.TunnelEndpoint == "" && cfg.TunnelRegion == "" {
+		return fmt.Errorf("%w: set the tunnel endpoint (--tunnel-endpoint) or the region (--region)", ErrInvalidConfig)
+	}
+	id := token.Short(accessToken)
+	a := &Agent{cfg: cfg}
+	started, err := runSession(ctx, &cfg, sessionParams{
+		id: id, token: accessToken,
+		onStart: func(m map[string]string) { a.emit(SessionStarted{Session: id, Services: m}) },
+	})
+	a.emit(SessionEnded{Session: id, Started: started, Err: err})
+	if errors.Is(err, tunnel.ErrTunnelClosed) || errors.Is(err, tunnel.ErrSessionClosed) {
+		return nil
+	}
+	return err
+}
