@@ -238,6 +238,7 @@ func TestTunnelClosed(t *testing.T) {
 	if _, err := dst.Accept(testCtx(t)); !errors.Is(err, ErrTunnelClosed) {
 		t.Fatalf("Accept: %v", err)
 	}
+	waitEvent[Stopped](t, ev, nil)
 	evs := ev.list()
 	if _, ok := evs[len(evs)-1].(Stopped); !ok {
 		t.Fatalf("last event %#v, want Stopped", evs[len(evs)-1])

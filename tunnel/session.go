@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -326,6 +327,12 @@ func handshake(ctx context.Context, cfg *Config, url, clientToken string) (ws *w
 				Body:       he.Body,
 				Reason:     handshakeReason(he.StatusCode, he.Body),
 			}
+		}
+		var ua x509.UnknownAuthorityError
+		var hne x509.HostnameError
+		var ci x509.CertificateInvalidError
+		if errors.As(err, &ua) || errors.As(err, &hne) || errors.As(err, &ci) {
+			return nil, 0, "", fmt.Errorf("tunnel: connect: %w (the service's certificate is not trusted: give its CA with TLSConfig (-c), or skip verification (-k))", err)
 		}
 		return nil, 0, "", fmt.Errorf("tunnel: connect: %w", err)
 	}

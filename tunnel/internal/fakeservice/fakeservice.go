@@ -19,6 +19,8 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -132,6 +134,7 @@ func Start(t testing.TB, opts Options) *Service {
 	}
 	s.srv = httptest.NewUnstartedServer(http.HandlerFunc(s.serveHTTP))
 	s.srv.Listener = &pauseListener{Listener: s.srv.Listener, s: s}
+	s.srv.Config.ErrorLog = log.New(io.Discard, "", 0)
 	if opts.TLS != nil {
 		s.srv.TLS = opts.TLS
 		s.srv.StartTLS()
