@@ -2,6 +2,8 @@ package agent
 
 import (
 	"errors"
+	"net"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -392,4 +394,34 @@ func TestRunTokenErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestLocalServiceDown(t *testing.T) {
+	// A service whose local port refuses connections: its tunnel
+	// connections are rejected (the source reads EOF), the other service
+	// of the same tunnel keeps working.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close()
+	f := newFixture(t, func(c *Config) {
+		c.Services["VNC"] = dead
+		c.DialRetries = -1
+	})
+	_, _, src := f.startTunnel(t, "SSH", "VNC")
+	ctx := testCtx(t)
+	c, err := src.Dial(ctx, "VNC")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(testTimeout))
+	if n, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatalf("read %d bytes from a dead service", n)
+	} else if errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatal("connection to a dead service was not rejected")
+	}
+	checkService(t, src, "SSH", "ssh-server")
 }

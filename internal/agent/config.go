@@ -36,6 +36,7 @@ const (
 	DefaultConnectTimeout       = 10 * time.Second
 	DefaultMaxReconnectInterval = time.Minute
 	DefaultTunnelConnectTimeout = 2 * time.Minute
+	DefaultDialRetries          = 2
 )
 
 // Config configures an Agent (New) or a single session (RunToken). The zero
@@ -105,6 +106,12 @@ type Config struct {
 	// MaxTunnels bounds the sessions running at once (default 16).
 	// Notifications beyond it are refused with a log.
 	MaxTunnels int
+	// DialRetries is the number of further attempts after a failed
+	// connection to a local service before the tunnel connection is
+	// rejected (default 2; negative: none).
+	DialRetries int
+	// DialRetryDelay is the pause between those attempts (default 1 s).
+	DialRetryDelay time.Duration
 	// MaxConnsPerTunnel bounds the simultaneous connections of one session
 	// (default: the tunnel package's, 128).
 	MaxConnsPerTunnel int
@@ -254,6 +261,12 @@ func (c *Config) normalize() error {
 	}
 	if c.MaxTunnels < 0 || c.MaxConnsPerTunnel < 0 {
 		return fmt.Errorf("%w: negative MaxTunnels or MaxConnsPerTunnel", ErrInvalidConfig)
+	}
+	if c.DialRetries == 0 {
+		c.DialRetries = DefaultDialRetries
+	}
+	if c.DialRetryDelay <= 0 {
+		c.DialRetryDelay = time.Second
 	}
 	if c.TunnelConnectTimeout <= 0 {
 		c.TunnelConnectTimeout = DefaultTunnelConnectTimeout

@@ -67,10 +67,10 @@ type service struct {
 	srv   *httptest.Server
 	url   string // ws://127.0.0.1:port
 
-	mu      sync.Mutex
-	ends    map[string]*authEnd // access token -> end
-	closed  map[string]bool
-	nextID  int
+	mu     sync.Mutex
+	ends   map[string]*authEnd // access token -> end
+	closed map[string]bool
+	nextID int
 }
 
 func newService(t *testing.T) *service {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/sectun/sectun/internal/proxy"
 	"github.com/sectun/sectun/internal/token"
 	"github.com/sectun/sectun/tunnel"
 )
@@ -76,19 +77,26 @@ func runSession(ctx context.Context, cfg *Config, p sessionParams) (started bool
 		p.onStart(mapping)
 	}
 
-	done := make(chan struct{})
-	sctx, stop := context.WithCancel(ctx)
-	go func() {
-		defer close(done)
-		serve(sctx, sess, mapping, log)
-	}()
+	svcs := make([]proxy.Service, 0, len(mapping))
+	for _, id := range sortedKeys(mapping) {
+		svcs = append(svcs, proxy.Service{ServiceID: id, Address: mapping[id]})
+	}
+	dest, err := proxy.NewDestination(sess, proxy.DestinationConfig{
+		Services:       svcs,
+		DialRetries:    max(cfg.DialRetries, 0),
+		DialRetryDelay: cfg.DialRetryDelay,
+		Logger:         log,
+	})
+	if err != nil {
+		log.Error("closing the session", "err", err)
+		return true, err
+	}
 	select {
 	case <-sess.Done():
 	case <-ctx.Done():
 	}
-	stop()
+	dest.Close()
 	sess.Close()
-	<-done
 	err = sess.Err()
 	switch {
 	case errors.Is(err, tunnel.ErrTunnelClosed):
