@@ -184,13 +184,13 @@ func (s *Source) fail(err error) {
 // Source's goroutines. It is idempotent and returns nil.
 func (s *Source) Close() error {
 	s.closeOnce.Do(func() {
+		s.cancel() // first: the accept loops then take a closed listener for Close
 		s.mu.Lock()
 		s.closed = true
 		for _, l := range s.listeners {
 			l.ln.Close()
 		}
 		s.mu.Unlock()
-		s.cancel()
 		s.pairs.closeAll()
 		s.wg.Wait()
 	})

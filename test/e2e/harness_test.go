@@ -20,8 +20,8 @@ import (
 	"testing"
 	"time"
 
-	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/aws/aws-sdk-go-v2/aws"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 )
 
 // binDir holds the binaries built once for the whole package.
@@ -64,15 +64,24 @@ type proc struct {
 
 func start(t *testing.T, name string, env []string, args ...string) *proc {
 	t.Helper()
+	return startPath(t, name, bin(name), env, args...)
+}
+
+// startPath starts the program at path (one of ours or a system program
+// such as sshd) as a proc named name.
+func startPath(t *testing.T, name, path string, env []string, args ...string) *proc {
+	t.Helper()
 	p := &proc{t: t, name: name, done: make(chan struct{}), lines: make(chan string, 1024)}
-	p.cmd = exec.Command(bin(name), args...)
+	p.cmd = exec.Command(path, args...)
 	p.cmd.Env = append(os.Environ(), env...)
 	pr, pw := io.Pipe()
 	p.cmd.Stdout, p.cmd.Stderr = pw, pw
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
+	scanned := make(chan struct{})
 	go func() {
+		defer close(scanned)
 		sc := bufio.NewScanner(pr)
 		for sc.Scan() {
 			line := sc.Text()
@@ -88,6 +97,7 @@ func start(t *testing.T, name string, env []string, args ...string) *proc {
 	go func() {
 		p.err = p.cmd.Wait()
 		pw.Close()
+		<-scanned // so that output() holds every line once done is closed
 		close(p.done)
 	}()
 	t.Cleanup(func() {
