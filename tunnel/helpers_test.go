@@ -189,3 +189,10 @@ func waitCount[T Event](t testing.TB, e *events, n int) {
 		}
 	}
 }
+
+func writeFile(t testing.TB, path string, b []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}

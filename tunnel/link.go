@@ -61,7 +61,6 @@ func newLink(s *Session, ws *wsconn.Conn, version int, channelID string) *link {
 }
 
 func (l *link) start() {
-	limitUnsent(l.ws.NetConn(), 128<<10)
 	l.ws.SetLiveness(l.live)
 	l.stall = time.NewTimer(time.Hour)
 	l.stall.Stop()
