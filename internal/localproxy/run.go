@@ -82,11 +82,11 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	tc, err := TunnelConfig(cfg, log) // the session adds the mode itself
 	log = log.With("mode", cfg.Mode.String())
 	for _, w := range cfg.Warnings {
 		log.Warn(w)
 	}
-	tc, err := TunnelConfig(cfg, log)
 	if err != nil {
 		return err
 	}

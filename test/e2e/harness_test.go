@@ -102,7 +102,7 @@ func startPath(t *testing.T, name, path string, env []string, args ...string) *p
 	}()
 	t.Cleanup(func() {
 		p.stop()
-		if t.Failed() {
+		if t.Failed() || os.Getenv("SECTUN_E2E_OUTPUT") != "" {
 			t.Logf("--- output of %s %s:\n%s", name, strings.Join(args, " "), p.output())
 		}
 	})

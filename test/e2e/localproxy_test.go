@@ -715,3 +715,45 @@ func TestLocalproxyMaxConnections(t *testing.T) {
 	default:
 	}
 }
+
+// TestLocalproxyReconnectAfterTunneldRestart: when tunneld restarts, both
+// proxies close their connections, reconnect with their client tokens
+// (generated, as none was given) and serve new connections.
+func TestLocalproxyReconnectAfterTunneldRestart(t *testing.T) {
+	d := startTunneldLP(t)
+	tun := d.openTunnel(t, "thing1", "SSH")
+	settings := filepath.Join(t.TempDir(), "settings.json")
+	os.WriteFile(settings, []byte(`{"tunneling":{"proxy":{"websocket":{"retry_delay_ms":"200"}}}}`), 0o600)
+	dst := startDestination(t, d, tun.DestinationAccessToken, "SSH="+echoService(t), "--settings-json", settings)
+	src, addrs := startSource(t, d, tun.SourceAccessToken, "SSH=0", 1, "--settings-json", settings)
+	c := dialTCP(t, addrs["SSH"])
+	echoRoundTrip(t, c, "before the restart")
+
+	d.stop()
+	expectClosed(t, c, 10*time.Second)
+	d2 := startTunneld(t, "--mqtt-listen", "off", "--listen", strings.TrimPrefix(d.url, "http://"), "--data-dir", d.dataDir)
+	if d2.url != d.url {
+		t.Fatalf("tunneld came back on %s, not %s", d2.url, d.url)
+	}
+	for _, p := range []*proc{src, dst} {
+		p.waitLine(`\] +connected `, lpWait)
+	}
+	// The destination may come back after the source: retry briefly.
+	deadline := time.Now().Add(lpWait)
+	for {
+		c2 := dialTCP(t, addrs["SSH"])
+		c2.SetDeadline(time.Now().Add(5 * time.Second))
+		_, err := io.WriteString(c2, "after")
+		got := make([]byte, 5)
+		if err == nil {
+			_, err = io.ReadFull(c2, got)
+		}
+		c2.Close()
+		if err == nil && string(got) == "after" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no working connection after the restart: %v", err)
+		}
+	}
+}
