@@ -26,6 +26,10 @@ func main() {
 	}
 	log := localproxy.NewLogger(os.Stdout, cfg.Verbosity)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-ctx.Done()
+		stop() // a second signal kills a shutdown that hangs
+	}()
 	err = localproxy.Run(ctx, cfg, log)
 	stop()
 	os.Exit(localproxy.Exit(log, err))

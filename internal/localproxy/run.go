@@ -91,6 +91,9 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return err
 	}
 	tc.OnEvent = eventLogger(log)
+	if cfg.Mode == config.ModeDestination && cfg.DestinationClientType != "" {
+		log.Debug("-y is for source mode: a destination answers in the format the source uses")
+	}
 	log.Info("Starting proxy in "+cfg.Mode.String()+" mode", "endpoint", cfg.URL(), "token_id", token.Short(cfg.AccessToken))
 	if cfg.ClientToken == "" && tc.DisableReconnect {
 		log.Debug("no client token: the access token is used once")

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"sync/atomic"
 	"time"
 )
 
@@ -25,6 +26,9 @@ func join(local, tun net.Conn, pool *bufPool) joinResult {
 	var (
 		up     joinResult // filled by the local -> tunnel loop
 		upDone = make(chan struct{})
+		// upClosed is set by the local -> tunnel loop before it closes
+		// tun, so that the other loop knows why its Read failed.
+		upClosed atomic.Bool
 	)
 	go func() {
 		defer close(upDone)
@@ -57,7 +61,8 @@ func join(local, tun net.Conn, pool *bufPool) joinResult {
 			}
 		}
 		// Sends what was written, then the reset the peer reads as end of
-		// file; the other loop's Read returns net.ErrClosed.
+		// file; the other loop's Read then fails.
+		upClosed.Store(true)
 		tun.Close()
 	}()
 
@@ -83,7 +88,7 @@ func join(local, tun net.Conn, pool *bufPool) joinResult {
 		}
 	}
 	pool.put(b)
-	tunnelClosedByUs := errors.Is(res.err, net.ErrClosed)
+	tunnelClosedByUs := !localFailed && upClosed.Load()
 	switch {
 	case localFailed:
 		local.Close() // ends the other loop's Read

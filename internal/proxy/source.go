@@ -250,6 +250,10 @@ func temporary(err error) bool {
 }
 
 func (s *Source) accepted(svc Service, c net.Conn) {
+	if s.ctx.Err() != nil {
+		c.Close() // shutting down
+		return
+	}
 	p := &pair{local: c}
 	ok, n := s.pairs.add(p, s.cfg.MaxConns)
 	if !ok {
