@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"net"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sectun/sectun/internal/notify"
+	"github.com/sectun/sectun/internal/notify/broker"
 	"github.com/sectun/sectun/internal/token"
 	"github.com/sectun/sectun/tunnel"
 )
@@ -424,4 +426,33 @@ func TestLocalServiceDown(t *testing.T) {
 		t.Fatal("connection to a dead service was not rejected")
 	}
 	checkService(t, src, "SSH", "ssh-server")
+}
+
+func TestBrokerPassword(t *testing.T) {
+	b, err := broker.New(broker.Config{
+		Addr:        "127.0.0.1:0",
+		Users:       []broker.User{{Name: thing, Password: "device-password"}},
+		NoAnonymous: true,
+		Logger:      testLogger(t).With("component", "broker"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	url := "tcp://" + b.Addr().String()
+
+	bad := startAgent(t, Config{ThingName: thing, BrokerURL: url, Username: thing, Password: "wrong", TunnelEndpoint: "ws://127.0.0.1:1"})
+	cur := 0
+	ev := bad.ev.wait(t, &cur, "BrokerLost", func(ev Event) bool { _, ok := ev.(BrokerLost); return ok }).(BrokerLost)
+	if msg := ev.Err.Error(); !strings.Contains(msg, "check the username and password") || strings.Contains(msg, "wrong") {
+		t.Fatalf("refused CONNECT reported as %q", msg)
+	}
+	bad.stop(t)
+
+	good := startAgent(t, Config{ThingName: thing, BrokerURL: url, Username: thing, Password: "device-password", TunnelEndpoint: "ws://127.0.0.1:1"})
+	cur = 0
+	good.ev.wait(t, &cur, "Subscribed", isSubscribed)
 }

@@ -520,3 +520,42 @@ func TestAgentMosquittoTLS(t *testing.T) {
 	c.interrupt(t)
 	ag.waitLine(`msg="tunnel closed: session ended"`, agentWait)
 }
+
+// TestAgentTokenMode: tunnel-agent without MQTT, for scripts: the token
+// comes from the environment, and the agent exits 0 when the tunnel closes.
+func TestAgentTokenMode(t *testing.T) {
+	web := webServer(t)
+	d := startTunneld(t, "--mqtt-listen", "off")
+	tun := d.openTunnel(t, "", "HTTP")
+	ag := start(t, "tunnel-agent", []string{"AWSIOT_TUNNEL_ACCESS_TOKEN=" + tun.DestinationAccessToken},
+		"--tunnel-endpoint", d.wsURL, "--map", "HTTP="+web)
+	ag.waitLine(`msg="tunnel session started" session=`+token.Short(tun.DestinationAccessToken), agentWait)
+
+	ctx, cancel := context.WithTimeout(context.Background(), agentWait)
+	defer cancel()
+	src, err := tunnel.Connect(ctx, tunnel.Config{Mode: tunnel.ModeSource, AccessToken: tun.SourceAccessToken, Endpoint: d.wsURL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	conn, err := src.Dial(ctx, "HTTP")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(conn, "GET /token HTTP/1.0\r\nHost: device\r\n\r\n")
+	conn.SetReadDeadline(time.Now().Add(agentWait))
+	body, _ := io.ReadAll(conn)
+	conn.Close()
+	if !strings.Contains(string(body), "hello from the device: /token") {
+		t.Fatalf("HTTP through the tunnel: %q", body)
+	}
+	if code := d.call(t, "CloseTunnel", map[string]any{"tunnelId": tun.TunnelID}, nil); code != 200 {
+		t.Fatalf("CloseTunnel: HTTP %d", code)
+	}
+	if code := ag.waitExit(agentWait); code != 0 {
+		t.Fatalf("tunnel-agent exited with %d after the tunnel closed", code)
+	}
+	if strings.Contains(ag.output(), tun.DestinationAccessToken) {
+		t.Error("tunnel-agent logged its access token")
+	}
+}
