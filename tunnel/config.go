@@ -154,7 +154,8 @@ type Config struct {
 	Logger *slog.Logger
 	// OnEvent, if set, is called with every Event, in order, from one
 	// goroutine. It must not block for long: events queue behind it (at
-	// most 1024, then they are dropped with a log).
+	// most 1024, then they are dropped with a log). It must not call
+	// Session.Close, which waits for it.
 	OnEvent func(Event)
 }
 

@@ -831,6 +831,9 @@ func (s *Session) resetLocked(c *Conn, alone bool, err error) bool {
 	} else {
 		c.terminate(err, err)
 		s.removeConnLocked(st, c)
+		if s.cfg.Mode == ModeSource && len(st.conns) == 0 && s.streams[st.service] == st {
+			delete(s.streams, st.service) // the next Dial starts a fresh stream
+		}
 		s.ev.emit(ConnectionReset{ServiceID: st.service, StreamID: st.id, ConnectionID: c.id})
 	}
 	c.l.pushCtrl(m)
