@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -42,11 +44,12 @@ func startTunneldLP(t *testing.T) *tunneld {
 
 func tokenEnv(tok string) []string { return []string{"AWSIOT_TUNNEL_ACCESS_TOKEN=" + tok} }
 
-// startDestination starts a destination localproxy (token from the
-// environment) and waits until it serves its mappings.
-func startDestination(t *testing.T, d *tunneld, tok, mapping string, extra ...string) *proc {
+// startDestination starts a destination localproxy for the service at
+// endpoint (token from the environment) and waits until it serves its
+// mappings.
+func startDestination(t *testing.T, endpoint, tok, mapping string, extra ...string) *proc {
 	t.Helper()
-	args := append([]string{"-e", d.wsURL, "-d", mapping}, extra...)
+	args := append([]string{"-e", endpoint, "-d", mapping}, extra...)
 	p := start(t, "localproxy", tokenEnv(tok), args...)
 	p.waitLine(`Use port mapping`, lpWait)
 	return p
@@ -55,9 +58,9 @@ func startDestination(t *testing.T, d *tunneld, tok, mapping string, extra ...st
 // startSource starts a source localproxy and returns the address it
 // listens on for each of n services, keyed by service ID ("" for a tunnel
 // without service IDs).
-func startSource(t *testing.T, d *tunneld, tok, mapping string, n int, extra ...string) (*proc, map[string]string) {
+func startSource(t *testing.T, endpoint, tok, mapping string, n int, extra ...string) (*proc, map[string]string) {
 	t.Helper()
-	args := append([]string{"-e", d.wsURL, "-s", mapping}, extra...)
+	args := append([]string{"-e", endpoint, "-s", mapping}, extra...)
 	p := start(t, "localproxy", tokenEnv(tok), args...)
 	return p, listenAddrs(p, n)
 }
@@ -218,8 +221,8 @@ LogLevel VERBOSE
 
 	d := startTunneldLP(t)
 	tun := d.openTunnel(t, "thing1", "SSH")
-	startDestination(t, d, tun.DestinationAccessToken, fmt.Sprintf("SSH=%d", port))
-	_, addrs := startSource(t, d, tun.SourceAccessToken, "SSH=0", 1)
+	startDestination(t, d.wsURL, tun.DestinationAccessToken, fmt.Sprintf("SSH=%d", port))
+	_, addrs := startSource(t, d.wsURL, tun.SourceAccessToken, "SSH=0", 1)
 	_, srcPort, _ := net.SplitHostPort(addrs["SSH"])
 
 	ctx, cancel := context.WithTimeout(context.Background(), lpWait)
@@ -249,8 +252,8 @@ func TestLocalproxyHTTPParallelCurl(t *testing.T) {
 	t.Cleanup(web.Close)
 	d := startTunneldLP(t)
 	tun := d.openTunnel(t, "thing1", "HTTP", "ECHO")
-	startDestination(t, d, tun.DestinationAccessToken, "HTTP="+strings.TrimPrefix(web.URL, "http://")+",ECHO="+echoService(t))
-	_, addrs := startSource(t, d, tun.SourceAccessToken, "HTTP=0,ECHO=0", 2)
+	startDestination(t, d.wsURL, tun.DestinationAccessToken, "HTTP="+strings.TrimPrefix(web.URL, "http://")+",ECHO="+echoService(t))
+	_, addrs := startSource(t, d.wsURL, tun.SourceAccessToken, "HTTP=0,ECHO=0", 2)
 
 	const n = 8
 	var wg sync.WaitGroup
@@ -406,8 +409,8 @@ func TestLocalproxyBulk(t *testing.T) {
 	bulk := tcpService(t, bulkService(size, 2))
 	d := startTunneldLP(t)
 	tun := d.openTunnel(t, "thing1", "BULK", "ECHO")
-	startDestination(t, d, tun.DestinationAccessToken, "BULK="+bulk+",ECHO="+echoService(t))
-	_, addrs := startSource(t, d, tun.SourceAccessToken, "BULK=0,ECHO=0", 2)
+	startDestination(t, d.wsURL, tun.DestinationAccessToken, "BULK="+bulk+",ECHO="+echoService(t))
+	_, addrs := startSource(t, d.wsURL, tun.SourceAccessToken, "BULK=0,ECHO=0", 2)
 
 	// Interactive traffic on the other service during the transfer.
 	stop := make(chan struct{})
@@ -469,8 +472,8 @@ func TestLocalproxyOldDestinationClientTypes(t *testing.T) {
 	} {
 		t.Run(tc.y, func(t *testing.T) {
 			tun := d.openTunnel(t, "thing1", "SSH")
-			dst := startDestination(t, d, tun.DestinationAccessToken, "SSH="+echo, "-v", "5")
-			_, addrs := startSource(t, d, tun.SourceAccessToken, tc.mapping, 1, "-y", tc.y)
+			dst := startDestination(t, d.wsURL, tun.DestinationAccessToken, "SSH="+echo, "-v", "5")
+			_, addrs := startSource(t, d.wsURL, tun.SourceAccessToken, tc.mapping, 1, "-y", tc.y)
 			addr := addrs[tc.service]
 			if addr == "" {
 				t.Fatalf("no listener for %q: %v", tc.service, addrs)
@@ -538,7 +541,7 @@ func TestLocalproxyDetectsV2Destination(t *testing.T) {
 		}
 	}()
 
-	src, addrs := startSource(t, d, tun.SourceAccessToken, "SSH=0", 1)
+	src, addrs := startSource(t, d.wsURL, tun.SourceAccessToken, "SSH=0", 1)
 	c := dialTCP(t, addrs["SSH"])
 	echoRoundTrip(t, c, "hello V2 destination")
 	echoRoundTrip(t, c, "and again")
@@ -567,7 +570,7 @@ func TestLocalproxyTokenReuse(t *testing.T) {
 	d := startTunneldLP(t)
 	tun := d.openTunnel(t, "thing1", "SSH")
 	echo := echoService(t)
-	startDestination(t, d, tun.DestinationAccessToken, "SSH="+echo)
+	startDestination(t, d.wsURL, tun.DestinationAccessToken, "SSH="+echo)
 	p := start(t, "localproxy", tokenEnv(tun.DestinationAccessToken), "-e", d.wsURL, "-d", "SSH="+echo)
 	if code := p.waitExit(lpWait); code != 0 {
 		t.Fatalf("exit %d, want 0 (HTTP 401, as the reference)", code)
@@ -586,8 +589,8 @@ func TestLocalproxyTokenReuse(t *testing.T) {
 func TestLocalproxyCloseTunnel(t *testing.T) {
 	d := startTunneldLP(t)
 	tun := d.openTunnel(t, "thing1", "SSH")
-	dst := startDestination(t, d, tun.DestinationAccessToken, "SSH="+echoService(t))
-	src, addrs := startSource(t, d, tun.SourceAccessToken, "SSH=0", 1)
+	dst := startDestination(t, d.wsURL, tun.DestinationAccessToken, "SSH="+echoService(t))
+	src, addrs := startSource(t, d.wsURL, tun.SourceAccessToken, "SSH=0", 1)
 	c := dialTCP(t, addrs["SSH"])
 	echoRoundTrip(t, c, "before close")
 	if code := d.call(t, "CloseTunnel", map[string]any{"tunnelId": tun.TunnelID}, nil); code != 200 {
@@ -606,8 +609,8 @@ func TestLocalproxyCloseTunnel(t *testing.T) {
 func TestLocalproxySIGTERM(t *testing.T) {
 	d := startTunneldLP(t)
 	tun := d.openTunnel(t, "thing1", "SSH")
-	dst := startDestination(t, d, tun.DestinationAccessToken, "SSH="+echoService(t))
-	src, addrs := startSource(t, d, tun.SourceAccessToken, "SSH=0", 1)
+	dst := startDestination(t, d.wsURL, tun.DestinationAccessToken, "SSH="+echoService(t))
+	src, addrs := startSource(t, d.wsURL, tun.SourceAccessToken, "SSH=0", 1)
 	c := dialTCP(t, addrs["SSH"])
 	echoRoundTrip(t, c, "before SIGTERM")
 	for _, p := range []*proc{src, dst} {
@@ -661,7 +664,7 @@ func TestLocalproxyConfigSources(t *testing.T) {
 	echo := echoService(t)
 	t.Run("config file", func(t *testing.T) {
 		tun := d.openTunnel(t, "thing1", "SSH")
-		startDestination(t, d, tun.DestinationAccessToken, "SSH="+echo)
+		startDestination(t, d.wsURL, tun.DestinationAccessToken, "SSH="+echo)
 		path := filepath.Join(t.TempDir(), "source.ini")
 		ini := fmt.Sprintf("# source proxy\naccess-token = %s\nproxy-endpoint = %s\nsource-listen-port = SSH=0\nverbose = 5\n", tun.SourceAccessToken, d.wsURL)
 		if err := os.WriteFile(path, []byte(ini), 0o600); err != nil {
@@ -700,8 +703,8 @@ func TestLocalproxyMaxConnections(t *testing.T) {
 	tun := d.openTunnel(t, "thing1", "SSH")
 	settings := filepath.Join(t.TempDir(), "settings.json")
 	os.WriteFile(settings, []byte(`{"tunneling":{"proxy":{"tcp":{"max_active_connections":"2"}}}}`), 0o600)
-	startDestination(t, d, tun.DestinationAccessToken, "SSH="+echoService(t), "--settings-json", settings)
-	src, addrs := startSource(t, d, tun.SourceAccessToken, "SSH=0", 1, "--settings-json", settings)
+	startDestination(t, d.wsURL, tun.DestinationAccessToken, "SSH="+echoService(t), "--settings-json", settings)
+	src, addrs := startSource(t, d.wsURL, tun.SourceAccessToken, "SSH=0", 1, "--settings-json", settings)
 	c1, c2 := dialTCP(t, addrs["SSH"]), dialTCP(t, addrs["SSH"])
 	echoRoundTrip(t, c1, "one")
 	echoRoundTrip(t, c2, "two")
@@ -724,8 +727,8 @@ func TestLocalproxyReconnectAfterTunneldRestart(t *testing.T) {
 	tun := d.openTunnel(t, "thing1", "SSH")
 	settings := filepath.Join(t.TempDir(), "settings.json")
 	os.WriteFile(settings, []byte(`{"tunneling":{"proxy":{"websocket":{"retry_delay_ms":"200"}}}}`), 0o600)
-	dst := startDestination(t, d, tun.DestinationAccessToken, "SSH="+echoService(t), "--settings-json", settings)
-	src, addrs := startSource(t, d, tun.SourceAccessToken, "SSH=0", 1, "--settings-json", settings)
+	dst := startDestination(t, d.wsURL, tun.DestinationAccessToken, "SSH="+echoService(t), "--settings-json", settings)
+	src, addrs := startSource(t, d.wsURL, tun.SourceAccessToken, "SSH=0", 1, "--settings-json", settings)
 	c := dialTCP(t, addrs["SSH"])
 	echoRoundTrip(t, c, "before the restart")
 
@@ -755,5 +758,43 @@ func TestLocalproxyReconnectAfterTunneldRestart(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("no working connection after the restart: %v", err)
 		}
+	}
+}
+
+// TestLocalproxyTLS runs both proxies over TLS against tunneld's
+// self-signed certificate, the way the reference is used: -e host:port,
+// the source trusting the CA with -c DIR, the destination with -k; without
+// either, the connection fails and, with websocket.connect_retry_count 1,
+// the proxy gives up with exit 1.
+func TestLocalproxyTLS(t *testing.T) {
+	d := startTunneld(t, "--mqtt-listen", "off", "--plaintext=false")
+	if !strings.HasPrefix(d.url, "https://") {
+		t.Fatalf("tunneld serves %s", d.url)
+	}
+	caPEM, err := os.ReadFile(filepath.Join(d.dataDir, "tls", "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	d.client = &http.Client{Timeout: lpWait, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	caDir := t.TempDir()
+	os.WriteFile(filepath.Join(caDir, "ca.pem"), caPEM, 0o600)
+	endpoint := strings.TrimPrefix(d.url, "https://")
+
+	tun := d.openTunnel(t, "thing1", "SSH")
+	startDestination(t, endpoint, tun.DestinationAccessToken, "SSH="+echoService(t), "-k")
+	_, addrs := startSource(t, endpoint, tun.SourceAccessToken, "SSH=0", 1, "-c", caDir)
+	echoRoundTrip(t, dialTCP(t, addrs["SSH"]), "over TLS")
+
+	settings := filepath.Join(t.TempDir(), "settings.json")
+	os.WriteFile(settings, []byte(`{"tunneling":{"proxy":{"websocket":{"connect_retry_count":"1","retry_delay_ms":"100"}}}}`), 0o600)
+	tun2 := d.openTunnel(t, "thing1", "SSH")
+	p := start(t, "localproxy", tokenEnv(tun2.SourceAccessToken), "-e", endpoint, "-s", "0", "--settings-json", settings)
+	if code := p.waitExit(lpWait); code != 1 {
+		t.Fatalf("untrusted certificate: exit %d, want 1:\n%s", code, p.output())
+	}
+	if out := p.output(); !strings.Contains(out, "certificate") {
+		t.Fatalf("the failure does not mention the certificate:\n%s", out)
 	}
 }
