@@ -36,8 +36,8 @@ func TestParse(t *testing.T) {
 			services: map[string]string{"SSH": "localhost:2222", "HTTP": "localhost:80"},
 		},
 		{
-			name: "flags override the file",
-			args: []string{"--config", conf, "--thing", "flag-thing", "--broker", "tcp://flag:1", "--map", "SSH=10.0.0.1:22", "--map", "VNC=5901", "--max-tunnels", "5", "--tunnel-endpoint", "ws://flag:1"},
+			name:  "flags override the file",
+			args:  []string{"--config", conf, "--thing", "flag-thing", "--broker", "tcp://flag:1", "--map", "SSH=10.0.0.1:22", "--map", "VNC=5901", "--max-tunnels", "5", "--tunnel-endpoint", "ws://flag:1"},
 			thing: "flag-thing", broker: "tcp://flag:1", endpoint: "ws://flag:1", max: 5, password: "s3cret",
 			services: map[string]string{"SSH": "10.0.0.1:22", "HTTP": "localhost:80", "VNC": "localhost:5901"},
 		},
