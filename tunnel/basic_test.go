@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/sectun/sectun/tunnel/internal/fakeservice"
 )
@@ -96,4 +97,109 @@ func TestManyConns(t *testing.T) {
 		t.Error(err)
 	}
 	_ = errors.New
+}
+
+// TestNegotiatedOlderVersions: two sessions through a service that only
+// speaks V2 or V1.
+func TestNegotiatedOlderVersions(t *testing.T) {
+	for _, v := range []int{2, 1} {
+		t.Run(subprotocol(v), func(t *testing.T) {
+			opts := fakeservice.Options{Versions: []int{v}}
+			service := ""
+			if v == 2 {
+				opts.Services = []string{"SSH1"}
+				service = "SSH1"
+			}
+			svc, src, dst := pair(t, opts, nil)
+			if src.Version() != v || dst.Version() != v {
+				t.Fatalf("versions %d and %d, want %d", src.Version(), dst.Version(), v)
+			}
+			// Without SERVICE_IDS (V1) Connect cannot know when the service
+			// has registered the destination.
+			if err := svc.WaitConnected(testCtx(t), fakeservice.Destination, true); err != nil {
+				t.Fatal(err)
+			}
+			for range 3 { // one connection at a time, each a new stream
+				a, b := dialAccept(t, src, dst, service)
+				if b.ServiceID() != service {
+					t.Fatalf("service %q", b.ServiceID())
+				}
+				writeAll(t, a, []byte("ping"))
+				readN(t, b, 4)
+				writeAll(t, b, []byte("pong"))
+				readN(t, a, 4)
+				a.Close()
+				if _, err := readAll(t, b); err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// TestChurn opens and closes many short connections concurrently and
+// checks that the sessions end up holding none.
+func TestChurn(t *testing.T) {
+	_, src, dst := pair(t, fakeservice.Options{Services: []string{"SSH1", "HTTP1"}}, nil)
+	go func() {
+		for {
+			c, err := dst.Accept(testCtx(t))
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(c, c)
+			}()
+		}
+	}()
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 40 {
+				svc := []string{"SSH1", "HTTP1"}[(g+i)%2]
+				c, err := src.Dial(testCtx(t), svc)
+				if err != nil {
+					errs <- err
+					return
+				}
+				msg := []byte(fmt.Sprintf("%d/%d", g, i))
+				c.Write(msg)
+				got := make([]byte, len(msg))
+				c.SetReadDeadline(time.Now().Add(testTimeout))
+				if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, msg) {
+					errs <- fmt.Errorf("%s: %q, %v", msg, got, err)
+					c.Close()
+					return
+				}
+				c.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(testTimeout)
+	for _, s := range []*Session{src, dst} {
+		for {
+			s.mu.Lock()
+			n, ns := s.nconns, 0
+			for _, st := range s.streams {
+				ns += len(st.conns)
+			}
+			s.mu.Unlock()
+			if n == 0 && ns == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%v still holds %d connections (%d in streams)", s.cfg.Mode, n, ns)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
 }
