@@ -320,3 +320,21 @@ func TestNoSubprotocolEcho(t *testing.T) {
 		t.Fatalf("Version = %d", v)
 	}
 }
+
+// TestMalformedFromService: garbage from the service costs a reconnect,
+// not a hang or a crash.
+func TestMalformedFromService(t *testing.T) {
+	ev := newEvents()
+	svc, src, dst := pair(t, fakeservice.Options{Services: []string{"SSH1"}}, func(s, d *Config) { s.OnEvent = ev.add })
+	if err := svc.SendRaw(fakeservice.Source, []byte{0, 3, 0xff, 0xff, 0xff}); err != nil {
+		t.Fatal(err)
+	}
+	d := waitEvent[Disconnected](t, ev, nil)
+	if !errors.Is(d.Err, ErrDisconnected) {
+		t.Fatalf("Disconnected %v", d.Err)
+	}
+	waitEvent(t, ev, func(e Connected) bool { return e.Reconnect })
+	a, b := dialAccept(t, src, dst, "SSH1")
+	writeAll(t, a, []byte("ok"))
+	readN(t, b, 2)
+}
