@@ -183,10 +183,31 @@ type tunneld struct {
 	client  *http.Client
 }
 
+// brokerAddr returns the embedded MQTT broker's address from the banner.
+// It reads the collected output, leaving the line for waitLine callers.
+func (d *tunneld) brokerAddr(t *testing.T) string {
+	t.Helper()
+	rx := regexp.MustCompile(`embedded MQTT broker on mqtt://([^, ]+)`)
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if m := rx.FindStringSubmatch(d.output()); m != nil {
+			return m[1]
+		}
+		time.Sleep(20 * time.Millisecond) // polling collected output, not readiness of a socket
+	}
+	t.Fatal("tunneld printed no embedded broker address")
+	return ""
+}
+
 func startTunneld(t *testing.T, extra ...string) *tunneld {
 	t.Helper()
 	dir := t.TempDir()
-	args := append([]string{"--listen", "127.0.0.1:0", "--data-dir", dir, "--plaintext"}, extra...)
+	args := []string{"--listen", "127.0.0.1:0", "--data-dir", dir, "--plaintext"}
+	if !hasFlag(extra, "--mqtt-listen") && !hasFlag(extra, "--mqtt-broker") {
+		// A broker on a port of its own, so tests can run in parallel.
+		args = append(args, "--mqtt-listen", "127.0.0.1:0")
+	}
+	args = append(args, extra...)
 	p := start(t, "tunneld", nil, args...)
 	m := p.waitLine(`listening on (\S+)`, 30*time.Second)
 	d := &tunneld{proc: p, url: m[1], dataDir: dir, client: &http.Client{Timeout: 30 * time.Second}}
@@ -251,6 +272,15 @@ func (d *tunneld) openTunnel(t *testing.T, thing string, services ...string) ope
 		t.Fatalf("OpenTunnel: HTTP %d %+v", code, out)
 	}
 	return out
+}
+
+func hasFlag(args []string, name string) bool {
+	for _, a := range args {
+		if a == name || strings.HasPrefix(a, name+"=") {
+			return true
+		}
+	}
+	return false
 }
 
 // freePort returns a TCP port that was free a moment ago on 127.0.0.1, for
