@@ -123,6 +123,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("tunneld: refusing --no-auth on non-loopback address %s: configure access keys, or pass --allow-insecure", cfg.Listen)
 		}
 	}
+	if abs, err := filepath.Abs(cfg.DataDir); err == nil {
+		cfg.DataDir = abs // printed paths must work from any directory
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("tunneld: data directory: %w", err)
 	}
