@@ -167,6 +167,10 @@ func LoadCA(dir string) (*CA, error) {
 }
 
 // LoadOrCreateCA loads the CA in dir, creating it first if dir holds none.
+// Creation is safe against another process creating the same CA at the
+// same moment (tunneld starting while `tunneld device create` runs): the
+// CA is written to a fresh directory that is renamed into place, and the
+// loser of the rename loads the winner's CA.
 func LoadOrCreateCA(dir, commonName string) (ca *CA, created bool, err error) {
 	ca, err = LoadCA(dir)
 	if err == nil {
@@ -178,7 +182,27 @@ func LoadOrCreateCA(dir, commonName string) (ca *CA, created bool, err error) {
 	if ca, err = NewCA(commonName); err != nil {
 		return nil, false, err
 	}
-	return ca, true, ca.Save(dir)
+	parent := filepath.Dir(filepath.Clean(dir))
+	if err := os.MkdirAll(parent, 0o700); err != nil {
+		return nil, false, err
+	}
+	tmp, err := os.MkdirTemp(parent, ".ca-*")
+	if err != nil {
+		return nil, false, err
+	}
+	if err := ca.Save(tmp); err != nil {
+		os.RemoveAll(tmp)
+		return nil, false, err
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		// dir exists and is not empty: someone else's CA, or other files.
+		os.RemoveAll(tmp)
+		if theirs, lerr := LoadCA(dir); lerr == nil {
+			return theirs, false, nil
+		}
+		return ca, true, ca.Save(dir)
+	}
+	return ca, true, nil
 }
 
 // DevServer makes sure dir holds a development CA and a server certificate

@@ -4,6 +4,8 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"os"
+	"path/filepath"
+	"sync"
 	"testing"
 )
 
@@ -71,5 +73,57 @@ func TestClientCertificate(t *testing.T) {
 	}
 	if leaf.Subject.CommonName != "thing-1" {
 		t.Fatalf("CN %q", leaf.Subject.CommonName)
+	}
+}
+
+// TestLoadOrCreateCAConcurrent: processes creating the CA at once (tunneld
+// starting while `tunneld device create` runs) end up with one CA.
+func TestLoadOrCreateCAConcurrent(t *testing.T) {
+	for _, existing := range []bool{false, true} {
+		parent := t.TempDir()
+		dir := filepath.Join(parent, "devices")
+		if existing {
+			if err := os.Mkdir(dir, 0o700); err != nil { // an empty directory is replaced
+				t.Fatal(err)
+			}
+		}
+		const n = 8
+		pems := make([]string, n)
+		created := make([]bool, n)
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Go(func() {
+				ca, c, err := LoadOrCreateCA(dir, "device CA")
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				pems[i], created[i] = string(ca.CertPEM), c
+			})
+		}
+		wg.Wait()
+		onDisk, err := LoadCA(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		winners := 0
+		for i := range n {
+			if pems[i] != string(onDisk.CertPEM) {
+				t.Errorf("caller %d got another CA than the one on disk", i)
+			}
+			if created[i] {
+				winners++
+			}
+		}
+		if winners != 1 {
+			t.Errorf("%d callers created the CA, want 1", winners)
+		}
+		left, _ := filepath.Glob(filepath.Join(parent, ".ca-*"))
+		if len(left) != 0 {
+			t.Errorf("temporary directories left: %v", left)
+		}
+		if st, _ := os.Stat(filepath.Join(dir, "ca-key.pem")); st == nil || st.Mode().Perm() != 0o600 {
+			t.Errorf("CA key mode: %v", st)
+		}
 	}
 }

@@ -1,0 +1,346 @@
+package alpnmux
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Route sends the connections that negotiate one ALPN protocol to a
+// handler.
+type Route struct {
+	// Proto is the ALPN protocol name, e.g. "x-amzn-mqtt-ca".
+	Proto string
+	// TLS is the server configuration for clients offering Proto, e.g. with
+	// ClientAuth tls.RequireAndVerifyClientCert; nil means Config.TLS. It
+	// is cloned; its NextProtos are replaced by [Proto].
+	TLS *tls.Config
+	// Serve takes over a connection whose handshake negotiated Proto and
+	// must close it eventually. It runs on the connection's goroutine; ctx
+	// ends when the Mux closes, and Close waits for Serve to return.
+	Serve func(ctx context.Context, c *tls.Conn)
+}
+
+// Config configures a Mux.
+type Config struct {
+	// TLS is the server configuration of every connection not taken by a
+	// route (required, with certificates). Its NextProtos are the
+	// protocols offered to those clients, e.g. ["http/1.1"]. It is cloned;
+	// GetConfigForClient must be nil (the Mux uses it to choose).
+	TLS *tls.Config
+	// Routes are tried in order: the first whose Proto the client offers
+	// takes the connection.
+	Routes []Route
+	// HandshakeTimeout bounds each TLS handshake (default 10 s).
+	HandshakeTimeout time.Duration
+	// MaxHandshakes bounds the handshakes in progress (default 1024);
+	// Serve waits before accepting more.
+	MaxHandshakes int
+	// Backlog bounds the connections handshaken but not yet returned by
+	// Listener().Accept (default 64).
+	Backlog int
+	// Logger receives failed handshakes (nil = discard).
+	Logger *slog.Logger
+}
+
+// Mux is a TLS listener that dispatches connections by ALPN protocol.
+type Mux struct {
+	ln       net.Listener
+	timeout  time.Duration
+	sem      chan struct{}
+	log      *slog.Logger
+	front    *tls.Config  // only GetConfigForClient: the per-client choice
+	fallback *tls.Config  // Config.TLS
+	plain    *tls.Config  // Config.TLS without ALPN, for clients offering nothing we know
+	routes   []routeState // in order
+	def      *connListener
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	once   sync.Once
+	mu     sync.Mutex // guards closed, so that Serve's wg.Add never follows Close's Wait
+	closed bool
+}
+
+type routeState struct {
+	proto string
+	tls   *tls.Config
+	serve func(context.Context, *tls.Conn)
+}
+
+// New returns a Mux accepting from ln, which it owns from now on (Close
+// closes it). Serve starts the work.
+func New(ln net.Listener, cfg Config) (*Mux, error) {
+	if cfg.TLS == nil {
+		return nil, errors.New("alpnmux: Config.TLS is required")
+	}
+	if cfg.TLS.GetConfigForClient != nil {
+		return nil, errors.New("alpnmux: Config.TLS.GetConfigForClient must be nil")
+	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = 10 * time.Second
+	}
+	if cfg.MaxHandshakes <= 0 {
+		cfg.MaxHandshakes = 1024
+	}
+	if cfg.Backlog <= 0 {
+		cfg.Backlog = 64
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	m := &Mux{
+		ln:       ln,
+		timeout:  cfg.HandshakeTimeout,
+		sem:      make(chan struct{}, cfg.MaxHandshakes),
+		log:      cfg.Logger,
+		fallback: cfg.TLS.Clone(),
+		plain:    cfg.TLS.Clone(),
+		def:      newConnListener(ln.Addr(), cfg.Backlog),
+		ctx:      ctx,
+		cancel:   cancel,
+	}
+	m.plain.NextProtos = nil
+	seen := map[string]bool{}
+	for _, r := range cfg.Routes {
+		switch {
+		case r.Proto == "":
+			cancel()
+			return nil, errors.New("alpnmux: route with an empty protocol")
+		case seen[r.Proto]:
+			cancel()
+			return nil, fmt.Errorf("alpnmux: protocol %q is routed twice", r.Proto)
+		case r.Serve == nil:
+			cancel()
+			return nil, fmt.Errorf("alpnmux: route %q has no Serve function", r.Proto)
+		}
+		seen[r.Proto] = true
+		base := r.TLS
+		if base == nil {
+			base = cfg.TLS
+		}
+		if base.GetConfigForClient != nil {
+			cancel()
+			return nil, fmt.Errorf("alpnmux: route %q: GetConfigForClient must be nil", r.Proto)
+		}
+		t := base.Clone()
+		t.NextProtos = []string{r.Proto}
+		m.routes = append(m.routes, routeState{proto: r.Proto, tls: t, serve: r.Serve})
+	}
+	// The configuration the handshake starts with only chooses; session
+	// ticket keys come from it, so resumption works across connections.
+	m.front = &tls.Config{GetConfigForClient: m.configFor}
+	return m, nil
+}
+
+// conn is what the handshake sees as the client's net.Conn: it records
+// the route chosen for it.
+type conn struct {
+	net.Conn
+	route *routeState
+}
+
+func (m *Mux) configFor(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+	c, _ := hello.Conn.(*conn)
+	for i := range m.routes {
+		r := &m.routes[i]
+		if slices.Contains(hello.SupportedProtos, r.proto) {
+			if c != nil {
+				c.route = r
+			}
+			return r.tls, nil
+		}
+	}
+	if len(hello.SupportedProtos) > 0 && len(m.fallback.NextProtos) > 0 &&
+		!slices.ContainsFunc(hello.SupportedProtos, func(p string) bool { return slices.Contains(m.fallback.NextProtos, p) }) {
+		// Nothing in common: serve without ALPN rather than abort.
+		return m.plain, nil
+	}
+	return m.fallback, nil
+}
+
+// Listener returns the net.Listener of the connections no route took,
+// with their handshake complete (each is a *tls.Conn).
+func (m *Mux) Listener() net.Listener { return m.def }
+
+// Addr returns the address of the underlying listener.
+func (m *Mux) Addr() net.Addr { return m.ln.Addr() }
+
+// Serve accepts connections until Close. It returns nil after Close, or
+// the first permanent error of the underlying listener.
+func (m *Mux) Serve() error {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil
+	}
+	m.wg.Add(1)
+	m.mu.Unlock()
+	defer m.wg.Done()
+	var delay time.Duration // backoff on errors such as EMFILE, as net/http does
+	for {
+		select {
+		case m.sem <- struct{}{}:
+		case <-m.ctx.Done():
+			return nil
+		}
+		c, err := m.ln.Accept()
+		if err != nil {
+			<-m.sem
+			if m.ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || isTemporary(err) {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				m.log.Warn("alpnmux: accept failed, retrying", "error", err, "retry_in", delay)
+				select {
+				case <-time.After(delay):
+				case <-m.ctx.Done():
+					return nil
+				}
+				continue
+			}
+			return fmt.Errorf("alpnmux: accept: %w", err)
+		}
+		delay = 0
+		m.wg.Add(1)
+		go m.handle(c)
+	}
+}
+
+func isTemporary(err error) bool {
+	t, ok := err.(interface{ Temporary() bool })
+	return ok && t.Temporary()
+}
+
+// handle completes the handshake of c and dispatches it.
+func (m *Mux) handle(raw net.Conn) {
+	defer m.wg.Done()
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			<-m.sem
+		}
+	}
+	defer release()
+	wrapped := &conn{Conn: raw}
+	tc := tls.Server(wrapped, m.front)
+	raw.SetDeadline(time.Now().Add(m.timeout))
+	err := tc.HandshakeContext(m.ctx)
+	if err != nil {
+		tc.Close()
+		if m.ctx.Err() != nil {
+			return
+		}
+		level := slog.LevelDebug
+		attrs := []any{"remote", raw.RemoteAddr().String(), "error", err}
+		if wrapped.route != nil {
+			level = slog.LevelInfo
+			attrs = append(attrs, "alpn", wrapped.route.proto)
+		}
+		m.log.Log(m.ctx, level, "alpnmux: TLS handshake failed", attrs...)
+		return
+	}
+	raw.SetDeadline(time.Time{})
+	release() // the handshake is over: the next one may start
+	if r := wrapped.route; r != nil && tc.ConnectionState().NegotiatedProtocol == r.proto {
+		r.serve(m.ctx, tc)
+		return
+	}
+	if err := m.def.deliver(m.ctx, tc); err != nil {
+		tc.Close()
+	}
+}
+
+// Close stops accepting, aborts handshakes, closes the Listener and the
+// connections waiting in its backlog, ends the context of Route.Serve
+// calls and waits for all of them. It is idempotent and returns the
+// underlying listener's Close error.
+func (m *Mux) Close() error {
+	var err error
+	m.once.Do(func() {
+		m.mu.Lock()
+		m.closed = true
+		m.mu.Unlock()
+		m.cancel()
+		err = m.ln.Close()
+		m.def.Close()
+		m.wg.Wait()
+	})
+	return err
+}
+
+// connListener is the net.Listener of the default protocol: connections
+// are delivered by handshake goroutines.
+type connListener struct {
+	addr net.Addr
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+	mu   sync.RWMutex // deliver holds R while it may send; Close holds W to drain
+}
+
+func newConnListener(addr net.Addr, backlog int) *connListener {
+	return &connListener{addr: addr, ch: make(chan net.Conn, backlog), done: make(chan struct{})}
+}
+
+// deliver queues c for Accept, waiting for room until ctx ends or the
+// listener closes. On error the caller still owns c.
+func (l *connListener) deliver(ctx context.Context, c net.Conn) error {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	select {
+	case <-l.done:
+		return net.ErrClosed
+	default:
+	}
+	select {
+	case l.ch <- c:
+		return nil
+	case <-l.done:
+		return net.ErrClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Accept returns the next connection; after Close, net.ErrClosed.
+func (l *connListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+// Close stops Accept and closes the connections not yet accepted. It is
+// idempotent; it does not close the Mux (http.Server.Shutdown calls it).
+func (l *connListener) Close() error {
+	l.once.Do(func() {
+		close(l.done)
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		for {
+			select {
+			case c := <-l.ch:
+				c.Close()
+			default:
+				return
+			}
+		}
+	})
+	return nil
+}
+
+func (l *connListener) Addr() net.Addr { return l.addr }
