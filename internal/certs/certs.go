@@ -69,7 +69,9 @@ type Issued struct {
 }
 
 // TLSCertificate returns the pair as a tls.Certificate.
-func (i *Issued) TLSCertificate() (tls.Certificate, error) { return tls.X509KeyPair(i.CertPEM, i.KeyPEM) }
+func (i *Issued) TLSCertificate() (tls.Certificate, error) {
+	return tls.X509KeyPair(i.CertPEM, i.KeyPEM)
+}
 
 // IssueServer issues a server certificate for the given DNS names and IP
 // addresses, valid for validity.
