@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 
 	"github.com/sectun/sectun/internal/proxy"
 	"github.com/sectun/sectun/internal/token"
@@ -50,7 +51,7 @@ func runSession(ctx context.Context, cfg *Config, p sessionParams) (started bool
 	}
 	defer sess.Close()
 
-	mapping := p.services
+	mapping := maps.Clone(p.services) // the agent's table holds p.services
 	announced := sess.Services()
 	if mapping == nil {
 		if mapping, err = cfg.mapping(announced); err != nil {
@@ -140,12 +141,16 @@ func RunToken(ctx context.Context, cfg Config, accessToken string) error {
 		return fmt.Errorf("%w: set the tunnel endpoint (--tunnel-endpoint) or the region (--region)", ErrInvalidConfig)
 	}
 	id := token.Short(accessToken)
-	a := &Agent{cfg: cfg}
+	emit := func(ev Event) {
+		if cfg.OnEvent != nil {
+			cfg.OnEvent(ev)
+		}
+	}
 	started, err := runSession(ctx, &cfg, sessionParams{
 		id: id, token: accessToken,
-		onStart: func(m map[string]string) { a.emit(SessionStarted{Session: id, Services: m}) },
+		onStart: func(m map[string]string) { emit(SessionStarted{Session: id, Services: m}) },
 	})
-	a.emit(SessionEnded{Session: id, Started: started, Err: err})
+	emit(SessionEnded{Session: id, Started: started, Err: err})
 	if errors.Is(err, tunnel.ErrTunnelClosed) || errors.Is(err, tunnel.ErrSessionClosed) {
 		return nil
 	}
