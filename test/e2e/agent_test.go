@@ -228,8 +228,8 @@ func (c *connectOut) interrupt(t *testing.T) {
 func TestAgentEmbeddedBroker(t *testing.T) {
 	sshd := startSSHD(t)
 	web := webServer(t)
-	d := startTunneld(t, "--mqtt-listen", "127.0.0.1:0")
-	broker := d.waitLine(`embedded MQTT broker on mqtt://(127\.0\.0\.1:\d+)`, agentWait)[1]
+	d := startTunneld(t)
+	broker := d.brokerAddr(t)
 	ag := startAgent(t, "--thing", agentThing, "--broker", "tcp://"+broker, "--tunnel-endpoint", d.wsURL,
 		"--map", fmt.Sprintf("SSH=%d", sshd.port), "--map", "HTTP="+web)
 
