@@ -50,7 +50,7 @@ The configuration file is JSON:
   {"thingName": "dev-1", "broker": "ssl://xxxx-ats.iot.us-east-1.amazonaws.com:8883",
    "ca": "/etc/sectun/AmazonRootCA1.pem", "cert": "/etc/sectun/device.pem.crt",
    "key": "/etc/sectun/private.pem.key", "services": {"SSH": "localhost:22"}}
-(keys: thingName clientId broker ca cert key username passwordFile topicPrefix
+(keys: thingName clientId broker ca cert key alpn username passwordFile topicPrefix
 tunnelEndpoint tunnelCa tunnelInsecure services v1Service maxTunnels logLevel;
 the AWS IoT Device Client's endpoint, cert, key, root-ca and thing-name too).
 Options given on the command line override the file; --map entries are
@@ -94,6 +94,7 @@ func parse(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 	keyFile := fs.String("key", "", "device private key `file` (PEM) for the broker")
 	username := fs.String("username", "", "MQTT `username`")
 	passwordFile := fs.String("password-file", "", "`file` holding the MQTT password")
+	alpn := fs.StringArray("alpn", nil, "ALPN `protocol` offered to a TLS broker (repeatable; default x-amzn-mqtt-ca on port 443, as AWS IoT Core needs)")
 	topicPrefix := fs.String("topic-prefix", "", "first level of the notify topic (default \"$aws\")")
 	endpoint := fs.String("tunnel-endpoint", "", "tunneling service `URL` (wss://host:8443, ws://127.0.0.1:8443 or host[:port]); default: the AWS endpoint of the notification's region")
 	tunnelCA := fs.String("tunnel-ca", "", "PEM `file` or directory of CAs trusted for the tunneling service, added to the system roots")
@@ -170,6 +171,10 @@ func parse(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 	}
 	if cfg.DialRetries == 0 {
 		cfg.DialRetries = -1 // the flag's 0 means none; Config's 0 means the default
+	}
+	cfg.BrokerALPN = file.ALPN
+	if fs.Changed("alpn") {
+		cfg.BrokerALPN = *alpn
 	}
 	for id, addr := range file.Services {
 		cfg.Services[id] = addr

@@ -68,6 +68,11 @@ type Config struct {
 	// BrokerTLS, when set, is used (cloned) instead of CAFile, CertFile and
 	// KeyFile.
 	BrokerTLS *tls.Config
+	// BrokerALPN are the ALPN protocols offered to a TLS broker. nil means
+	// "x-amzn-mqtt-ca" on port 443 (AWS IoT Core's MQTT with client
+	// certificates there; tunneld's shared TLS port selects MQTT the same
+	// way) and none elsewhere.
+	BrokerALPN []string
 	// TopicPrefix replaces "$aws" in "$aws/things/<thing>/tunnels/notify"
 	// (default notify.DefaultTopicPrefix).
 	TopicPrefix string
@@ -199,9 +204,12 @@ func (c *Config) brokerTLS(u *url.URL) (*tls.Config, error) {
 			t.Certificates = []tls.Certificate{pair}
 		}
 	}
-	// AWS IoT Core serves MQTT with client certificates on 443 only to
-	// clients that ask for it by ALPN.
-	if u.Scheme != "wss" && u.Port() == "443" && len(t.NextProtos) == 0 {
+	switch {
+	case c.BrokerALPN != nil:
+		t.NextProtos = slices.Clone(c.BrokerALPN)
+	case u.Scheme != "wss" && u.Port() == "443" && len(t.NextProtos) == 0:
+		// AWS IoT Core serves MQTT with client certificates on 443 only
+		// to clients that ask for it by ALPN.
 		t.NextProtos = []string{"x-amzn-mqtt-ca"}
 	}
 	return t, nil
@@ -350,6 +358,8 @@ type File struct {
 	PasswordFile string `json:"passwordFile,omitempty"`
 	// TopicPrefix is Config.TopicPrefix.
 	TopicPrefix string `json:"topicPrefix,omitempty"`
+	// ALPN is Config.BrokerALPN.
+	ALPN []string `json:"alpn,omitempty"`
 	// TunnelEndpoint is Config.TunnelEndpoint.
 	TunnelEndpoint string `json:"tunnelEndpoint,omitempty"`
 	// TunnelCA and TunnelInsecure build Config.TunnelTLS (tunnel.TLSConfig).

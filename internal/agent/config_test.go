@@ -56,10 +56,10 @@ func TestParseFile(t *testing.T) {
 		{
 			name: "native",
 			in: `{"thingName":"dev-1","clientId":"dev-1@agent","broker":"ssl://h:8883","ca":"ca.pem","cert":"c.pem","key":"k.pem",
-			      "username":"u","passwordFile":"pw","topicPrefix":"sectun","tunnelEndpoint":"wss://t:8443","tunnelCa":"tca.pem",
+			      "alpn":["x-amzn-mqtt-ca"],"username":"u","passwordFile":"pw","topicPrefix":"sectun","tunnelEndpoint":"wss://t:8443","tunnelCa":"tca.pem",
 			      "tunnelInsecure":true,"services":{"SSH":"22","HTTP":"localhost:80"},"v1Service":"HTTP","maxTunnels":4,"logLevel":"debug"}`,
 			want: File{ThingName: "dev-1", ClientID: "dev-1@agent", Broker: "ssl://h:8883", CA: "ca.pem", Cert: "c.pem", Key: "k.pem",
-				Username: "u", PasswordFile: "pw", TopicPrefix: "sectun", TunnelEndpoint: "wss://t:8443", TunnelCA: "tca.pem",
+				ALPN: []string{"x-amzn-mqtt-ca"}, Username: "u", PasswordFile: "pw", TopicPrefix: "sectun", TunnelEndpoint: "wss://t:8443", TunnelCA: "tca.pem",
 				TunnelInsecure: true, Services: map[string]string{"SSH": "localhost:22", "HTTP": "localhost:80"}, V1Service: "HTTP",
 				MaxTunnels: 4, LogLevel: "debug"},
 		},
@@ -159,6 +159,13 @@ func TestBrokerTLS(t *testing.T) {
 	u, _ = brokerURL("ssl://h:8883")
 	if tl, err = c.brokerTLS(u); err != nil || len(tl.NextProtos) != 0 {
 		t.Fatalf("TLS on 8883: %+v, %v", tl, err)
+	}
+	if tl, err = (&Config{BrokerALPN: []string{"x-amzn-mqtt-ca"}}).brokerTLS(u); err != nil || len(tl.NextProtos) != 1 {
+		t.Fatalf("explicit ALPN on 8883: %+v, %v", tl, err)
+	}
+	u443, _ := brokerURL("ssl://h:443")
+	if tl, err = (&Config{BrokerALPN: []string{}}).brokerTLS(u443); err != nil || len(tl.NextProtos) != 0 {
+		t.Fatalf("ALPN disabled on 443: %+v, %v", tl, err)
 	}
 	u, _ = brokerURL("tcp://h")
 	if _, err := (&Config{CAFile: "x"}).brokerTLS(u); !errors.Is(err, ErrInvalidConfig) {
