@@ -156,8 +156,11 @@ func Connect(ctx context.Context, cfg ConnectConfig) (err error) {
 		target = "thing " + cfg.ThingName
 	}
 	fmt.Fprintf(out, "Opened tunnel %s for %s, services %s\n", opened.TunnelID, target, strings.Join(ids, ", "))
-	if cfg.CloseOnExit {
-		defer func() {
+	// Until the usage lines are out nobody else can use this tunnel (the
+	// source token is never shown), so a failed start closes it too.
+	ready, closedByService := false, false
+	defer func() {
+		if (cfg.CloseOnExit || !ready) && !closedByService {
 			cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			if cerr := api.CloseTunnel(cctx, opened.TunnelID); cerr != nil {
@@ -166,8 +169,8 @@ func Connect(ctx context.Context, cfg ConnectConfig) (err error) {
 				return
 			}
 			fmt.Fprintf(out, "Closed tunnel %s\n", opened.TunnelID)
-		}()
-	}
+		}
+	}()
 
 	cctx, cancel := context.WithTimeout(ctx, time.Minute)
 	sess, err := tunnel.Connect(cctx, tunnel.Config{
@@ -231,6 +234,7 @@ func Connect(ctx context.Context, cfg ConnectConfig) (err error) {
 		}
 		fmt.Fprintf(out, "  %-6s %s\n", s.ID, usage(s.ID, addrs[key], cfg.SSHUser))
 	}
+	ready = true
 	if cfg.CloseOnExit {
 		fmt.Fprintf(out, "Press Ctrl-C to close the tunnel.\n")
 	} else {
@@ -243,6 +247,7 @@ func Connect(ctx context.Context, cfg ConnectConfig) (err error) {
 	case <-sess.Done():
 		serr := sess.Err()
 		if errors.Is(serr, tunnel.ErrTunnelClosed) {
+			closedByService = true
 			fmt.Fprintf(out, "The tunnel was closed by the service.\n")
 			return nil
 		}

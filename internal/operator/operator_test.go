@@ -419,3 +419,27 @@ func checkGreeting(t *testing.T, addr, want string) {
 		t.Fatalf("%s: echo %q, %v", addr, echo, err)
 	}
 }
+
+// TestConnectListenFails: a busy local port fails Connect, and the tunnel
+// it opened is closed, since nobody else holds its source token.
+func TestConnectListenFails(t *testing.T) {
+	d := startTunneld(t)
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	out, ch := lines(t)
+	err = Connect(context.Background(), ConnectConfig{
+		API: d.api, ThingName: "dev-1", Services: []ServiceSpec{{ID: "SSH", Listen: busy.Addr().String()}},
+		TunnelTLS: d.tlsCfg, Out: out,
+	})
+	if err == nil {
+		t.Fatal("Connect on a busy port succeeded")
+	}
+	id := waitLine(t, ch, `^Opened tunnel (\S+)`)[1]
+	waitLine(t, ch, `^Closed tunnel `+regexp.QuoteMeta(id))
+	if desc, err := d.api.DescribeTunnel(context.Background(), id); err != nil || desc.Status != "CLOSED" {
+		t.Fatalf("tunnel after the failed start: %+v, %v", desc, err)
+	}
+}
