@@ -270,7 +270,9 @@ func TestAgentEmbeddedBroker(t *testing.T) {
 	if code := ag.waitExit(10 * time.Second); code != 0 {
 		t.Fatalf("tunnel-agent exited with %d after SIGTERM", code)
 	}
-	if took := time.Since(start); took > 5*time.Second {
+	took := time.Since(start)
+	t.Logf("tunnel-agent stopped %v after SIGTERM, with one session running", took)
+	if took > 5*time.Second {
 		t.Errorf("tunnel-agent took %v to stop", took)
 	}
 	out := ag.output()
