@@ -1,3 +1,0 @@
-package sq
-import ("testing"; "database/sql"; _ "modernc.org/sqlite"; _ "github.com/gorilla/websocket"; _ "google.golang.org/protobuf/encoding/protowire"; _ "github.com/mochi-mqtt/server/v2"; _ "github.com/eclipse/paho.mqtt.golang"; _ "github.com/jackc/pgx/v5/stdlib"; _ "github.com/prometheus/client_golang/prometheus"; _ "github.com/aws/aws-sdk-go-v2/aws/signer/v4"; _ "golang.org/x/net/nettest"; _ "go.uber.org/goleak"; _ "github.com/spf13/pflag"; _ "golang.org/x/time/rate"; _ "github.com/google/go-cmp/cmp")
-func TestX(t *testing.T){ db,err:=sql.Open("sqlite", ":memory:"); if err!=nil{t.Fatal(err)}; var v string; if err:=db.QueryRow("select sqlite_version()").Scan(&v);err!=nil{t.Fatal(err)}; t.Log(v)}
