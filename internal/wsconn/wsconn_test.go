@@ -1,0 +1,221 @@
+package wsconn
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// serve starts a server that upgrades with Accept and hands the Conn to fn.
+func serve(t *testing.T, fn func(*Conn)) string {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/refuse" {
+			w.Header().Set("channel-id", "c1")
+			http.Error(w, "invalid access token", http.StatusUnauthorized)
+			return
+		}
+		c, err := Accept(w, r, AcceptOptions{Subprotocol: "proto-1", Header: http.Header{"Channel-Id": {"abc"}}})
+		if err != nil {
+			return
+		}
+		fn(c)
+	}))
+	t.Cleanup(srv.Close)
+	return "ws" + strings.TrimPrefix(srv.URL, "http")
+}
+
+func dial(t *testing.T, u string) (*Conn, *http.Response) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, resp, err := Dial(ctx, u, DialOptions{Subprotocols: []string{"proto-1"}, Proxy: noProxy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c, resp
+}
+
+func noProxy(*url.URL) (*url.URL, error) { return nil, nil }
+
+func TestMessagesAreOneByteStream(t *testing.T) {
+	u := serve(t, func(c *Conn) {
+		c.WriteMessage([]byte("hel"))
+		c.WriteMessage([]byte("lo "))
+		c.WriteMessage([]byte("world"))
+		c.Close()
+	})
+	c, resp := dial(t, u)
+	if resp.Header.Get("channel-id") != "abc" || c.Subprotocol() != "proto-1" {
+		t.Fatalf("headers %v, subprotocol %q", resp.Header, c.Subprotocol())
+	}
+	c.SetLiveness(5 * time.Second)
+	b, err := io.ReadAll(io.LimitReader(c, 11))
+	if err != nil || string(b) != "hello world" {
+		t.Fatalf("read %q, %v", b, err)
+	}
+	_, err = c.Read(make([]byte, 1))
+	var ce *CloseError
+	if !errors.As(err, &ce) || ce.Code != CloseNormal {
+		t.Fatalf("after close: %v", err)
+	}
+}
+
+func TestTextMessageRefused(t *testing.T) {
+	got := make(chan error, 1)
+	u := serve(t, func(c *Conn) {
+		c.SetLiveness(5 * time.Second)
+		_, err := c.Read(make([]byte, 10))
+		got <- err
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ws, _, err := websocket.DefaultDialer.DialContext(ctx, u, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	ws.WriteMessage(websocket.TextMessage, []byte("hi"))
+	if err := <-got; !errors.Is(err, ErrTextMessage) {
+		t.Fatalf("server read: %v", err)
+	}
+	ws.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, _, err = ws.ReadMessage()
+	if !websocket.IsCloseError(err, CloseUnsupportedData) {
+		t.Fatalf("client got %v, want close 1003", err)
+	}
+}
+
+func TestOversizedMessageRefused(t *testing.T) {
+	got := make(chan error, 1)
+	u := serve(t, func(c *Conn) {
+		c.SetLiveness(5 * time.Second)
+		_, err := io.ReadAll(c)
+		got <- err
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ws, _, err := websocket.DefaultDialer.DialContext(ctx, u, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	ws.WriteMessage(websocket.BinaryMessage, make([]byte, MaxMessageSize+1))
+	if err := <-got; err == nil || !strings.Contains(err.Error(), "exceeds") {
+		t.Fatalf("server read: %v", err)
+	}
+	ws.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, _, err = ws.ReadMessage(); !websocket.IsCloseError(err, CloseMessageTooBig) {
+		t.Fatalf("client got %v, want close 1009", err)
+	}
+}
+
+func TestLivenessDeadline(t *testing.T) {
+	release := make(chan struct{})
+	u := serve(t, func(c *Conn) { <-release; c.Close() })
+	defer close(release)
+	c, _ := dial(t, u)
+	c.SetLiveness(100 * time.Millisecond)
+	start := time.Now()
+	_, err := c.Read(make([]byte, 1))
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("silent peer: %v, want a timeout", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("timeout took %v", d)
+	}
+}
+
+func TestHandshakeError(t *testing.T) {
+	u := serve(t, func(*Conn) {})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, _, err := Dial(ctx, u+"/refuse", DialOptions{Proxy: noProxy})
+	var he *HandshakeError
+	if !errors.As(err, &he) || he.StatusCode != 401 || !strings.Contains(he.Body, "invalid access token") || he.Header.Get("channel-id") != "c1" {
+		t.Fatalf("got %#v", err)
+	}
+	if !errors.Is(err, ErrBadHandshake) {
+		t.Fatal("not ErrBadHandshake")
+	}
+}
+
+func TestProxyFromEnvironment(t *testing.T) {
+	t.Setenv("HTTPS_PROXY", "http://user:pw@proxy.example:3128")
+	t.Setenv("NO_PROXY", "skip.example")
+	for _, target := range []string{"ws://svc.example:80/tunnel", "wss://svc.example/tunnel"} {
+		u, _ := url.Parse(target)
+		p, err := ProxyFromEnvironment(u)
+		if err != nil || p == nil || p.Host != "proxy.example:3128" || p.User.Username() != "user" {
+			t.Errorf("%s: proxy %v, %v", target, p, err)
+		}
+	}
+	u, _ := url.Parse("wss://skip.example/tunnel")
+	if p, _ := ProxyFromEnvironment(u); p != nil {
+		t.Errorf("NO_PROXY ignored: %v", p)
+	}
+}
+
+// TestDialThroughConnectProxy checks ws:// through an HTTP CONNECT proxy with
+// basic authentication taken from the proxy URL.
+func TestDialThroughConnectProxy(t *testing.T) {
+	u := serve(t, func(c *Conn) { c.WriteMessage([]byte("via proxy")); c.Close() })
+	auth := make(chan string, 1)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		br := bufio.NewReader(conn)
+		req, err := http.ReadRequest(br)
+		if err != nil || req.Method != http.MethodConnect {
+			return
+		}
+		auth <- req.Header.Get("Proxy-Authorization")
+		up, err := net.Dial("tcp", req.Host)
+		if err != nil {
+			return
+		}
+		defer up.Close()
+		io.WriteString(conn, "HTTP/1.1 200 Connection established\r\n\r\n")
+		go io.Copy(up, br)
+		io.Copy(conn, up)
+	}()
+	proxyURL, _ := url.Parse("http://alice:secret@" + ln.Addr().String())
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, _, err := Dial(ctx, u, DialOptions{Proxy: func(*url.URL) (*url.URL, error) { return proxyURL, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetLiveness(5 * time.Second)
+	b, _ := io.ReadAll(io.LimitReader(c, 9))
+	if string(b) != "via proxy" {
+		t.Fatalf("read %q", b)
+	}
+	if a := <-auth; a != "Basic YWxpY2U6c2VjcmV0" {
+		t.Fatalf("Proxy-Authorization %q", a)
+	}
+}
