@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/pflag"
@@ -24,12 +25,19 @@ func main() {
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	if err != nil && !errors.Is(err, pflag.ErrHelp) {
-		fmt.Fprintln(os.Stderr, "tunneld:", err)
+		msg := err.Error()
+		if !strings.HasPrefix(msg, "tunneld: ") {
+			msg = "tunneld: " + msg
+		}
+		fmt.Fprintln(os.Stderr, msg)
 		os.Exit(1)
 	}
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "device" {
+		return device(args[1:], stdout, stderr)
+	}
 	var cfg server.Config
 	fs := pflag.NewFlagSet("tunneld", pflag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -56,7 +64,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&m.TLSListen, "mqtt-tls-listen", "", "add a TLS listener to the embedded broker (uses the server certificate unless --mqtt-tls-cert)")
 	fs.StringVar(&m.TLSCertFile, "mqtt-tls-cert", "", "certificate for the broker's TLS listener")
 	fs.StringVar(&m.TLSKeyFile, "mqtt-tls-key", "", "key for the broker's TLS listener")
-	fs.StringVar(&m.ClientCAFile, "mqtt-client-ca", "", "CA verifying device certificates on the broker's TLS listener (CommonName = thing name)")
+	mqttALPN := fs.Bool("mqtt-alpn", true, "serve MQTT on the main TLS listener to clients offering ALPN x-amzn-mqtt-ca (the AWS IoT Device Client on port 443), with device certificates from <data-dir>/devices (tunneld device create) or --mqtt-client-ca; HTTPS clients are not affected")
+	fs.StringVar(&m.ClientCAFile, "mqtt-client-ca", "", "PEM file of further CAs whose certificates identify devices (CommonName = thing name), trusted with the device CA on the main TLS listener and the broker's TLS listener")
 	fs.StringVar(&m.UsersFile, "mqtt-users", "", "file of `name password [admin]` lines for the embedded broker")
 	fs.BoolVar(&m.NoAnonymous, "mqtt-no-anonymous", false, "refuse anonymous MQTT clients even on loopback")
 	fs.StringVar(&m.TopicPrefix, "mqtt-topic-prefix", "$aws", "topic prefix of <prefix>/things/<thing>/tunnels/notify")
@@ -72,7 +81,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	configFile := fs.String("config", "", "file of `name = value` lines using these option names")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: tunneld [options]\n\nA self-hosted, AWS-compatible secure tunneling service.\n\nOptions:\n%s", fs.FlagUsages())
+		fmt.Fprintf(stderr, "Usage: tunneld [options]\n       tunneld device create|ca [options]   (device identities; see tunneld device --help)\n\nA self-hosted, AWS-compatible secure tunneling service.\n\nOptions:\n%s", fs.FlagUsages())
 	}
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -89,6 +98,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *selfSigned && (cfg.Plaintext || cfg.TLSCertFile != "") {
 		return errors.New("--tls-self-signed cannot be combined with --plaintext or --tls-cert")
 	}
+	if fs.Changed("mqtt-alpn") && *mqttALPN {
+		switch {
+		case cfg.Plaintext:
+			return errors.New("--mqtt-alpn needs TLS on the main listener: drop --plaintext")
+		case m.BrokerURL != "" || m.Listen == "off":
+			return errors.New("--mqtt-alpn serves the embedded broker: drop --mqtt-broker and --mqtt-listen off")
+		}
+	}
+	m.NoALPN = !*mqttALPN
 	if m.Listen == "off" {
 		if m.BrokerURL == "" {
 			m.Off = true

@@ -196,8 +196,14 @@ func LoadOrCreateCA(dir, commonName string) (ca *CA, created bool, err error) {
 		os.RemoveAll(tmp)
 		return nil, false, err
 	}
+	// os.Rename refuses an existing directory, even an empty one: remove
+	// an empty one first (os.Remove fails on a non-empty one, so this
+	// never removes another process's CA).
+	if fi, err := os.Lstat(dir); err == nil && fi.IsDir() {
+		os.Remove(dir)
+	}
 	if err := os.Rename(tmp, dir); err != nil {
-		// dir exists and is not empty: someone else's CA, or other files.
+		// dir exists: another process's CA, or other files.
 		os.RemoveAll(tmp)
 		if theirs, lerr := LoadCA(dir); lerr == nil {
 			return theirs, false, nil

@@ -2,6 +2,9 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -24,9 +27,20 @@ type MQTTConfig struct {
 	// TLSCertFile/TLSKeyFile (default: the server's own certificate).
 	TLSListen               string
 	TLSCertFile, TLSKeyFile string
-	// ClientCAFile verifies device certificates on the TLS listener; the
-	// certificate's CommonName names the thing.
+	// ClientCAFile is a PEM bundle of further CAs (an existing device PKI)
+	// whose certificates identify devices, trusted beside the device CA in
+	// DataDir/devices, on the main TLS listener (ALPN x-amzn-mqtt-ca) and
+	// on the broker's TLS listener. The certificate's CommonName is the
+	// thing name.
 	ClientCAFile string
+	// NoALPN turns off MQTT on the main TLS listener. By default, when the
+	// server uses TLS and the embedded broker, a client that offers the
+	// ALPN protocol x-amzn-mqtt-ca there (the AWS IoT Device Client and
+	// the AWS device SDKs on port 443) is served by the broker; it must
+	// present a certificate from the device CA (tunneld device create) or
+	// from ClientCAFile, whose CommonName names its thing. HTTPS clients
+	// are never asked for a certificate.
+	NoALPN bool
 	// UsersFile lists `name password [admin]` lines for the embedded broker.
 	UsersFile string
 	// NoAnonymous refuses anonymous clients even on loopback.
@@ -87,7 +101,10 @@ func (n *notifier) describe(prefix string) string {
 	return fmt.Sprintf("notifications published to %s on %s", n.url, topic)
 }
 
-func startNotifier(ctx context.Context, cfg MQTTConfig, serverCert, serverKey string, logger *slog.Logger) (*notifier, error) {
+// startNotifier starts the external broker client or the embedded broker.
+// devices, when set, verifies device certificates on the embedded
+// broker's TLS listener.
+func startNotifier(ctx context.Context, cfg MQTTConfig, serverCert, serverKey string, devices *x509.CertPool, logger *slog.Logger) (*notifier, error) {
 	n := &notifier{}
 	var pub notify.Publisher
 	if cfg.BrokerURL != "" {
@@ -110,20 +127,34 @@ func startNotifier(ctx context.Context, cfg MQTTConfig, serverCert, serverKey st
 		n.client, pub, n.url = c, c, cfg.BrokerURL
 	} else {
 		bc := broker.Config{
-			Addr:         cfg.Listen,
-			TLSAddr:      cfg.TLSListen,
-			CertFile:     cfg.TLSCertFile,
-			KeyFile:      cfg.TLSKeyFile,
-			ClientCAFile: cfg.ClientCAFile,
-			NoAnonymous:  cfg.NoAnonymous,
-			TopicPrefix:  cfg.TopicPrefix,
-			Logger:       logger,
+			Addr:        cfg.Listen,
+			TLSAddr:     cfg.TLSListen,
+			NoAnonymous: cfg.NoAnonymous,
+			TopicPrefix: cfg.TopicPrefix,
+			Logger:      logger,
 		}
 		if bc.Addr == "" {
 			bc.Addr = "127.0.0.1:1883"
 		}
-		if bc.TLSAddr != "" && bc.CertFile == "" {
-			bc.CertFile, bc.KeyFile = serverCert, serverKey
+		if bc.TLSAddr != "" {
+			certFile, keyFile := cfg.TLSCertFile, cfg.TLSKeyFile
+			if certFile == "" {
+				certFile, keyFile = serverCert, serverKey
+			}
+			if certFile == "" {
+				return nil, errors.New("--mqtt-tls-listen needs a certificate: --mqtt-tls-cert/--mqtt-tls-key, or TLS on the main listener")
+			}
+			pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+			if err != nil {
+				return nil, fmt.Errorf("--mqtt-tls-listen: certificate: %w", err)
+			}
+			// A device certificate authenticates; clients without one may
+			// still use a password.
+			bc.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{pair}}
+			if devices != nil {
+				bc.TLSConfig.ClientCAs = devices
+				bc.TLSConfig.ClientAuth = tls.VerifyClientCertIfGiven
+			}
 		}
 		if cfg.UsersFile != "" {
 			users, err := broker.ReadUsersFile(cfg.UsersFile)

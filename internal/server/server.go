@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/sectun/sectun/internal/alpnmux"
 	"github.com/sectun/sectun/internal/certs"
 	"github.com/sectun/sectun/internal/server/api"
 	"github.com/sectun/sectun/internal/server/relay"
@@ -82,13 +84,18 @@ type Server struct {
 	store    store.Store
 	api      *api.Server
 	relay    *relay.Relay
-	ln       net.Listener
+	ln       net.Listener // the bound listener (TLS-wrapped unless mux is set)
+	mux      *alpnmux.Mux // set when MQTT shares the TLS listener
+	httpLn   net.Listener // what http serves: ln, or mux's default listener
 	http     *http.Server
 	registry *prometheus.Registry
 	scheme   string
 	caPath   string
 	credPath string
 	notifier *notifier
+	// deviceCAPath is the device CA certificate, when device certificates
+	// are verified (MQTT over TLS on the embedded broker).
+	deviceCAPath string
 
 	closeOnce sync.Once
 }
@@ -173,9 +180,20 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 			s.store.Close()
 		}
 	}()
+	embedded := !cfg.MQTT.Off && cfg.MQTT.BrokerURL == ""
+	mqttALPN := embedded && tlsConfig != nil && !cfg.MQTT.NoALPN
+	var devices *x509.CertPool
+	switch {
+	case mqttALPN || embedded && cfg.MQTT.TLSListen != "":
+		if devices, s.deviceCAPath, err = devicePool(cfg.DataDir, cfg.MQTT.ClientCAFile); err != nil {
+			return nil, err
+		}
+	case cfg.MQTT.ClientCAFile != "":
+		return nil, errors.New("tunneld: --mqtt-client-ca verifies devices on an MQTT TLS listener of the embedded broker: keep TLS and MQTT on the main listener (the default), or add --mqtt-tls-listen")
+	}
 	var notifier api.Notifier
 	if !cfg.MQTT.Off {
-		if s.notifier, err = startNotifier(ctx, cfg.MQTT, certFile, keyFile, logger); err != nil {
+		if s.notifier, err = startNotifier(ctx, cfg.MQTT, certFile, keyFile, devices, logger); err != nil {
 			return nil, fmt.Errorf("tunneld: %w", err)
 		}
 		notifier = s.notifier
@@ -226,8 +244,37 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tunneld: %w", err)
 	}
-	if tlsConfig != nil {
+	switch {
+	case mqttALPN:
+		// Devices (AWS IoT Device Client) reach MQTT on this port by ALPN,
+		// with a verified certificate; everything else is HTTPS.
+		deviceTLS := tlsConfig.Clone()
+		deviceTLS.ClientAuth = tls.RequireAndVerifyClientCert
+		deviceTLS.ClientCAs = devices
+		b := s.notifier.broker
+		s.mux, err = alpnmux.New(s.ln, alpnmux.Config{
+			TLS: tlsConfig,
+			Routes: []alpnmux.Route{{
+				Proto: MQTTALPN,
+				TLS:   deviceTLS,
+				Serve: func(ctx context.Context, c *tls.Conn) {
+					if err := b.ServeConn(ctx, c); err != nil && ctx.Err() == nil {
+						logger.Warn("MQTT connection not served", "remote", c.RemoteAddr().String(), "err", err)
+					}
+				},
+			}},
+			Logger: logger,
+		})
+		if err != nil {
+			s.ln.Close()
+			return nil, fmt.Errorf("tunneld: %w", err)
+		}
+		s.httpLn = s.mux.Listener()
+	case tlsConfig != nil:
 		s.ln = tls.NewListener(s.ln, tlsConfig)
+		s.httpLn = s.ln
+	default:
+		s.httpLn = s.ln
 	}
 	s.http = &http.Server{
 		Handler:           s.routes(),
@@ -312,6 +359,14 @@ func (s *Server) URL() string { return s.scheme + "://" + s.ln.Addr().String() }
 // CAPath returns the generated development CA's path, or "".
 func (s *Server) CAPath() string { return s.caPath }
 
+// DeviceCAPath returns the device CA certificate's path when device
+// certificates are verified (MQTT over TLS on the embedded broker), or "".
+func (s *Server) DeviceCAPath() string { return s.deviceCAPath }
+
+// MQTTOnTLSPort reports whether MQTT (ALPN x-amzn-mqtt-ca) is served on
+// the main TLS listener.
+func (s *Server) MQTTOnTLSPort() bool { return s.mux != nil }
+
 // CredentialsPath returns the generated credentials file, or "".
 func (s *Server) CredentialsPath() string { return s.credPath }
 
@@ -319,7 +374,7 @@ func (s *Server) CredentialsPath() string { return s.credPath }
 // requests in flight finish, WebSockets get a going-away close frame.
 func (s *Server) Run(ctx context.Context) error {
 	s.printBanner()
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	sweepCtx, stopSweep := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -327,7 +382,10 @@ func (s *Server) Run(ctx context.Context) error {
 		defer wg.Done()
 		s.api.Run(sweepCtx)
 	}()
-	go func() { errc <- s.http.Serve(s.ln) }()
+	if s.mux != nil {
+		go func() { errc <- s.mux.Serve() }()
+	}
+	go func() { errc <- s.http.Serve(s.httpLn) }()
 	s.logger.Info("tunneld listening", "addr", s.ln.Addr().String(), "tls", s.scheme == "https")
 	var err error
 	select {
@@ -336,6 +394,9 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	if s.mux != nil {
+		s.mux.Close() // stop accepting first, as Shutdown does for its own listener
+	}
 	s.http.Shutdown(shutCtx)
 	s.relay.Shutdown(shutCtx)
 	stopSweep()
@@ -354,6 +415,9 @@ func (s *Server) Run(ctx context.Context) error {
 func (s *Server) Close() error {
 	var err error
 	s.closeOnce.Do(func() {
+		if s.mux != nil {
+			s.mux.Close()
+		}
 		s.ln.Close()
 		err = s.store.Close()
 	})
@@ -380,6 +444,10 @@ func (s *Server) printBanner() {
 	env = append(env, "AWS_REGION="+s.cfg.Region, "AWS_DEFAULT_REGION="+s.cfg.Region)
 	if s.notifier != nil {
 		fmt.Fprintf(w, "  Devices: %s\n", s.notifier.describe(s.cfg.MQTT.TopicPrefix))
+	}
+	if s.mux != nil {
+		fmt.Fprintf(w, "  AWS IoT Device Client: MQTT on this port (ALPN %s) with a device certificate from the CA at %s\n", MQTTALPN, s.deviceCAPath)
+		fmt.Fprintf(w, "    issue one: tunneld device create --data-dir %s --thing <thing> --endpoint <host> --out <dir>\n", s.cfg.DataDir)
 	}
 	fmt.Fprintf(w, "Open a tunnel:\n  export %s\n", strings.Join(env, " "))
 	fmt.Fprintf(w, "  aws iotsecuretunneling open-tunnel --endpoint-url %s --destination-config services=SSH\n", base)

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -41,6 +43,14 @@ type testServer struct {
 	keyID  string
 	secret string
 	wsURL  string
+	tls    *tls.Config // trusts the generated CA when the server uses TLS
+}
+
+// httpClient returns a client for the API that trusts the server.
+func (ts *testServer) httpClient() *http.Client {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = ts.tls
+	return &http.Client{Timeout: 10 * time.Second, Transport: tr}
 }
 
 func (ts *testServer) clock() time.Time {
@@ -74,6 +84,15 @@ func newTestServer(t *testing.T, mod func(*Config)) *testServer {
 	}
 	ts.Server = srv
 	ts.wsURL = strings.Replace(srv.URL(), "http", "ws", 1)
+	if p := srv.CAPath(); p != "" {
+		pem, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(pem)
+		ts.tls = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
 	if p := srv.CredentialsPath(); p != "" {
 		creds, err := loadCredentialFiles([]string{p})
 		if err != nil {
@@ -112,7 +131,7 @@ func (ts *testServer) call(t *testing.T, op string, in, out any) int {
 		req, hex.EncodeToString(sum[:]), "IoTSecuredTunneling", "us-east-1", time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	client := &http.Client{Timeout: 10 * time.Second}
+	client := ts.httpClient()
 	resp, err := client.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -158,7 +177,7 @@ func (ts *testServer) session(t *testing.T, mode tunnel.Mode, tok, clientToken s
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	s, err := tunnel.Connect(ctx, tunnel.Config{
-		Mode: mode, AccessToken: tok, ClientToken: clientToken, Endpoint: ts.wsURL,
+		Mode: mode, AccessToken: tok, ClientToken: clientToken, Endpoint: ts.wsURL, TLS: ts.tls,
 		ReconnectMin: 20 * time.Millisecond, ReconnectMax: 100 * time.Millisecond,
 		Proxy: func(*url.URL) (*url.URL, error) { return nil, nil },
 	})
