@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"encoding/base64"
 	"fmt"
 	"net/http"
 	"strings"
@@ -137,10 +138,17 @@ func upgradeProblem(req *http.Request) string {
 		return "missing Upgrade: websocket"
 	case req.Header.Get("Sec-WebSocket-Version") != "13":
 		return "Sec-WebSocket-Version must be 13"
-	case req.Header.Get("Sec-WebSocket-Key") == "":
-		return "missing Sec-WebSocket-Key"
+	case !validKey(req.Header.Get("Sec-WebSocket-Key")):
+		return "Sec-WebSocket-Key must be 16 bytes in base64"
 	}
 	return ""
+}
+
+// validKey checks the key as the upgrader will, so that a request it would
+// refuse never reaches Authorize (which may consume the token).
+func validKey(s string) bool {
+	b, err := base64.StdEncoding.DecodeString(s)
+	return err == nil && len(b) == 16
 }
 
 func headerHasToken(h http.Header, name, want string) bool {

@@ -44,6 +44,7 @@ func TestHandshakeRefusals(t *testing.T) {
 		{name: "POST", method: http.MethodPost, target: ok, status: 400, body: "method must be GET"},
 		{name: "bad websocket version", target: ok, header: func(h http.Header) { h.Set("Sec-WebSocket-Version", "8") }, status: 400, body: "Sec-WebSocket-Version"},
 		{name: "no key", target: ok, header: func(h http.Header) { h.Del("Sec-WebSocket-Key") }, status: 400, body: "Sec-WebSocket-Key"},
+		{name: "short key", target: ok, header: func(h http.Header) { h.Set("Sec-WebSocket-Key", "c2hvcnQ=") }, status: 400, body: "Sec-WebSocket-Key"},
 		{name: "no mode", target: "/tunnel", status: 400, body: "local-proxy-mode"},
 		{name: "bad mode", target: "/tunnel?local-proxy-mode=both", status: 400, body: "local-proxy-mode"},
 		{name: "mode twice", target: "/tunnel?local-proxy-mode=source&local-proxy-mode=source", status: 400, body: "local-proxy-mode"},

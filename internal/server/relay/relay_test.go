@@ -395,7 +395,9 @@ func TestIdleTimeout(t *testing.T) {
 		c.expectClose(1001, "nothing received for 200ms")
 	})
 	t.Run("pings keep it alive", func(t *testing.T) {
-		tr := newTestRelay(t, Config{IdleTimeout: 200 * time.Millisecond, PingInterval: 50 * time.Millisecond})
+		// Generous margins: a stall of the test process longer than
+		// IdleTimeout minus PingInterval would fail it.
+		tr := newTestRelay(t, Config{IdleTimeout: time.Second, PingInterval: 100 * time.Millisecond})
 		s, _ := tr.authz.open("i")
 		c := tr.dial(t, s, dialOpts{})
 		c.expectServiceIDs(nil)
@@ -406,7 +408,7 @@ func TestIdleTimeout(t *testing.T) {
 		select {
 		case err := <-done:
 			t.Fatalf("connection ended: %v", err)
-		case <-time.After(time.Second):
+		case <-time.After(2 * time.Second):
 		}
 		c.conn.Close()
 		<-done

@@ -6,7 +6,8 @@ import "github.com/prometheus/client_golang/prometheus"
 type Stats struct {
 	// Tunnels is the number of tunnels with at least one peer connected.
 	Tunnels int
-	// Peers is the number of connected WebSockets (both ends counted).
+	// Peers is the number of connected tunnel ends (a replaced or closed
+	// peer still finishing its closing handshake is not counted).
 	Peers int
 	// Handshakes counts successful handshakes.
 	Handshakes int64
@@ -41,9 +42,15 @@ func (r *Relay) Stats() Stats {
 	for p := range r.peers {
 		c.add(&p.cnt)
 	}
-	s.Peers = len(r.peers)
 	for _, t := range r.tunnels {
-		if t.peers[0].Load() != nil || t.peers[1].Load() != nil {
+		n := 0
+		for i := range t.peers {
+			if t.peers[i].Load() != nil {
+				n++
+			}
+		}
+		s.Peers += n
+		if n > 0 {
 			s.Tunnels++
 		}
 	}
