@@ -428,3 +428,34 @@ func TestCreateDevice(t *testing.T) {
 		}
 	}
 }
+
+// TestBrokerTLSListenerTrustsDeviceCA: --mqtt-tls-listen (the broker's own
+// MQTT-over-TLS port) accepts the same device certificates.
+func TestBrokerTLSListenerTrustsDeviceCA(t *testing.T) {
+	ts := newTestServer(t, func(c *Config) {
+		c.Plaintext = false
+		c.MQTT = MQTTConfig{Listen: "127.0.0.1:0", TLSListen: "127.0.0.1:0"}
+	})
+	f, err := CreateDevice(DeviceRequest{DataDir: ts.cfg.DataDir, Thing: "dev-1", OutDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := ts.notifier.broker.TLSAddr()
+	if a == nil {
+		t.Fatal("no broker TLS listener")
+	}
+	dc, err := devicetest.ConnectMQTT(devicetest.MQTTConfig{
+		Addr: a.String(), ServerName: "localhost",
+		RootCAFile: f.RootCAFile, CertFile: f.CertFile, KeyFile: f.KeyFile, Thing: "dev-1",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dc.Close()
+	if err := dc.SubscribeNotify(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dc.Subscribe("$aws/things/dev-2/tunnels/notify"); !errors.Is(err, devicetest.ErrRefused) {
+		t.Fatalf("another thing's topic: %v", err)
+	}
+}

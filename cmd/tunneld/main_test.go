@@ -1,0 +1,53 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestDeviceCommand(t *testing.T) {
+	data := t.TempDir()
+	out := filepath.Join(t.TempDir(), "dev")
+	var stdout, stderr bytes.Buffer
+	err := run(context.Background(), []string{"device", "create", "--data-dir", data, "--thing", "dev-1", "--out", out, "--endpoint", "127.0.0.1"}, &stdout, &stderr)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, stderr.String())
+	}
+	for _, name := range []string{"dev-1.cert.pem", "dev-1.private.key", "root-ca.pem", "dev-1.device-client.json"} {
+		if _, err := os.Stat(filepath.Join(out, name)); err != nil {
+			t.Error(err)
+		}
+	}
+	if !strings.Contains(stdout.String(), `"thing-name": "dev-1"`) {
+		t.Errorf("no configuration printed:\n%s", stdout.String())
+	}
+	stdout.Reset()
+	if err := run(context.Background(), []string{"device", "ca", "--data-dir", data}, &stdout, &stderr); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := strings.TrimSpace(stdout.String()), filepath.Join(data, "devices", "ca.pem"); got != want {
+		t.Errorf("device ca printed %q, want %q", got, want)
+	}
+
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"device", "create", "--data-dir", data, "--out", out}, "--thing"},
+		{[]string{"device", "create", "--data-dir", data, "--thing", "dev-1", "--out", out}, "--force"},
+		{[]string{"device", "create", "--data-dir", data, "--thing", "dev-2", "--out", out, "--endpoint", "wss://x:443"}, "bare host"},
+		{[]string{"device", "renew"}, "unknown command"},
+		{[]string{"device"}, "want one command"},
+		{[]string{"--plaintext", "--mqtt-alpn", "--data-dir", data}, "needs TLS"},
+		{[]string{"--mqtt-broker", "tcp://127.0.0.1:1", "--mqtt-alpn", "--data-dir", data}, "embedded broker"},
+	} {
+		err := run(context.Background(), tc.args, &stdout, &stderr)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: err %v, want it to mention %q", tc.args, err, tc.want)
+		}
+	}
+}
