@@ -31,7 +31,11 @@
 // the session with ErrTunnelClosed, except the codes of a service going
 // away, restarting or overloaded, 1001, 1011, 1012 and 1013, and the
 // protocol-error codes 1002, 1003 and 1009, after which the session
-// reconnects.) Done and Err report the end; Events
+// reconnects.) A frame from the service that cannot be decoded, or that
+// breaks the protocol's rules for the service (wire.Message.Validate with
+// wire.RoleService: stream ID 0, a type unset or unknown and not
+// ignorable, ...), ends the WebSocket with a close frame saying why (1002
+// or 1008) and the session reconnects. Done and Err report the end; Events
 // (Config.OnEvent) report everything on the way. A Session pings the
 // service every KeepaliveInterval and counts the connection dead after
 // twice that long without receiving anything.

@@ -117,6 +117,15 @@ func (l *link) readLoop() {
 			l.fail(l.readErr(err))
 			return
 		}
+		if err := m.Validate(wire.RoleService); err != nil {
+			// A message no honest service sends (stream ID 0, SERVICE_IDS
+			// rules, an unknown type that is not ignorable, ...): tell
+			// the service why and start afresh, as after a malformed frame.
+			l.log.Warn("invalid message from the service; reconnecting", "msg", m.String(), "err", err)
+			l.ws.CloseWith(wsconn.ClosePolicyViolation, err.Error())
+			l.fail(fmt.Errorf("%w: %w", ErrDisconnected, err))
+			return
+		}
 		if err := l.s.handle(l, m); err != nil {
 			l.fail(err)
 			return
