@@ -91,10 +91,18 @@ type tcpPath struct {
 	buf     []byte
 }
 
+// onlyRW hides a connection's ReadFrom/WriteTo, so io.Copy goes through a
+// user-space buffer instead of splice.
+type onlyRW struct{ net.Conn }
+
+func (c onlyRW) Read(p []byte) (int, error)  { return c.Conn.Read(p) }
+func (c onlyRW) Write(p []byte) (int, error) { return c.Conn.Write(p) }
+
 // newTCPPath builds writer -> middle -> reader over 127.0.0.1, the middle
 // copying both ways with io.Copy (splice on Linux), as a minimal TCP relay
-// would.
-func newTCPPath(b *testing.B, size int) *tcpPath {
+// would. With userCopy the middle copies through a 32 KiB user-space buffer
+// instead, as any relay that looks at the bytes must.
+func newTCPPath(b *testing.B, size int, userCopy bool) *tcpPath {
 	p := &tcpPath{}
 	p.msg, p.perMsg = frameMessage(b, size)
 	p.frame = len(p.msg) / p.perMsg
@@ -120,9 +128,17 @@ func newTCPPath(b *testing.B, size int) *tcpPath {
 			c.Close()
 			return
 		}
+		cp := func(dst, src net.Conn) {
+			if userCopy {
+				io.CopyBuffer(onlyRW{dst}, onlyRW{src}, make([]byte, 32<<10))
+			} else {
+				io.Copy(dst, src)
+			}
+			dst.(*net.TCPConn).CloseWrite()
+		}
 		var cw sync.WaitGroup
-		cw.Go(func() { io.Copy(up, c); up.(*net.TCPConn).CloseWrite() })
-		cw.Go(func() { io.Copy(c, up); c.(*net.TCPConn).CloseWrite() })
+		cw.Go(func() { cp(up, c) })
+		cw.Go(func() { cp(c, up) })
 		cw.Wait()
 		c.Close()
 		up.Close()
@@ -182,13 +198,14 @@ var benchSizes = []struct {
 // BenchmarkThroughput measures each path alone; one op is one DATA frame.
 func BenchmarkThroughput(b *testing.B) {
 	for _, sz := range benchSizes {
-		for _, kind := range []string{"relay", "tcp"} {
+		for _, kind := range []string{"relay", "tcp", "tcpcopy"} {
 			b.Run(sz.name+"/"+kind, func(b *testing.B) {
 				var p path
-				if kind == "relay" {
+				switch kind {
+				case "relay":
 					p = newRelayPath(b, sz.size)
-				} else {
-					p = newTCPPath(b, sz.size)
+				default:
+					p = newTCPPath(b, sz.size, kind == "tcpcopy")
 				}
 				defer p.close()
 				p.transfer(64) // warm up buffers and pools
@@ -201,28 +218,35 @@ func BenchmarkThroughput(b *testing.B) {
 	}
 }
 
-// BenchmarkRelayVsTCP alternates blocks of frames through the relay and the
-// plain TCP relay in one run, so both see the same machine load, and
-// reports both rates and their ratio.
+// BenchmarkRelayVsTCP alternates blocks of frames through the relay, the
+// plain TCP relay (splice) and the user-space-copy TCP relay in one run, so
+// all see the same machine load, and reports the rates and the relay's
+// ratio to each.
 func BenchmarkRelayVsTCP(b *testing.B) {
 	for _, sz := range benchSizes {
 		b.Run(sz.name, func(b *testing.B) {
-			rp, tp := newRelayPath(b, sz.size), newTCPPath(b, sz.size)
+			rp := newRelayPath(b, sz.size)
+			tp, cp := newTCPPath(b, sz.size, false), newTCPPath(b, sz.size, true)
 			defer tp.close()
-			rp.transfer(64)
-			tp.transfer(64)
+			defer cp.close()
+			for _, p := range []path{rp, tp, cp} {
+				p.transfer(64)
+			}
 			const block = 128
-			var tr, tt time.Duration
+			var dr, dt, dc time.Duration
 			b.ResetTimer()
 			for done := 0; done < b.N; done += block {
 				n := min(block, b.N-done)
-				tr += rp.transfer(n)
-				tt += tp.transfer(n)
+				dr += rp.transfer(n)
+				dt += tp.transfer(n)
+				dc += cp.transfer(n)
 			}
 			mb := float64(b.N) * float64(sz.size) / 1e6
-			b.ReportMetric(mb/tr.Seconds(), "relay-MB/s")
-			b.ReportMetric(mb/tt.Seconds(), "tcp-MB/s")
-			b.ReportMetric(tt.Seconds()/tr.Seconds(), "relay/tcp")
+			b.ReportMetric(mb/dr.Seconds(), "relay-MB/s")
+			b.ReportMetric(mb/dt.Seconds(), "tcp-MB/s")
+			b.ReportMetric(mb/dc.Seconds(), "tcpcopy-MB/s")
+			b.ReportMetric(dt.Seconds()/dr.Seconds(), "relay/tcp")
+			b.ReportMetric(dc.Seconds()/dr.Seconds(), "relay/tcpcopy")
 		})
 	}
 }
