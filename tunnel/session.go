@@ -169,9 +169,13 @@ func (s *Session) stop(err error) {
 	s.err = err
 	close(s.done)
 	s.mu.Unlock()
-	if errors.Is(err, ErrSessionClosed) {
+	switch {
+	case errors.Is(err, ErrSessionClosed):
 		s.log.Info("session closed")
-	} else {
+	case errors.Is(err, ErrTunnelClosed):
+		// The normal end of a tunnel, not a failure.
+		s.log.Info("session ended: tunnel closed by the service", "err", err)
+	default:
 		s.log.Error("session ended", "err", err)
 	}
 	s.ev.emit(Stopped{Err: err})
