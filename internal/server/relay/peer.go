@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"sync"
@@ -155,7 +156,9 @@ func (r *Relay) newPeer(conn *wsconn.Conn, g Grant, hs HandshakeRequest) *peer {
 	p.wake.p = p
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	if d := r.cfg.PingInterval; d > 0 {
-		p.ping = time.AfterFunc(d, p.pingTick)
+		// Armed only once assigned: pingTick reads p.ping.
+		p.ping = time.AfterFunc(math.MaxInt64, p.pingTick)
+		p.ping.Reset(d)
 	}
 	return p
 }
