@@ -94,10 +94,10 @@ func binaryMsg(b []byte) func(bool) []byte {
 // service ID of the tunnel.
 func hostileCases(mode, svc string) []hostileCase {
 	const (
-		protocol = wsconn.CloseProtocolError    // 1002: undecodable
-		data     = wsconn.CloseUnsupportedData  // 1003: text
-		policy   = wsconn.ClosePolicyViolation  // 1008: rule broken
-		tooBig   = wsconn.CloseMessageTooBig    // 1009
+		protocol = wsconn.CloseProtocolError   // 1002: undecodable
+		data     = wsconn.CloseUnsupportedData // 1003: text
+		policy   = wsconn.ClosePolicyViolation // 1008: rule broken
+		tooBig   = wsconn.CloseMessageTooBig   // 1009
 	)
 	big := make([]byte, wire.MaxPayloadSize+100)
 	cases := []hostileCase{
