@@ -277,4 +277,3 @@ func pushUntilBlocked(c net.Conn, idle time.Duration) int64 {
 		}
 	}
 }
-
