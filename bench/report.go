@@ -34,6 +34,10 @@ type Machine struct {
 	CPU    string `json:"cpu"`
 	Kernel string `json:"kernel"`
 	Go     string `json:"go"`
+	// LoadStart and LoadEnd are /proc/loadavg at the start and the end:
+	// other work on the machine skews every figure.
+	LoadStart string `json:"load_start"`
+	LoadEnd   string `json:"load_end"`
 }
 
 // TransportResult is one table: the figures measured with one transport
@@ -160,7 +164,8 @@ var transportTitle = map[string]string{
 // printText writes the tables.
 func (r *Report) printText(w io.Writer) {
 	fmt.Fprintf(w, "sectun bench: %s\n", r.Command)
-	fmt.Fprintf(w, "machine: %d CPUs (%s), Linux %s, %s\n", r.Machine.CPUs, r.Machine.CPU, r.Machine.Kernel, r.Machine.Go)
+	fmt.Fprintf(w, "machine: %d CPUs (%s), Linux %s, %s; load average at start %s, at end %s\n",
+		r.Machine.CPUs, r.Machine.CPU, r.Machine.Kernel, r.Machine.Go, r.Machine.LoadStart, r.Machine.LoadEnd)
 	fmt.Fprintf(w, "bulk %s each way at once on one connection; %d run(s), medians; baseline = plain 3-hop TCP relay (3 processes, io.Copy) unless named\n",
 		sizeText(r.SizeBytes), r.Runs)
 	for _, t := range r.Transports {

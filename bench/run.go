@@ -92,6 +92,7 @@ func measure(ctx context.Context, cfg Config, stderr io.Writer) (*Report, error)
 		rep.Transports = append(rep.Transports, res)
 	}
 	rep.Seconds = time.Since(start).Seconds()
+	rep.Machine.LoadEnd = loadavg()
 	return rep, nil
 }
 
@@ -185,7 +186,9 @@ func (e *env) runTransport(ctx context.Context, transport string) (*TransportRes
 		{e.cfg.has("rtt"), e.scenarioRTT},
 		{e.cfg.has("fair"), e.scenarioFair},
 		{e.cfg.has("conns"), e.scenarioConns},
-		{e.cfg.has("idle"), e.scenarioIdleLocalproxy},
+		{e.cfg.has("idle"), func(ctx context.Context, s *setup, res *TransportResult) error {
+			return e.scenarioIdleLocalproxy(ctx, dir, s, res)
+		}},
 		{e.cfg.has("idle"), func(ctx context.Context, s *setup, res *TransportResult) error {
 			return e.scenarioIdleTunneld(ctx, &ps, dir, s, res)
 		}},
@@ -296,7 +299,7 @@ func (e *env) scenarioBulk(ctx context.Context, s *setup, res *TransportResult) 
 		res.notef("CPU per GiB: CPU time of each process (sum of /proc/PID/task/*/schedstat) over the %d bulk runs, %.2f GiB moved (both directions counted); the harness row is this process (client, checks, target server)", e.cfg.Runs, gib)
 	}
 	if e.cfg.CPUProfileDir != "" {
-		return e.profileBulk(ctx, s)
+		return e.profileBulk(ctx, s, res)
 	}
 	return nil
 }
@@ -497,16 +500,43 @@ func absDiff(a, b int64) int64 {
 func kib(delta int64, n int) float64 { return float64(delta) / 1024 / float64(n) }
 
 // scenarioIdleLocalproxy measures the RSS each localproxy (and each relay
-// hop) adds per idle TCP connection.
-func (e *env) scenarioIdleLocalproxy(ctx context.Context, s *setup, res *TransportResult) error {
+// hop) adds per idle TCP connection. It starts fresh localproxies (on a
+// new tunnel of the setup's tunneld) and a fresh relay chain, so that
+// memory left over from the other scenarios does not blur the figures.
+func (e *env) scenarioIdleLocalproxy(ctx context.Context, dir string, s *setup, res *TransportResult) error {
 	k := e.cfg.Conns
-	e.log.printf("%s: idle: %d idle connections through the localproxies and through the relay", s.transport, k)
-	lps := []*proc{s.lp.src, s.lp.dst}
+	e.log.printf("%s: idle: fresh localproxies and relay hops, %d idle connections through each", s.transport, k)
+	var ps procs
+	defer ps.stopAll()
+	tun, err := s.tunneld.openTunnel(ctx, "idle", "A")
+	if err != nil {
+		return s.tunneld.errorf("%v", err)
+	}
+	idleDir := filepath.Join(dir, "idle-lp")
+	if err := os.MkdirAll(idleDir, 0o700); err != nil {
+		return err
+	}
+	lp, err := startLocalproxies(ctx, &ps, e.binDir, idleDir, s.tunneld, tun, []string{"A"}, s.target.addr(), k+128)
+	if err != nil {
+		return err
+	}
+	chain, relay, err := startRelayChain(ctx, &ps, s.target.addr(), 3)
+	if err != nil {
+		return err
+	}
+	// One connection each first: the code paths of a connection have
+	// run once before the baseline is taken.
+	for _, addr := range []string{lp.addrs["A"], relay} {
+		if _, err := pingPong(ctx, addr, 1); err != nil {
+			return e.failed(s, "idle warm-up", err)
+		}
+	}
+	lps := []*proc{lp.src, lp.dst}
 	before, err := settledRSS(ctx, lps)
 	if err != nil {
 		return err
 	}
-	conns, err := openIdle(ctx, s.lp.addrs["A"], k)
+	conns, err := openIdle(ctx, lp.addrs["A"], k)
 	if err != nil {
 		return e.failed(s, "idle connections through sectun", err)
 	}
@@ -515,27 +545,27 @@ func (e *env) scenarioIdleLocalproxy(ctx context.Context, s *setup, res *Transpo
 	if err != nil {
 		return err
 	}
-	rBefore, err := settledRSS(ctx, s.chain)
+	rBefore, err := settledRSS(ctx, chain)
 	if err != nil {
 		return err
 	}
-	conns, err = openIdle(ctx, s.relay, k)
+	conns, err = openIdle(ctx, relay, k)
 	if err != nil {
 		return e.failed(s, "idle connections through the relay", err)
 	}
-	rAfter, err := settledRSS(ctx, s.chain)
+	rAfter, err := settledRSS(ctx, chain)
 	closeAll(conns)
 	if err != nil {
 		return err
 	}
 	var hop int64
-	for i := range s.chain {
+	for i := range chain {
 		hop += rAfter[i] - rBefore[i]
 	}
-	hopKiB := []float64{kib(hop, k*len(s.chain))}
+	hopKiB := []float64{kib(hop, k*len(chain))}
 	res.add(fmt.Sprintf("localproxy src RSS per idle conn (%d)", k), "KiB", []float64{kib(after[0]-before[0], k)}, hopKiB, "relay hop", atMost(32, "KiB"))
 	res.add(fmt.Sprintf("localproxy dst RSS per idle conn (%d)", k), "KiB", []float64{kib(after[1]-before[1], k)}, hopKiB, "relay hop", atMost(32, "KiB"))
-	res.notef("idle localproxy: VmRSS after %d connections (one round trip each, then idle) minus before, divided by %d; src %d -> %d KiB, dst %d -> %d KiB",
+	res.notef("idle localproxy: fresh processes; VmRSS after %d connections (one round trip each, then idle) minus before, divided by %d; src %d -> %d KiB, dst %d -> %d KiB; relay hop: mean of the 3 hops",
 		k, k, before[0]>>10, after[0]>>10, before[1]>>10, after[1]>>10)
 	return nil
 }
@@ -641,8 +671,21 @@ func parallel(ctx context.Context, n, width int, f func(i int) error) error {
 	return ctx.Err()
 }
 
+// loadavg returns the 1, 5 and 15 minute load averages.
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}
+
 func machine() Machine {
-	m := Machine{CPUs: runtime.NumCPU(), Go: runtime.Version()}
+	m := Machine{CPUs: runtime.NumCPU(), Go: runtime.Version(), LoadStart: loadavg()}
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		m.Kernel = strings.TrimSpace(string(b))
 	}

@@ -391,11 +391,12 @@ func startLoad(ctx context.Context, addr string) (*loadConn, error) {
 	flowing := make(chan struct{})
 	l.wg.Go(func() {
 		buf := make([]byte, copyBuf)
+		signal := flowing
 		for {
 			n, err := c.Read(buf)
-			if l.received.Add(int64(n)) >= 1<<20 && flowing != nil {
-				close(flowing)
-				flowing = nil
+			if l.received.Add(int64(n)) >= 1<<20 && signal != nil {
+				close(signal)
+				signal = nil
 			}
 			if err != nil {
 				return
