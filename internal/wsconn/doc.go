@@ -9,6 +9,10 @@
 // (WriteMessage) at a time; Ping, Close and CloseWith may be called from any
 // goroutine.
 //
-// Errors: a text message from the peer ends the stream with ErrTextMessage;
-// a peer's close frame is reported as a *CloseError.
+// Errors: a text message from the peer ends the stream with ErrTextMessage
+// (close 1003), a message over MaxMessageSize with ErrMessageTooBig (close
+// 1009), both after the closing handshake: the reader keeps reading and
+// dropping until the peer answers the close frame, for at most 2 s, so the
+// peer reads the close frame rather than a TCP reset. A peer's close frame
+// is reported as a *CloseError.
 package wsconn

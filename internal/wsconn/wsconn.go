@@ -35,6 +35,8 @@ const (
 var (
 	// ErrTextMessage reports a text message where only binary ones are allowed.
 	ErrTextMessage = errors.New("wsconn: text message received")
+	// ErrMessageTooBig reports a message over MaxMessageSize from the peer.
+	ErrMessageTooBig = errors.New("wsconn: message exceeds 131076 bytes")
 	// ErrBadHandshake reports a non-101 answer to the upgrade request; the
 	// *HandshakeError carrying it has the status and body.
 	ErrBadHandshake = errors.New("wsconn: handshake refused")
@@ -240,8 +242,11 @@ func (c *Conn) extendDeadline() {
 }
 
 // Read reads from the concatenated payloads of the binary messages received.
-// A text message ends the stream with ErrTextMessage (after a protocol-error
-// close frame is sent); a close frame from the peer with a *CloseError.
+// A text message ends the stream with ErrTextMessage (close 1003) and a
+// message over MaxMessageSize with ErrMessageTooBig (close 1009), after
+// the closing handshake (which takes up to 2 s if the peer does not answer;
+// the connection is closed when Read returns); a close frame from the peer
+// ends it with a *CloseError.
 func (c *Conn) Read(p []byte) (int, error) {
 	for {
 		if c.cur == nil {
@@ -251,7 +256,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 			}
 			c.extendDeadline()
 			if typ != websocket.BinaryMessage {
-				c.CloseWith(CloseUnsupportedData, "text frames are not allowed")
+				c.closeHandshake(CloseUnsupportedData, "text frames are not allowed", true)
 				return 0, ErrTextMessage
 			}
 			c.cur = r
@@ -277,8 +282,10 @@ func (c *Conn) mapErr(err error) error {
 		return &CloseError{Code: ce.Code, Reason: ce.Text}
 	}
 	if errors.Is(err, websocket.ErrReadLimit) {
-		c.CloseWith(CloseMessageTooBig, "message exceeds 131076 bytes")
-		return fmt.Errorf("wsconn: message exceeds %d bytes: %w", MaxMessageSize, err)
+		// gorilla has already sent 1009 (without a reason): this only
+		// waits for the reply.
+		c.closeHandshake(CloseMessageTooBig, "message exceeds 131076 bytes", false)
+		return ErrMessageTooBig
 	}
 	return err
 }
@@ -309,6 +316,35 @@ func (c *Conn) CloseWith(code int, reason string) error {
 		err = c.ws.Close()
 	})
 	return err
+}
+
+// closeWait bounds the closing handshake after a protocol error.
+const closeWait = 2 * time.Second
+
+// closeHandshake ends the connection after the reader found a protocol
+// error: a close frame, then reading and dropping until the peer answers
+// it (or closes), for at most closeWait, then the TCP close. Closing at
+// once would reset the connection if the peer's data were still unread,
+// and a reset can destroy the close frame before the peer reads it.
+// framed says whether the WebSocket framing can still be parsed; if not
+// (after an oversized frame header), raw bytes are dropped until the peer
+// closes its side. It runs on the reader's goroutine.
+func (c *Conn) closeHandshake(code int, reason string, framed bool) {
+	c.SendClose(code, reason)
+	// Pings must not extend the deadline; pongs cannot be sent any more.
+	c.ws.SetPingHandler(nil)
+	c.ws.SetPongHandler(nil)
+	c.ws.SetReadDeadline(time.Now().Add(closeWait))
+	if framed {
+		for {
+			if _, _, err := c.ws.NextReader(); err != nil {
+				break // the peer's close reply (a CloseError), or the deadline
+			}
+		}
+	} else {
+		io.Copy(io.Discard, c.ws.NetConn())
+	}
+	c.CloseWith(code, reason) // no second close frame: gorilla refuses it
 }
 
 // SendClose sends a close frame with code and reason (truncated to fit a
