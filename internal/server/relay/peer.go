@@ -523,6 +523,9 @@ func (p *peer) finish(err error) {
 	case errors.Is(err, wsconn.ErrTextMessage):
 		p.r.violations.Add(1)
 		p.log.Warn("protocol violation: text message", "code", wsconn.CloseUnsupportedData)
+	case errors.Is(err, wsconn.ErrMessageTooBig):
+		p.r.violations.Add(1)
+		p.log.Warn("protocol violation: message over 131076 bytes", "code", wsconn.CloseMessageTooBig)
 	case errors.As(err, &ne) && ne.Timeout():
 		p.log.Info("peer silent: closing", "idle_timeout", p.r.cfg.IdleTimeout)
 		p.close(wsconn.CloseGoingAway, fmt.Sprintf("nothing received for %v", p.r.cfg.IdleTimeout))
