@@ -20,6 +20,7 @@ var perfEvents = []struct{ event, name string }{
 	{"syscalls:sys_enter_read", "read"},
 	{"syscalls:sys_enter_write", "write"},
 	{"syscalls:sys_enter_writev", "writev"},
+	{"syscalls:sys_enter_splice", "splice"},
 	{"syscalls:sys_enter_futex", "futex"},
 	{"syscalls:sys_enter_epoll_pwait", "epoll_pwait"},
 	{"syscalls:sys_enter_nanosleep", "nanosleep"},
