@@ -78,7 +78,19 @@ type Conn struct {
 	closeOnce   sync.Once
 }
 
-var writePool = &sync.Pool{}
+// writePools holds one pool of write buffers per buffer size: gorilla takes
+// any buffer a pool returns, so a pool shared by two sizes would hand a
+// connection configured for whole 131076-byte messages a smaller buffer,
+// splitting each message into several frames and write calls.
+var writePools sync.Map // int -> *sync.Pool
+
+func writePool(size int) *sync.Pool {
+	if p, ok := writePools.Load(size); ok {
+		return p.(*sync.Pool)
+	}
+	p, _ := writePools.LoadOrStore(size, &sync.Pool{})
+	return p.(*sync.Pool)
+}
 
 func newConn(ws *websocket.Conn) *Conn {
 	ws.SetReadLimit(MaxMessageSize)
@@ -163,7 +175,7 @@ func Dial(ctx context.Context, rawURL string, opts DialOptions) (*Conn, *http.Re
 		Subprotocols:     opts.Subprotocols,
 		ReadBufferSize:   orDefault(opts.ReadBufferSize, 16<<10),
 		WriteBufferSize:  orDefault(opts.WriteBufferSize, 32<<10),
-		WriteBufferPool:  writePool,
+		WriteBufferPool:  writePool(orDefault(opts.WriteBufferSize, 32<<10)),
 	}
 	ws, resp, err := d.DialContext(ctx, rawURL, opts.Header)
 	if err != nil {
@@ -207,7 +219,7 @@ func Accept(w http.ResponseWriter, r *http.Request, opts AcceptOptions) (*Conn, 
 	u := websocket.Upgrader{
 		ReadBufferSize:  orDefault(opts.ReadBufferSize, 4<<10),
 		WriteBufferSize: orDefault(opts.WriteBufferSize, 16<<10),
-		WriteBufferPool: writePool,
+		WriteBufferPool: writePool(orDefault(opts.WriteBufferSize, 16<<10)),
 		CheckOrigin:     func(*http.Request) bool { return true },
 		Error: func(w http.ResponseWriter, r *http.Request, status int, reason error) {
 			http.Error(w, reason.Error(), status)
@@ -361,3 +373,31 @@ func (c *Conn) SendClose(code int, reason string) error {
 
 // Close closes the connection with a normal close frame.
 func (c *Conn) Close() error { return c.CloseWith(CloseNormal, "") }
+
+// SetSocketBuffers sets the kernel send and receive buffer sizes (SO_SNDBUF,
+// SO_RCVBUF) of the TCP connection under c, through TLS; 0 leaves one as it
+// is. A fixed size turns the kernel's autotuning off, which on loopback
+// and fast links lets each buffer grow to megabytes: data queued there can
+// no longer be reordered, so it delays whatever is sent after it. It
+// reports an error when the connection is not TCP.
+func (c *Conn) SetSocketBuffers(send, recv int) error {
+	nc := c.ws.NetConn()
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
+	tcp, ok := nc.(*net.TCPConn)
+	if !ok {
+		return fmt.Errorf("wsconn: socket buffers: %T is not a TCP connection", nc)
+	}
+	if send > 0 {
+		if err := tcp.SetWriteBuffer(send); err != nil {
+			return err
+		}
+	}
+	if recv > 0 {
+		if err := tcp.SetReadBuffer(recv); err != nil {
+			return err
+		}
+	}
+	return nil
+}
