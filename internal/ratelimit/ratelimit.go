@@ -217,6 +217,14 @@ func (l *Limiter) remove(el *list.Element) {
 	l.lru.Remove(el)
 }
 
+// Cooldown returns how long a key stays blocked (0 for a nil Limiter).
+func (l *Limiter) Cooldown() time.Duration {
+	if l == nil {
+		return 0
+	}
+	return l.cfg.Cooldown
+}
+
 // Stats is a snapshot of a Limiter's activity.
 type Stats struct {
 	// Keys is the number of addresses remembered.

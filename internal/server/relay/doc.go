@@ -45,7 +45,8 @@
 // # Handshake
 //
 // Checks in order, each failure answered with a plain-text body saying what
-// is wrong and a channel-id header (present on every response):
+// is wrong and a channel-id header (present on every response): the
+// client address's failure limit (429 with Retry-After),
 // path (400), request size (431), WebSocket upgrade form (400),
 // local-proxy-mode (400), access token count (400), client-token (400),
 // Sec-WebSocket-Protocol (400), shutting down (503), Authorize (401/500).
@@ -54,6 +55,15 @@
 // the peer is already reachable when it arrives, and no frame from the
 // other peer precedes it. Requests whose headers exceed the http.Server's
 // MaxHeaderBytes are refused by net/http itself (431, no channel-id).
+//
+// Refusals for the client's fault (400, 401, 431) count against its
+// address (an IPv4 address, an IPv6 /64; internal/ratelimit): after
+// Config.HandshakeFailureLimit's burst (default 20, refilled at 10 a
+// minute) the address is refused with 429 for a cool-down (default 1
+// minute) before anything else is checked, so guessing tokens costs the
+// guesser a minute per 10 guesses and costs the store nothing. Successful
+// handshakes are never counted; 5xx refusals neither. Addresses are those
+// of the TCP peer: behind a reverse proxy all clients share its address.
 //
 // # Relaying
 //

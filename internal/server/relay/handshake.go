@@ -26,6 +26,7 @@ const (
 	failInternal
 	failUpgrade // the upgrade or the first write failed after Authorize
 	failFenced  // closed or rotated while the handshake was in flight
+	failRateLimited
 	numFailures
 )
 
@@ -42,6 +43,7 @@ var failureNames = [numFailures]string{
 	failInternal:     "internal",
 	failUpgrade:      "upgrade",
 	failFenced:       "fenced",
+	failRateLimited:  "rate_limited",
 }
 
 func (f failure) String() string { return failureNames[f] }

@@ -9,12 +9,15 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sectun/sectun/internal/ratelimit"
 	"github.com/sectun/sectun/internal/store"
 	"github.com/sectun/sectun/wire"
 )
 
 func TestHandshakeRefusals(t *testing.T) {
-	tr := newTestRelay(t, Config{})
+	// More refusals than the failure limit's burst: TestFailureLimit
+	// covers the limit.
+	tr := newTestRelay(t, Config{HandshakeFailureLimit: ratelimit.Config{PerMinute: -1}})
 	src, _ := tr.authz.open("t1")
 	tr.authz.setHook(func(ctx context.Context, req HandshakeRequest) error {
 		if req.AccessToken == "boom" {

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 
+	"github.com/sectun/sectun/internal/ratelimit"
 	"github.com/sectun/sectun/internal/store"
 	"github.com/sectun/sectun/internal/token"
 	"github.com/sectun/sectun/internal/wsconn"
@@ -116,6 +117,15 @@ type Config struct {
 	WriteTimeout time.Duration
 	// AuthorizeTimeout bounds one Authorize call; default 10 s.
 	AuthorizeTimeout time.Duration
+	// HandshakeFailureLimit limits failed handshakes (HTTP 400, 401 and
+	// 431) per client address (http.Request.RemoteAddr: put no proxy in
+	// front that hides it): once an address used up its burst, its
+	// handshakes are answered 429 with Retry-After, before Authorize,
+	// until the cool-down ends. Successful handshakes cost nothing. The
+	// zero value means 10 failures a minute, bursts of 20, a one-minute
+	// cool-down, 10000 addresses remembered, loopback limited too;
+	// PerMinute < 0 turns the limit off.
+	HandshakeFailureLimit ratelimit.Config
 }
 
 // Relay is the /tunnel endpoint and the set of connected peers.
@@ -142,6 +152,7 @@ type Relay struct {
 	}
 	violations atomic.Int64
 	replaced   atomic.Int64
+	failLimit  *ratelimit.Limiter // nil: no limit
 }
 
 // fenceKey names a tunnel (mode "") or one end of it.
@@ -192,14 +203,19 @@ func New(cfg Config) (*Relay, error) {
 	if cfg.AuthorizeTimeout <= 0 {
 		cfg.AuthorizeTimeout = 10 * time.Second
 	}
+	failLimit, err := ratelimit.New(cfg.HandshakeFailureLimit)
+	if err != nil {
+		return nil, fmt.Errorf("%w: HandshakeFailureLimit: %w", ErrConfig, err)
+	}
 	r := &Relay{
-		cfg:     cfg,
-		log:     cfg.Logger,
-		authz:   cfg.Authorizer,
-		tunnels: make(map[string]*tunnel),
-		peers:   make(map[*peer]struct{}),
-		fences:  make(map[fenceKey]fence),
-		done:    make(chan struct{}),
+		failLimit: failLimit,
+		cfg:       cfg,
+		log:       cfg.Logger,
+		authz:     cfg.Authorizer,
+		tunnels:   make(map[string]*tunnel),
+		peers:     make(map[*peer]struct{}),
+		fences:    make(map[fenceKey]fence),
+		done:      make(chan struct{}),
 	}
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
@@ -256,6 +272,13 @@ func (r *Relay) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	// Lower case as AWS sends it; net/http writes the key as given.
 	w.Header()["channel-id"] = []string{channelID}
 
+	// First, so a blocked address costs no parsing and no store lookup.
+	if ok, wait := r.failLimit.Allow(req.RemoteAddr); !ok {
+		w.Header().Set("Retry-After", ratelimit.RetryAfter(wait))
+		r.reject(w, req, channelID, HandshakeRequest{}, &handshakeError{http.StatusTooManyRequests, failRateLimited,
+			fmt.Sprintf("too many failed handshakes from your address: retry in %s s", ratelimit.RetryAfter(wait))})
+		return
+	}
 	hs, herr := r.checkRequest(req)
 	if herr != nil {
 		r.reject(w, req, channelID, hs, herr)
@@ -364,7 +387,18 @@ func (r *Relay) reject(w http.ResponseWriter, req *http.Request, channelID strin
 	if hs.AccessToken != "" {
 		args = append(args, "token_id", token.Short(hs.AccessToken))
 	}
-	r.log.Info("handshake refused", args...)
+	level := slog.LevelInfo
+	switch e.status {
+	case http.StatusBadRequest, http.StatusUnauthorized, http.StatusRequestHeaderFieldsTooLarge:
+		// The client's fault: it counts towards its address's limit.
+		if r.failLimit.Fail(req.RemoteAddr) {
+			key, _ := ratelimit.Key(req.RemoteAddr)
+			r.log.Warn("too many failed handshakes: refusing the address for a while", "remote_addr", req.RemoteAddr, "key", key, "cooldown", r.failLimit.Cooldown())
+		}
+	case http.StatusTooManyRequests:
+		level = slog.LevelDebug // an attacker must not flood the log
+	}
+	r.log.Log(req.Context(), level, "handshake refused", args...)
 	if e.status == http.StatusBadRequest && e.reason == failUpgradeForm {
 		w.Header().Set("Sec-WebSocket-Version", "13")
 	}

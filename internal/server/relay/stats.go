@@ -15,15 +15,20 @@ type Stats struct {
 	// path, request_too_large, not_websocket, mode, access_token,
 	// client_token, subprotocol, shutting_down, unauthorized, internal,
 	// upgrade (failed after Authorize), fenced (tunnel closed or token
-	// rotated during the handshake). Only non-zero reasons are present.
+	// rotated during the handshake), rate_limited (429: the address failed
+	// too often). Only non-zero reasons are present.
 	HandshakeFailures map[string]int64
+	// AddressesBlocked counts times a client address was blocked for
+	// failing too many handshakes (Config.HandshakeFailureLimit).
+	AddressesBlocked int64
 	// FramesRelayed and BytesRelayed count tunnel frames handed to a
 	// receiving peer (bytes include the 2-byte length prefixes).
 	FramesRelayed, BytesRelayed int64
 	// FramesDropped counts frames not delivered because the receiving end
 	// had no peer or was closing.
 	FramesDropped int64
-	// Violations counts peers closed for breaking the protocol.
+	// Violations counts peers closed for breaking the protocol (text and
+	// oversized messages included).
 	Violations int64
 	// Replaced counts peers replaced by a new connection for the same end.
 	Replaced int64
@@ -35,6 +40,8 @@ func (r *Relay) Stats() Stats {
 		Handshakes: r.handshake.ok.Load(),
 		Violations: r.violations.Load(),
 		Replaced:   r.replaced.Load(),
+
+		AddressesBlocked: r.failLimit.Stats().Blocks,
 	}
 	var c counters
 	r.mu.Lock()
@@ -81,10 +88,11 @@ var (
 	descDropped    = prometheus.NewDesc("tunneld_relay_frames_dropped_total", "Tunnel frames dropped because the receiving end had no peer.", nil, nil)
 	descViolations = prometheus.NewDesc("tunneld_relay_violations_total", "Peers closed for protocol violations.", nil, nil)
 	descReplaced   = prometheus.NewDesc("tunneld_relay_replaced_total", "Peers replaced by a reconnection.", nil, nil)
+	descBlocked    = prometheus.NewDesc("tunneld_relay_addresses_blocked_total", "Times a client address was blocked for failing too many handshakes.", nil, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descTunnels, descPeers, descHandshakes, descFailures, descFrames, descBytes, descDropped, descViolations, descReplaced} {
+	for _, d := range []*prometheus.Desc{descTunnels, descPeers, descHandshakes, descFailures, descFrames, descBytes, descDropped, descViolations, descReplaced, descBlocked} {
 		ch <- d
 	}
 }
@@ -102,4 +110,5 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(s.FramesDropped))
 	ch <- prometheus.MustNewConstMetric(descViolations, prometheus.CounterValue, float64(s.Violations))
 	ch <- prometheus.MustNewConstMetric(descReplaced, prometheus.CounterValue, float64(s.Replaced))
+	ch <- prometheus.MustNewConstMetric(descBlocked, prometheus.CounterValue, float64(s.AddressesBlocked))
 }
