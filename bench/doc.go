@@ -8,11 +8,12 @@
 // the hidden "relay" subcommand):
 //
 //   - bulk: one connection, N MiB up and N MiB down at the same time,
-//     content verified by SHA-256; MB/s per direction;
+//     every byte checked against the expected stream (or by SHA-256 with
+//     -verify sha256); MB/s per direction;
 //   - rtt: 64-byte ping-pong, p50/p90/p99;
-//   - fair: rtt on one connection while a bulk transfer runs on another
-//     connection of the same tunnel, of the same service and of another
-//     service;
+//   - fair: rtt on one connection while another connection of the same
+//     tunnel, of the same service and of another service, carries data
+//     both ways as fast as it can;
 //   - conns: K connections opened at once, each doing 3 round trips;
 //     success count and setup time (dial to first echo) against direct TCP;
 //   - idle: RSS of tunneld per connected idle peer with T tunnels open (the
