@@ -19,7 +19,32 @@
 // going-away close frame). A Server is run once.
 //
 // Security defaults: TLS is on (a development CA and certificate are made in
-// the data directory when no certificate is given) and every API request
-// must carry a valid SigV4 signature; plaintext or no authentication on a
-// non-loopback address is refused unless Config.AllowInsecure is set.
+// the data directory when no certificate is given; TLS 1.2 or later, and
+// on TLS 1.2 only ECDHE key exchange with AES-GCM or ChaCha20-Poly1305, on
+// every TLS listener) and every API request must carry a valid SigV4
+// signature; plaintext or no authentication (NoAuth) on a non-loopback
+// address is refused at startup unless Config.AllowInsecure is set.
+//
+// # Abuse limits
+//
+// Guessing: an address (IPv4, or IPv6 /64) whose /tunnel handshakes fail
+// (400/401/431) or whose API requests fail authentication (403) more than
+// 10 a minute in bursts of 20 is answered 429 with Retry-After for a
+// minute, before any token or signature is checked (HandshakeFailureLimit,
+// APIFailureLimit; internal/ratelimit). Successes never count.
+//
+// Slow or idle clients: the TLS handshake and each request's headers must
+// arrive within ReadHeaderTimeout (10 s), a whole request within
+// RequestTimeout (30 s), and idle keep-alive connections close after 2
+// minutes. At most MaxConnsPerIP (64) connections per address may be in
+// that state at once: WebSockets and MQTT sessions do not count, so a
+// fleet behind one NAT address can hold any number of tunnels. At most
+// MaxConns (16384) connections are open in total; further clients wait in
+// the kernel's accept queue. A WebSocket peer that stops reading blocks
+// its tunnel's sender (the relay holds at most one message for it) and is
+// dropped after the relay's WriteTimeout.
+//
+// Addresses are those of the TCP peer: behind a reverse proxy, every
+// client shares the proxy's address and these limits apply to all of them
+// at once.
 package server

@@ -150,7 +150,7 @@ func startNotifier(ctx context.Context, cfg MQTTConfig, serverCert, serverKey st
 			}
 			// A device certificate authenticates; clients without one may
 			// still use a password.
-			bc.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{pair}}
+			bc.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, CipherSuites: tlsCipherSuites, Certificates: []tls.Certificate{pair}}
 			if devices != nil {
 				bc.TLSConfig.ClientCAs = devices
 				bc.TLSConfig.ClientAuth = tls.VerifyClientCertIfGiven

@@ -22,6 +22,7 @@ import (
 
 	"github.com/sectun/sectun/internal/alpnmux"
 	"github.com/sectun/sectun/internal/certs"
+	"github.com/sectun/sectun/internal/ratelimit"
 	"github.com/sectun/sectun/internal/server/api"
 	"github.com/sectun/sectun/internal/server/relay"
 	"github.com/sectun/sectun/internal/store"
@@ -75,6 +76,31 @@ type Config struct {
 	Banner io.Writer
 	// Now replaces the clock of tunnel lifetimes and handshakes (tests).
 	Now func() time.Time
+
+	// HandshakeFailureLimit limits failed /tunnel handshakes (HTTP 400,
+	// 401, 431) per client address, and APIFailureLimit API requests
+	// that failed authentication (HTTP 403); past the limit the address
+	// gets 429 with Retry-After for a cool-down, before any token or
+	// signature is checked. The zero value means 10 failures a minute in
+	// bursts of 20, a one-minute cool-down, loopback included;
+	// PerMinute < 0 turns a limit off.
+	HandshakeFailureLimit, APIFailureLimit ratelimit.Config
+	// MaxConns caps the listener's open connections, WebSockets
+	// included; further clients wait in the kernel's accept queue.
+	// Default 16384; negative means no cap.
+	MaxConns int
+	// MaxConnsPerIP caps, per client address (IPv6: per /64), the
+	// connections that are not WebSockets or MQTT sessions (idle, slow or
+	// in-flight HTTP connections and TLS handshakes); over it new
+	// connections are closed at once. Default 64; negative means no cap.
+	MaxConnsPerIP int
+	// ReadHeaderTimeout bounds a connection's TLS handshake and each
+	// request's headers; default 10 s.
+	ReadHeaderTimeout time.Duration
+	// RequestTimeout bounds reading a whole request and writing its
+	// answer (not WebSockets, which have their own liveness checks);
+	// default 30 s.
+	RequestTimeout time.Duration
 }
 
 // Server is a running tunneld.
@@ -93,6 +119,8 @@ type Server struct {
 	caPath   string
 	credPath string
 	notifier *notifier
+	conns    *connLimiter
+	apiLimit *ratelimit.Limiter
 	// deviceCAPath is the device CA certificate, when device certificates
 	// are verified (MQTT over TLS on the embedded broker).
 	deviceCAPath string
@@ -113,6 +141,18 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.MaxConns == 0 {
+		cfg.MaxConns = defaultMaxConns
+	}
+	if cfg.MaxConnsPerIP == 0 {
+		cfg.MaxConnsPerIP = defaultMaxConnsPerIP
+	}
+	if cfg.ReadHeaderTimeout <= 0 {
+		cfg.ReadHeaderTimeout = defaultReadHeaderTimeout
+	}
+	if cfg.RequestTimeout <= 0 {
+		cfg.RequestTimeout = defaultRequestTimeout
 	}
 	logger := cfg.Logger
 	if logger == nil {
@@ -212,11 +252,15 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return float64(n)
 	}))
 
+	if s.apiLimit, err = ratelimit.New(cfg.APIFailureLimit); err != nil {
+		return nil, fmt.Errorf("tunneld: API failure limit: %w", err)
+	}
 	s.relay, err = relay.New(relay.Config{
-		Authorizer:     &storeAuthorizer{store: s.store, now: cfg.Now, logger: logger},
-		Logger:         logger,
-		BandwidthLimit: cfg.BandwidthLimit,
-		Registerer:     s.registry,
+		Authorizer:            &storeAuthorizer{store: s.store, now: cfg.Now, logger: logger},
+		Logger:                logger,
+		BandwidthLimit:        cfg.BandwidthLimit,
+		Registerer:            s.registry,
+		HandshakeFailureLimit: cfg.HandshakeFailureLimit,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("tunneld: relay: %w", err)
@@ -244,6 +288,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tunneld: %w", err)
 	}
+	s.conns = newConnLimiter(s.ln, cfg.MaxConns, cfg.MaxConnsPerIP, logger)
+	s.ln = s.conns
+	s.registerLimitMetrics()
 	switch {
 	case mqttALPN:
 		// Devices (AWS IoT Device Client) reach MQTT on this port by ALPN,
@@ -258,12 +305,14 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 				Proto: MQTTALPN,
 				TLS:   deviceTLS,
 				Serve: func(ctx context.Context, c *tls.Conn) {
+					s.conns.markLong(c)
 					if err := b.ServeConn(ctx, c); err != nil && ctx.Err() == nil {
 						logger.Warn("MQTT connection not served", "remote", c.RemoteAddr().String(), "err", err)
 					}
 				},
 			}},
-			Logger: logger,
+			HandshakeTimeout: cfg.ReadHeaderTimeout,
+			Logger:           logger,
 		})
 		if err != nil {
 			s.ln.Close()
@@ -277,11 +326,12 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		s.httpLn = s.ln
 	}
 	s.http = &http.Server{
-		Handler:           s.routes(),
-		ReadHeaderTimeout: 10 * time.Second,
+		Handler:           requestDeadlines(s.routes(), cfg.RequestTimeout),
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
+		ConnState:         s.conns.connState,
 	}
 	ok = true
 	return s, nil
@@ -309,6 +359,7 @@ func (s *Server) setupTLS(listenHost string) (cfg *tls.Config, certFile, keyFile
 	return &tls.Config{
 		Certificates: []tls.Certificate{pair},
 		MinVersion:   tls.VersionTLS12,
+		CipherSuites: tlsCipherSuites,
 		NextProtos:   []string{"http/1.1"},
 	}, certFile, keyFile, nil
 }
@@ -334,20 +385,26 @@ func (s *Server) routes() http.Handler {
 		io.WriteString(w, "ok\n")
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{}))
-	mux.Handle("/", apiDeadlines(s.api))
+	mux.Handle("/", limitAPIFailures(s.api, s.apiLimit, s.logger))
 	return mux
 }
 
-// apiDeadlines bounds how long one API request may take to arrive and be
-// answered, so slow clients cannot hold connections (the server-wide
-// timeouts must stay off for long-lived WebSockets).
-func apiDeadlines(h http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		rc := http.NewResponseController(w)
-		rc.SetReadDeadline(time.Now().Add(30 * time.Second))
-		rc.SetWriteDeadline(time.Now().Add(30 * time.Second))
-		h.ServeHTTP(w, r)
-	})
+// registerLimitMetrics exports the connection and API failure limits.
+func (s *Server) registerLimitMetrics() {
+	s.registry.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "tunneld_conns_refused_total", Help: "Connections closed because their address had too many non-WebSocket connections open.",
+		}, func() float64 { return float64(s.conns.refused.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tunneld_conns_pending", Help: "Open connections that are not WebSockets or MQTT sessions.",
+		}, func() float64 { return float64(s.conns.pendingCount()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "tunneld_api_rate_limited_total", Help: "API requests refused (429) because their address failed authentication too often.",
+		}, func() float64 { return float64(s.apiLimit.Stats().Refused) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "tunneld_api_addresses_blocked_total", Help: "Times an address was blocked for failing API authentication too often.",
+		}, func() float64 { return float64(s.apiLimit.Stats().Blocks) }),
+	)
 }
 
 // Addr returns the listener's address.
