@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/sectun/sectun/internal/cliconf"
+	"github.com/sectun/sectun/internal/ratelimit"
 	"github.com/sectun/sectun/internal/server"
 	"github.com/sectun/sectun/internal/version"
 )
@@ -48,8 +49,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	selfSigned := fs.Bool("tls-self-signed", false, "use a development CA and certificate made in <data-dir>/tls (the default when no --tls-cert is given)")
 	fs.StringArrayVar(&cfg.TLSHosts, "tls-host", nil, "extra DNS name or IP for the self-signed certificate (repeatable)")
 	fs.BoolVar(&cfg.Plaintext, "plaintext", false, "serve HTTP and ws:// without TLS (loopback only unless --allow-insecure)")
-	fs.BoolVar(&cfg.NoAuth, "no-auth", false, "accept unsigned API requests (loopback only unless --allow-insecure)")
-	fs.BoolVar(&cfg.AllowInsecure, "allow-insecure", false, "permit --plaintext or --no-auth on a non-loopback address")
+	fs.BoolVar(&cfg.NoAuth, "no-auth", false, "accept unsigned API requests (refused at startup on a non-loopback --listen unless --allow-insecure)")
+	fs.BoolVar(&cfg.AllowInsecure, "allow-insecure", false, "permit --plaintext or --no-auth on a non-loopback address (anyone who reaches it can then open tunnels)")
 	fs.StringArrayVar(&cfg.CredentialsFiles, "credentials-file", nil, "AWS shared-credentials file with access keys allowed to sign API requests (repeatable; default <data-dir>/aws-credentials, created at first start)")
 	fs.StringVar(&cfg.Region, "region", "us-east-1", "region in tunnel ARNs and device notifications")
 	fs.StringVar(&cfg.AccountID, "account-id", "123456789012", "account ID in tunnel ARNs")
@@ -58,6 +59,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&cfg.MaxLifetimeMinutes, "max-lifetime-minutes", 720, "longest tunnel lifetime and the default (AWS: 720)")
 	fs.DurationVar(&cfg.Retention, "retention", 0, "how long closed tunnels stay listable (default 3h)")
 	fs.Int64Var(&cfg.BandwidthLimit, "bandwidth-limit", 0, "bytes per second per tunnel direction (0 = unlimited)")
+	handshakeLimit := fs.Int("handshake-failure-limit", 10, "failed /tunnel handshakes (HTTP 400/401) allowed per client address per minute, in bursts of twice that; past it the address gets HTTP 429 for a minute (0 = no limit)")
+	apiLimit := fs.Int("api-failure-limit", 10, "API requests failing authentication (HTTP 403) allowed per client address per minute, in bursts of twice that; past it the address gets HTTP 429 ThrottlingException for a minute (0 = no limit)")
+	exemptLoopback := fs.Bool("failure-limit-exempt-loopback", false, "do not apply --handshake-failure-limit and --api-failure-limit to loopback clients")
+	fs.IntVar(&cfg.MaxConns, "max-conns", 16384, "open connections at once, WebSockets included; more wait in the accept queue (0 = unlimited)")
+	fs.IntVar(&cfg.MaxConnsPerIP, "max-conns-per-ip", 64, "connections per client address (IPv6: per /64) that are not WebSockets or MQTT sessions, i.e. idle, slow or in-flight HTTP; more are closed at once (0 = unlimited)")
 	fs.StringVar(&cfg.PostgresDSN, "postgres", os.Getenv("SECTUN_POSTGRES_DSN"), "PostgreSQL DSN instead of SQLite (env SECTUN_POSTGRES_DSN)")
 	m := &cfg.MQTT
 	fs.StringVar(&m.Listen, "mqtt-listen", "127.0.0.1:1883", "embedded MQTT broker address for device notifications (\"off\" disables notifications)")
@@ -113,6 +119,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		m.Listen = ""
 	}
+	cfg.HandshakeFailureLimit = failureLimit(*handshakeLimit, *exemptLoopback)
+	cfg.APIFailureLimit = failureLimit(*apiLimit, *exemptLoopback)
+	if cfg.MaxConns <= 0 {
+		cfg.MaxConns = -1
+	}
+	if cfg.MaxConnsPerIP <= 0 {
+		cfg.MaxConnsPerIP = -1
+	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
 		return fmt.Errorf("--log-level: %w", err)
@@ -132,4 +146,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	return srv.Run(ctx)
+}
+
+// failureLimit maps a --*-failure-limit value (failures per minute, 0 or
+// less: none) to the limiter's configuration.
+func failureLimit(perMinute int, exemptLoopback bool) ratelimit.Config {
+	if perMinute <= 0 {
+		return ratelimit.Config{PerMinute: -1}
+	}
+	return ratelimit.Config{PerMinute: float64(perMinute), ExemptLoopback: exemptLoopback}
 }

@@ -3,10 +3,15 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/spf13/pflag"
+
+	"github.com/sectun/sectun/internal/ratelimit"
 )
 
 func TestDeviceCommand(t *testing.T) {
@@ -49,5 +54,37 @@ func TestDeviceCommand(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: err %v, want it to mention %q", tc.args, err, tc.want)
 		}
+	}
+}
+
+func TestHelpAndLimitFlags(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if err := run(context.Background(), []string{"--help"}, &stdout, &stderr); !errors.Is(err, pflag.ErrHelp) {
+		t.Fatalf("--help: %v", err)
+	}
+	for _, want := range []string{"--handshake-failure-limit", "--api-failure-limit", "--failure-limit-exempt-loopback", "--max-conns ", "--max-conns-per-ip",
+		"refused at startup on a non-loopback --listen unless --allow-insecure"} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("--help does not mention %q", want)
+		}
+	}
+	for _, tc := range []struct {
+		n      int
+		exempt bool
+		want   ratelimit.Config
+	}{
+		{10, false, ratelimit.Config{PerMinute: 10}},
+		{3, true, ratelimit.Config{PerMinute: 3, ExemptLoopback: true}},
+		{0, false, ratelimit.Config{PerMinute: -1}},
+		{-5, true, ratelimit.Config{PerMinute: -1}},
+	} {
+		if got := failureLimit(tc.n, tc.exempt); got.PerMinute != tc.want.PerMinute || got.ExemptLoopback != tc.want.ExemptLoopback {
+			t.Errorf("failureLimit(%d, %v) = %+v", tc.n, tc.exempt, got)
+		}
+	}
+	// --no-auth on a public address is refused at startup.
+	err := run(context.Background(), []string{"--no-auth", "--listen", "0.0.0.0:0", "--data-dir", t.TempDir(), "--mqtt-listen", "off"}, &stdout, &stderr)
+	if err == nil || !strings.Contains(err.Error(), "--allow-insecure") {
+		t.Errorf("--no-auth on 0.0.0.0: %v", err)
 	}
 }
