@@ -336,45 +336,67 @@ func TestSlowRequests(t *testing.T) {
 }
 
 // WebSockets do not count against the per-address cap: a NAT address may
-// hold many tunnels. The cap applies to the other connections.
+// hold many tunnels. The cap applies to the other connections. Plain, TLS
+// and TLS shared with MQTT (alpnmux) listeners alike.
 func TestWebSocketsOutsidePerIPCap(t *testing.T) {
 	const perIP = 3
-	ts := newTestServer(t, func(c *Config) { c.MaxConnsPerIP = perIP })
-	var sessions []*tunnel.Session
-	for range 3 {
-		o := ts.open(t, "SSH")
-		for _, end := range []struct {
-			mode tunnel.Mode
-			tok  string
-		}{{tunnel.ModeDestination, o.DestinationAccessToken}, {tunnel.ModeSource, o.SourceAccessToken}} {
-			s, err := ts.session(t, end.mode, end.tok, clientTokenA)
-			if err != nil {
-				t.Fatalf("session %d: %v", len(sessions), err)
+	for _, sv := range []struct {
+		name string
+		mod  func(*Config)
+	}{
+		{"plain", func(*Config) {}},
+		{"TLS", func(c *Config) { c.Plaintext = false }},
+		{"TLS shared with MQTT", func(c *Config) { c.Plaintext = false; c.MQTT = MQTTConfig{Listen: "127.0.0.1:0"} }},
+	} {
+		t.Run(sv.name, func(t *testing.T) {
+			ts := newTestServer(t, func(c *Config) { c.MaxConnsPerIP = perIP; sv.mod(c) })
+			var sessions []*tunnel.Session
+			for range 3 {
+				o := ts.open(t, "SSH")
+				for _, end := range []struct {
+					mode tunnel.Mode
+					tok  string
+				}{{tunnel.ModeDestination, o.DestinationAccessToken}, {tunnel.ModeSource, o.SourceAccessToken}} {
+					s, err := ts.session(t, end.mode, end.tok, clientTokenA)
+					if err != nil {
+						t.Fatalf("session %d: %v", len(sessions), err)
+					}
+					sessions = append(sessions, s)
+				}
+				echoDestination(sessions[len(sessions)-2])
 			}
-			sessions = append(sessions, s)
-		}
-		echoDestination(sessions[len(sessions)-2])
-	}
-	roundTrip(t, sessions[len(sessions)-1], "SSH", "six WebSockets from one address")
-	waitUntil(t, "no pending connections", 5*time.Second, func() bool { return ts.conns.pendingCount() == 0 })
-	var idle []net.Conn
-	for range perIP {
-		idle = append(idle, ts.dialFrom(t, ipA))
-	}
-	waitUntil(t, "idle connections counted", 5*time.Second, func() bool { return ts.conns.pendingCount() == perIP })
-	extra := ts.dialFrom(t, ipA)
-	if !closedBy(extra, 5*time.Second) {
-		t.Fatal("connection over the per-address cap not closed")
-	}
-	for _, s := range sessions {
-		select {
-		case <-s.Done():
-			t.Fatalf("a session ended: %v", s.Err())
-		default:
-		}
-	}
-	for _, c := range idle {
-		c.Close()
+			roundTrip(t, sessions[len(sessions)-1], "SSH", "six WebSockets from one address")
+			if ts.MQTTOnTLSPort() {
+				// Nor do MQTT sessions of devices.
+				for i := range perIP + 1 {
+					f, err := CreateDevice(DeviceRequest{DataDir: ts.cfg.DataDir, Thing: "dev-" + string(rune('a'+i)), OutDir: t.TempDir()})
+					if err != nil {
+						t.Fatal(err)
+					}
+					deviceMQTT(t, ts, f)
+				}
+			}
+			waitUntil(t, "no pending connections", 5*time.Second, func() bool { return ts.conns.pendingCount() == 0 })
+			var idle []net.Conn
+			for range perIP {
+				idle = append(idle, ts.dialFrom(t, ipA))
+			}
+			waitUntil(t, "idle connections counted", 5*time.Second, func() bool { return ts.conns.pendingCount() == perIP })
+			extra := ts.dialFrom(t, ipA)
+			if !closedBy(extra, 5*time.Second) {
+				t.Fatal("connection over the per-address cap not closed")
+			}
+			for _, s := range sessions {
+				select {
+				case <-s.Done():
+					t.Fatalf("a session ended: %v", s.Err())
+				default:
+				}
+			}
+			for _, c := range idle {
+				c.Close()
+			}
+		})
 	}
 }
 
