@@ -36,6 +36,7 @@ type Broker struct {
 	cfg        Config
 	log        *slog.Logger
 	srv        *mqtt.Server
+	pids       *packetIDHook
 	tlsCfg     *tls.Config // nil without a TLS listener
 	users      map[string]User
 	adminCerts map[string]bool
@@ -108,6 +109,10 @@ func New(cfg Config) (*Broker, error) {
 		SysTopicResendInterval: 60,
 	})
 	if err := b.srv.AddHook(&authHook{b: b}, nil); err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
+	}
+	b.pids = newPacketIDHook(b)
+	if err := b.srv.AddHook(b.pids, nil); err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
 	return b, nil

@@ -55,6 +55,15 @@
 // Retained messages are disabled (a retained notification would replay a
 // used token to every new subscriber).
 //
+// # Packet identifiers
+//
+// A client's packet identifiers are kept apart from the broker's, as MQTT
+// requires: a device that resubscribes (or unsubscribes, or publishes at
+// QoS 1 or 2) with the identifier of a notification it has not yet
+// acknowledged is served normally, and the notification stays queued
+// until acknowledged. mochi v2.7.9 does not do this on its own; see
+// packetIDHook for the work-around.
+//
 // Concurrency: Broker methods are safe for concurrent use. Close is
 // idempotent and waits for every goroutine the broker started.
 //

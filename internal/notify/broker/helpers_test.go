@@ -67,6 +67,7 @@ type clientOpts struct {
 	tls                 *tls.Config
 	will                string // will topic, if any
 	persistent          bool   // clean session false
+	manualAck           bool   // the test acknowledges messages (paho.Message.Ack)
 }
 
 // dial connects a client; it returns the CONNECT error instead of failing.
@@ -81,6 +82,7 @@ func dial(t *testing.T, o clientOpts) (*client, error) {
 		SetProtocolVersion(4).
 		SetCleanSession(!o.persistent).
 		SetAutoReconnect(false).
+		SetAutoAckDisabled(o.manualAck).
 		SetConnectTimeout(wait).
 		SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { c.msgs <- m }).
 		SetConnectionLostHandler(func(_ paho.Client, err error) {
