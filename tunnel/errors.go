@@ -3,6 +3,7 @@ package tunnel
 import (
 	"errors"
 	"fmt"
+	"net/http"
 	"strings"
 )
 
@@ -40,7 +41,7 @@ var (
 
 // HandshakeError is a WebSocket upgrade refused by the service with an HTTP
 // status. For 4xx statuses it wraps ErrTokenRejected and the session gives
-// up; 5xx statuses are retried.
+// up; 5xx statuses and 429 (rate limited: retry later) are retried.
 type HandshakeError struct {
 	StatusCode int
 	ChannelID  string // the service's channel-id header, for support requests
@@ -65,9 +66,9 @@ func (e *HandshakeError) Error() string {
 	return b.String()
 }
 
-// Unwrap returns ErrTokenRejected for 4xx statuses.
+// Unwrap returns ErrTokenRejected for 4xx statuses other than 429.
 func (e *HandshakeError) Unwrap() error {
-	if e.StatusCode >= 400 && e.StatusCode < 500 {
+	if e.StatusCode >= 400 && e.StatusCode < 500 && e.StatusCode != http.StatusTooManyRequests {
 		return ErrTokenRejected
 	}
 	return nil
@@ -79,6 +80,8 @@ func (e *HandshakeError) Unwrap() error {
 func handshakeReason(status int, body string) string {
 	b := strings.ToLower(body)
 	switch {
+	case status == http.StatusTooManyRequests:
+		return "rate limited by the service after failed attempts from this address: retried with backoff"
 	case status >= 500:
 		return "the service is unavailable (5xx): retried with backoff"
 	case strings.Contains(b, "expired"):
@@ -95,8 +98,6 @@ func handshakeReason(status int, body string) string {
 		return "access token rejected: check the token and the mode, or rotate the token"
 	case status == 404 || status == 400:
 		return "bad request: check the endpoint (it must serve /tunnel) and the options"
-	case status == 429:
-		return "rate limited by the service: retry later"
 	}
 	return "the service refused the connection: check the token, mode and endpoint"
 }
