@@ -143,7 +143,7 @@ func TestFaultBlackhole(t *testing.T) {
 			m := lp.waitLine(`disconnected; reconnecting.*(keepalive)`, 10*time.Second)
 			detected := time.Since(t0)
 			window := 2 * rigPing * time.Millisecond
-			if detected > window+time.Second {
+			if detected > window+2*time.Second { // slack for a loaded CI machine
 				t.Errorf("the blackhole was noticed after %v; keepalive window %v: %s", detected, window, m[0])
 			}
 			ended := r.interrupted(t, x, t0, 10*time.Second)
@@ -391,4 +391,34 @@ func TestFaultTunneldKill(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond) // sampling
 	}
+}
+
+// TestFaultTunneldKillAgent: tunneld, with its embedded MQTT broker, is
+// killed with SIGKILL under a subscribed tunnel-agent and restarted on the
+// same data directory and ports: the agent reconnects to the broker,
+// subscribes again and serves the next tunnel opened for its thing.
+func TestFaultTunneldKillAgent(t *testing.T) {
+	echo := echoService(t)
+	d := startTunneld(t)
+	broker := d.brokerAddr(t)
+	ag := startAgent(t, "--thing", "kill-dev", "--broker", "tcp://"+broker, "--tunnel-endpoint", d.wsURL, "--map", "ECHO="+echo)
+	ag.drain()
+
+	t0 := time.Now()
+	d.cmd.Process.Kill()
+	d.waitExit(10 * time.Second)
+	ag.waitLine(`MQTT broker unavailable; retrying`, lpWait)
+	d2 := startTunneld(t, "--listen", strings.TrimPrefix(d.url, "http://"), "--data-dir", d.dataDir, "--mqtt-listen", broker)
+	d2.keyID, d2.secret = d.keyID, d.secret
+	ag.waitLine(`msg="subscribed to tunnel notifications".*reconnect=true`, lpWait)
+	resubscribed := time.Since(t0)
+
+	tun := d2.openTunnel(t, "kill-dev", "ECHO")
+	ag.waitLine(`msg="tunnel session started"`, lpWait)
+	_, addrs := startSource(t, d2.wsURL, tun.SourceAccessToken, "ECHO=0", 1)
+	if _, err := echoUntil(addrs["ECHO"], lpWait); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("FIGURE tunneld (embedded broker) SIGKILL under tunnel-agent: resubscribed %v after the kill; the next tunnel served, echo after %v",
+		ms(resubscribed), ms(time.Since(t0)))
 }
