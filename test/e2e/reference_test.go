@@ -1,0 +1,581 @@
+package e2e
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sectun/sectun/tunnel"
+)
+
+// The reference interop tests run the real AWS reference local proxy (C++,
+// aws-samples/aws-iot-securetunneling-localproxy, v3.x) against tunneld and
+// against our localproxy. They are skipped unless SECTUN_REFERENCE_LOCALPROXY
+// names the reference binary (see docs/interop.md for building it):
+//
+//	SECTUN_REFERENCE_LOCALPROXY=/path/to/localproxy go test -run Reference ./test/e2e/
+//
+// The reference always speaks TLS, so tunneld runs with its generated
+// certificate; the reference trusts its CA with -c DIR (after openssl
+// rehash DIR) and dials -e 127.0.0.1:PORT.
+
+const referenceEnv = "SECTUN_REFERENCE_LOCALPROXY"
+
+// referenceBinary returns the reference binary or skips the test.
+func referenceBinary(t *testing.T) string {
+	t.Helper()
+	p := os.Getenv(referenceEnv)
+	if p == "" {
+		t.Skipf("%s is not set: no reference local proxy to test against", referenceEnv)
+	}
+	if fi, err := os.Stat(p); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
+		t.Fatalf("%s=%q is not an executable file (%v)", referenceEnv, p, err)
+	}
+	if _, err := exec.LookPath("openssl"); err != nil {
+		t.Skip("openssl (for openssl rehash) is not installed")
+	}
+	return p
+}
+
+// refRig is a TLS tunneld the reference can use: its endpoint in the
+// reference's -e form and a -c directory holding its CA.
+type refRig struct {
+	*tunneld
+	ref      string // the reference binary
+	endpoint string // 127.0.0.1:port
+	caDir    string
+	listen   string
+}
+
+// startRefRig starts tunneld with TLS on listen (127.0.0.1:0 for a fresh
+// one) with dataDir ("" for a new one).
+func startRefRig(t *testing.T, listen, dataDir string) *refRig {
+	t.Helper()
+	ref := referenceBinary(t)
+	if dataDir == "" {
+		dataDir = t.TempDir()
+	}
+	p := start(t, "tunneld", nil, "--listen", listen, "--data-dir", dataDir, "--mqtt-listen", "off")
+	u := p.waitLine(`listening on (https://\S+)`, lpWait)[1]
+	caFile := filepath.Join(dataDir, "tls", "ca.pem")
+	tlsCfg, err := tunnel.TLSConfig(caFile, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = tlsCfg
+	t.Cleanup(tr.CloseIdleConnections)
+	d := &tunneld{proc: p, url: u, wsURL: strings.Replace(u, "https", "wss", 1), dataDir: dataDir,
+		client: &http.Client{Timeout: lpWait, Transport: tr}}
+	creds, err := os.ReadFile(filepath.Join(dataDir, "aws-credentials"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.keyID = regexp.MustCompile(`aws_access_key_id = (\S+)`).FindStringSubmatch(string(creds))[1]
+	d.secret = regexp.MustCompile(`aws_secret_access_key = (\S+)`).FindStringSubmatch(string(creds))[1]
+
+	caDir := t.TempDir()
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(caDir, "ca.pem"), pem, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("openssl", "rehash", caDir).CombinedOutput(); err != nil {
+		t.Fatalf("openssl rehash: %v: %s", err, out)
+	}
+	hostPort := strings.TrimPrefix(u, "https://")
+	return &refRig{tunneld: d, ref: ref, endpoint: hostPort, caDir: caDir, listen: hostPort}
+}
+
+// refProc starts the reference with the token in its environment, the
+// rig's endpoint and CA and debug logging (the readiness lines below are
+// debug lines).
+func (r *refRig) refProc(t *testing.T, name, tok string, args ...string) *proc {
+	t.Helper()
+	v := os.Getenv("SECTUN_REFERENCE_VERBOSE") // a debugging aid: 6 = trace
+	if v == "" {
+		v = "5"
+	}
+	args = append([]string{"-e", r.endpoint, "-c", r.caDir, "-v", v}, args...)
+	p := startPath(t, name, r.ref, []string{"AWSIOT_TUNNEL_ACCESS_TOKEN=" + tok}, args...)
+	t.Cleanup(func() {
+		// Runs before startPath's stop: says whether it ended on its own.
+		select {
+		case <-p.done:
+			t.Logf("%s had exited by itself: %v", name, p.err)
+		default:
+		}
+	})
+	return p
+}
+
+// refDestination starts a reference destination and waits until it has
+// the tunnel's service IDs (so a source can start streams).
+func (r *refRig) refDestination(t *testing.T, tok, mapping string, extra ...string) *proc {
+	t.Helper()
+	p := r.refProc(t, "reference-destination", tok, append([]string{"-d", mapping}, extra...)...)
+	p.waitLine(`Extracting service Ids from control message`, lpWait)
+	return p
+}
+
+// refSource starts a reference source listening on a free port per service
+// (the reference cannot report a port it picked for an explicit mapping)
+// and returns the addresses by service ID ("" for a -s PORT mapping).
+func (r *refRig) refSource(t *testing.T, tok string, services []string, extra ...string) (*proc, map[string]string) {
+	t.Helper()
+	addrs := map[string]string{}
+	var mapping []string
+	for _, s := range services {
+		port := strconv.Itoa(freePort(t))
+		addrs[s] = "127.0.0.1:" + port
+		if s == "" {
+			mapping = append(mapping, port)
+		} else {
+			mapping = append(mapping, s+"="+port)
+		}
+	}
+	p := r.refProc(t, "reference-source", tok, append([]string{"-s", strings.Join(mapping, ",")}, extra...)...)
+	for range services {
+		p.waitLine(`Listening for new connection on port \d+`, lpWait)
+	}
+	return p, addrs
+}
+
+// ourDestination and ourSource run our localproxy against the rig.
+func (r *refRig) ourDestination(t *testing.T, tok, mapping string, extra ...string) *proc {
+	t.Helper()
+	return startDestination(t, r.endpoint, tok, mapping, append([]string{"-c", r.caDir}, extra...)...)
+}
+
+func (r *refRig) ourSource(t *testing.T, tok string, services []string, extra ...string) (*proc, map[string]string) {
+	t.Helper()
+	var mapping []string
+	for _, s := range services {
+		if s == "" {
+			mapping = append(mapping, "0")
+		} else {
+			mapping = append(mapping, s+"=0")
+		}
+	}
+	return startSource(t, r.endpoint, tok, strings.Join(mapping, ","), len(services), append([]string{"-c", r.caDir}, extra...)...)
+}
+
+// refServices are the two local services of the V3 scenarios: ECHO (an
+// echo server) and BULK (bulkService: both directions checksummed).
+type refServices struct{ echo, bulk string }
+
+const refBulkSize = 1 << 20
+
+func startRefServices(t *testing.T) refServices {
+	t.Helper()
+	return refServices{echo: echoService(t), bulk: tcpService(t, bulkService(refBulkSize, 2))}
+}
+
+func (s refServices) mapping() string { return "ECHO=" + s.echo + ",BULK=" + s.bulk }
+
+// v3Workload runs n simultaneous echo connections on ECHO, kept open
+// together and exchanging interleaved messages (CONNECTION_START), closes
+// one while the others go on (CONNECTION_RESET), and, while they are all
+// open, n bulk connections on BULK one after the other, both directions
+// checksummed. The bulk transfers are not run at the same time: the
+// reference corrupts or crashes on concurrent large writes to its local
+// sockets (see TestReferenceKnownBugConcurrentBulk).
+func v3Workload(t *testing.T, addrs map[string]string, n int) {
+	t.Helper()
+	conns := make([]net.Conn, n)
+	for i := range conns {
+		conns[i] = dialRetry(t, addrs["ECHO"])
+	}
+	for round := range 3 {
+		for i, c := range conns {
+			echoRoundTrip(t, c, fmt.Sprintf("connection %d round %d", i, round))
+		}
+	}
+	for i := range n {
+		if err := bulkTransfer(addrs["BULK"], refBulkSize); err != nil {
+			t.Fatalf("bulk connection %d: %v", i, err)
+		}
+		echoRoundTrip(t, conns[i%n], fmt.Sprintf("connection %d during the bulk transfers", i%n))
+	}
+	conns[0].Close()
+	for i, c := range conns[1:] {
+		echoRoundTrip(t, c, fmt.Sprintf("connection %d after the first closed", i+1))
+		if err := echoBulk(c, 256<<10, byte(i)); err != nil {
+			t.Fatalf("echo connection %d: %v", i+1, err)
+		}
+	}
+	echoRoundTrip(t, dialRetry(t, addrs["ECHO"]), "a new connection")
+}
+
+// bulkTransfer is transfer (localproxy_test.go) returning an error, for
+// use from several goroutines.
+func bulkTransfer(addr string, size int64) error {
+	c, err := dialRetryErr(addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(lpWait))
+	werr := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(c, io.LimitReader(stream(1), size))
+		werr <- err
+	}()
+	h := sha256.New()
+	if _, err := io.CopyN(h, c, size); err != nil {
+		return fmt.Errorf("reading: %w", err)
+	}
+	if err := <-werr; err != nil {
+		return fmt.Errorf("writing: %w", err)
+	}
+	got := make([]byte, sha256.Size)
+	if _, err := io.ReadFull(c, got); err != nil {
+		return fmt.Errorf("reading the service's hash: %w", err)
+	}
+	if !bytes.Equal(h.Sum(nil), streamSum(2, size)) {
+		return errors.New("the data received differs from what the service sent")
+	}
+	if !bytes.Equal(got, streamSum(1, size)) {
+		return errors.New("the service received different data")
+	}
+	return nil
+}
+
+// echoBulk writes size random bytes to an echo connection while reading
+// them back, and compares.
+func echoBulk(c net.Conn, size int, seed byte) error {
+	data := make([]byte, size)
+	rand.NewChaCha8([32]byte{seed, 9}).Read(data)
+	werr := make(chan error, 1)
+	go func() {
+		_, err := c.Write(data)
+		werr <- err
+	}()
+	got := make([]byte, size)
+	if _, err := io.ReadFull(c, got); err != nil {
+		return fmt.Errorf("reading the echo: %w", err)
+	}
+	if err := <-werr; err != nil {
+		return fmt.Errorf("writing: %w", err)
+	}
+	if !bytes.Equal(got, data) {
+		return errors.New("the echo differs from what was sent")
+	}
+	return nil
+}
+
+// TestReferenceInteropV3: V3 with two services and several simultaneous
+// connections per service, for each pairing of the reference and our
+// localproxy through tunneld.
+func TestReferenceInteropV3(t *testing.T) {
+	rig := startRefRig(t, "127.0.0.1:0", "")
+	for _, tc := range []struct {
+		name           string
+		refSrc, refDst bool
+	}{
+		{"reference-source/reference-destination", true, true},
+		{"reference-source/our-destination", true, false},
+		{"our-source/reference-destination", false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			svc := startRefServices(t)
+			tun := rig.openTunnel(t, "thing1", "ECHO", "BULK")
+			if tc.refDst {
+				rig.refDestination(t, tun.DestinationAccessToken, svc.mapping())
+			} else {
+				rig.ourDestination(t, tun.DestinationAccessToken, svc.mapping())
+			}
+			var addrs map[string]string
+			if tc.refSrc {
+				_, addrs = rig.refSource(t, tun.SourceAccessToken, []string{"ECHO", "BULK"})
+			} else {
+				_, addrs = rig.ourSource(t, tun.SourceAccessToken, []string{"ECHO", "BULK"})
+			}
+			v3Workload(t, addrs, 4)
+		})
+	}
+}
+
+// oldWorkload runs sequential connections (V1/V2: one at a time per
+// service) on each service, each carrying 256 KiB echoed and checked, the
+// services active at the same time. Before connection i > 0 of a service it
+// calls ready(service, i) (nil: dial at once).
+func oldWorkload(t *testing.T, addrs map[string]string, services []string, ready func(service string, i int) error) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, len(services))
+	for _, s := range services {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 3 {
+				if i > 0 && ready != nil {
+					if err := ready(s, i); err != nil {
+						errs <- fmt.Errorf("service %q connection %d: %w", s, i, err)
+						return
+					}
+				}
+				c, err := dialRetryErr(addrs[s])
+				if err != nil {
+					errs <- fmt.Errorf("service %q connection %d: %w", s, i, err)
+					return
+				}
+				err = echoBulk(c, 256<<10, byte(i))
+				c.Close()
+				if err != nil {
+					errs <- fmt.Errorf("service %q connection %d: %w", s, i, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
+// dialRetryErr dials addr until it accepts: the reference source (V1/V2)
+// closes and reopens its listener after each connection.
+func dialRetryErr(addr string) (net.Conn, error) {
+	deadline := time.Now().Add(lpWait)
+	for {
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err == nil {
+			c.SetDeadline(time.Now().Add(lpWait))
+			return c, nil
+		}
+		if !errors.Is(err, syscall.ECONNREFUSED) || time.Now().After(deadline) {
+			return nil, err
+		}
+		time.Sleep(50 * time.Millisecond) // the listener is being reopened: nothing to wait on
+	}
+}
+
+// dialRetry dials addr, retrying while it refuses, for up to lpWait: the
+// reference prints "Listening for new connection" before it calls
+// listen(), and (V1/V2) reopens its listener after each connection.
+func dialRetry(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c, err := dialRetryErr(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// waitCount waits until p's output holds n lines matching re.
+func waitCount(p *proc, re string, n int, timeout time.Duration) error {
+	rx := regexp.MustCompile(re)
+	deadline := time.Now().Add(timeout)
+	for {
+		if got := len(rx.FindAllStringIndex(p.output(), -1)); got >= n {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s printed %q fewer than %d times in %v", p.name, re, n, timeout)
+		}
+		select {
+		case <-p.done:
+			return fmt.Errorf("%s exited (%v) before printing %q %d times", p.name, p.err, re, n)
+		case <-time.After(20 * time.Millisecond): // polling collected output
+		}
+	}
+}
+
+// TestReferenceOldClientTypes: the reference source with -y V1 and -y V2
+// against our destination, and our source with -y V2 against the
+// reference destination.
+func TestReferenceOldClientTypes(t *testing.T) {
+	rig := startRefRig(t, "127.0.0.1:0", "")
+	for _, tc := range []struct {
+		name     string
+		y        string
+		refSrc   bool
+		services []string // tunnel services
+		srcMap   []string // source mapping keys
+	}{
+		{"reference-source-V1/our-destination", "V1", true, []string{"ECHO"}, []string{""}},
+		{"reference-source-V2/our-destination", "V2", true, []string{"ECHO", "BULK"}, []string{"ECHO", "BULK"}},
+		{"our-source-V2/reference-destination", "V2", false, []string{"ECHO", "BULK"}, []string{"ECHO", "BULK"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var mapping []string
+			for _, s := range tc.services {
+				mapping = append(mapping, s+"="+echoService(t))
+			}
+			tun := rig.openTunnel(t, "thing1", tc.services...)
+			var addrs map[string]string
+			var ready func(string, int) error
+			if tc.refSrc {
+				rig.ourDestination(t, tun.DestinationAccessToken, strings.Join(mapping, ","))
+				var src *proc
+				src, addrs = rig.refSource(t, tun.SourceAccessToken, tc.srcMap, "-y", tc.y)
+				// With -y V1/V2 the reference closes its listener when a
+				// connection ends and reopens it once its STREAM_RESET is
+				// sent; a connection accepted in between is killed by the
+				// reopening. A client of the reference must wait for it.
+				ready = func(service string, i int) error {
+					_, port, _ := net.SplitHostPort(addrs[service]) // addrs as remapped below for V1
+					return waitCount(src, `Listening for new connection on port `+port+`\b`, i+1, lpWait)
+				}
+			} else {
+				rig.refDestination(t, tun.DestinationAccessToken, strings.Join(mapping, ","))
+				_, addrs = rig.ourSource(t, tun.SourceAccessToken, tc.srcMap, "-y", tc.y)
+			}
+			keys := tc.srcMap
+			if tc.y == "V1" {
+				addrs = map[string]string{"ECHO": addrs[""]}
+				keys = []string{"ECHO"}
+			}
+			oldWorkload(t, addrs, keys, ready)
+		})
+	}
+}
+
+// TestReferenceCloseTunnel: CloseTunnel ends both reference proxies with
+// exit 0 and closes their local connections.
+func TestReferenceCloseTunnel(t *testing.T) {
+	rig := startRefRig(t, "127.0.0.1:0", "")
+	tun := rig.openTunnel(t, "thing1", "ECHO")
+	dst := rig.refDestination(t, tun.DestinationAccessToken, "ECHO="+echoService(t))
+	src, addrs := rig.refSource(t, tun.SourceAccessToken, []string{"ECHO"})
+	c := dialRetry(t, addrs["ECHO"])
+	echoRoundTrip(t, c, "before close")
+	if code := rig.call(t, "CloseTunnel", map[string]any{"tunnelId": tun.TunnelID}, nil); code != 200 {
+		t.Fatalf("CloseTunnel: HTTP %d", code)
+	}
+	for _, p := range []*proc{src, dst} {
+		if code := p.waitExit(lpWait); code != 0 {
+			t.Errorf("%s exit %d, want 0", p.name, code)
+		}
+	}
+	expectClosed(t, c, 5*time.Second)
+}
+
+// TestReferenceTokenReuse: a second reference destination with a used
+// token and no client token gets HTTP 401 and exits 0 without retrying.
+func TestReferenceTokenReuse(t *testing.T) {
+	rig := startRefRig(t, "127.0.0.1:0", "")
+	tun := rig.openTunnel(t, "thing1", "ECHO")
+	echo := echoService(t)
+	rig.refDestination(t, tun.DestinationAccessToken, "ECHO="+echo)
+	p := rig.refProc(t, "reference-destination-2", tun.DestinationAccessToken, "-d", "ECHO="+echo)
+	p.waitLine(`rejected web socket upgrade request: \(HTTP/1\.1 401`, lpWait)
+	if code := p.waitExit(lpWait); code != 0 {
+		t.Fatalf("exit %d, want 0", code)
+	}
+	if n := strings.Count(p.output(), "Attempting to establish web socket connection"); n != 1 {
+		t.Fatalf("%d connection attempts, want 1 (no retry after 401)", n)
+	}
+}
+
+// TestReferenceReconnectAfterTunneldRestart: with client tokens, both
+// reference proxies reconnect when tunneld comes back on the same address
+// with the same data, and new connections work: after a crash (SIGKILL:
+// the WebSocket just drops) and after a graceful restart (SIGTERM).
+func TestReferenceReconnectAfterTunneldRestart(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		stop func(*proc)
+	}{
+		{"crash", func(p *proc) { p.cmd.Process.Kill(); <-p.done }},
+		{"graceful", func(p *proc) { p.stop() }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rig := startRefRig(t, "127.0.0.1:0", "")
+			tun := rig.openTunnel(t, "thing1", "ECHO")
+			settings := filepath.Join(t.TempDir(), "settings.json")
+			os.WriteFile(settings, []byte(`{"tunneling":{"proxy":{"websocket":{"retry_delay_ms":"200"}}}}`), 0o600)
+			dst := rig.refDestination(t, tun.DestinationAccessToken, "ECHO="+echoService(t),
+				"-i", strings.Repeat("d", 32), "--settings-json", settings)
+			src, addrs := rig.refSource(t, tun.SourceAccessToken, []string{"ECHO"},
+				"-i", strings.Repeat("s", 32), "--settings-json", settings)
+			c := dialRetry(t, addrs["ECHO"])
+			echoRoundTrip(t, c, "before the restart")
+
+			tc.stop(rig.proc)
+			expectClosed(t, c, 10*time.Second)
+			rig2 := startRefRig(t, rig.listen, rig.dataDir)
+			if rig2.endpoint != rig.endpoint {
+				t.Fatalf("tunneld came back on %s, not %s", rig2.endpoint, rig.endpoint)
+			}
+			for _, p := range []*proc{src, dst} {
+				if err := waitCount(p, `Successfully established websocket connection`, 2, lpWait); err != nil {
+					t.Fatalf("no reconnection: %v", err)
+				}
+			}
+			deadline := time.Now().Add(lpWait)
+			for {
+				c2, err := dialRetryErr(addrs["ECHO"])
+				if err == nil {
+					c2.SetDeadline(time.Now().Add(5 * time.Second))
+					err = echoBulk(c2, 4096, 7)
+					c2.Close()
+				}
+				if err == nil {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("no working connection after the restart: %v", err)
+				}
+				time.Sleep(100 * time.Millisecond) // the destination may come back after the source
+			}
+		})
+	}
+}
+
+// TestReferenceKnownBugConcurrentBulk reproduces a bug of the reference
+// itself, with the reference at both ends: several connections receiving
+// large amounts of data at once get their data mixed up, cut (EOF) or the
+// process crashes. Cause (TcpAdapterProxy.cpp,
+// async_tcp_write_buffer_drain): the completion handler is one
+// function-local static std::function, reassigned for every connection
+// that starts a drain, and a partial write continues with whatever
+// connection it was last assigned for. It runs only with
+// SECTUN_REFERENCE_KNOWN_BUGS=1; our localproxy has no such limit.
+func TestReferenceKnownBugConcurrentBulk(t *testing.T) {
+	if os.Getenv("SECTUN_REFERENCE_KNOWN_BUGS") == "" {
+		t.Skip("a reference bug, not ours: set SECTUN_REFERENCE_KNOWN_BUGS=1 to reproduce it")
+	}
+	rig := startRefRig(t, "127.0.0.1:0", "")
+	svc := startRefServices(t)
+	tun := rig.openTunnel(t, "thing1", "ECHO", "BULK")
+	rig.refDestination(t, tun.DestinationAccessToken, svc.mapping())
+	_, addrs := rig.refSource(t, tun.SourceAccessToken, []string{"ECHO", "BULK"})
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for i := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := bulkTransfer(addrs["BULK"], refBulkSize); err != nil {
+				errs <- fmt.Errorf("bulk connection %d: %w", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
