@@ -196,7 +196,9 @@ func parseSourceTarget(t string) (Mapping, error) {
 		// The reference splits at ':' and uses only the last part: the port.
 		if i := strings.LastIndexByte(t, ':'); i >= 0 {
 			host, port = strings.ToLower(t[:i]), t[i+1:]
-			if a, err := netip.ParseAddr(host); host != "" && !validHostName(host) && (err != nil || !a.Is6()) {
+			// Brackets only around a whole IPv6 address (netip accepts
+			// "::%]", with the zone "]", which formats as "[::%]]").
+			if a, err := netip.ParseAddr(host); host != "" && !validHostName(host) && (err != nil || !a.Is6() || strings.ContainsAny(host, "[]")) {
 				return Mapping{}, fmt.Errorf("%q is not a host name or IP address", host)
 			}
 		} else {
