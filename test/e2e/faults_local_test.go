@@ -185,7 +185,7 @@ func TestFaultLocalEnds(t *testing.T) {
 		chk := newPrefixCheck(seedDown)
 		_, err := io.Copy(chk, c)
 		end := time.Now()
-		closedAt := <-cutClosed
+		closedAt := within(t, cutClosed, lpWait)
 		if err != nil || chk.n != cutSize || !chk.intact() {
 			t.Fatalf("client got %v (%v), want all %d bytes then EOF", chk, err, cutSize)
 		}
@@ -202,7 +202,7 @@ func TestFaultLocalEnds(t *testing.T) {
 		}
 		t0 := time.Now()
 		c.Close()
-		e := <-sinkEnds
+		e := within(t, sinkEnds, lpWait)
 		if e.err != nil || e.received.n != sinkSize || !e.received.intact() {
 			t.Fatalf("the service got %v (%v), want all %d bytes then EOF", e.received, e.err, sinkSize)
 		}
@@ -220,7 +220,7 @@ func TestFaultLocalEnds(t *testing.T) {
 		t0 := time.Now()
 		c.SetLinger(0)
 		c.Close()
-		e := <-sinkEnds
+		e := within(t, sinkEnds, lpWait)
 		if !e.received.intact() {
 			t.Fatalf("the service got %v", e.received)
 		}
@@ -237,7 +237,7 @@ func TestFaultLocalEnds(t *testing.T) {
 		c.CloseWrite()
 		// No half-close in the protocol: the connection ends, after the
 		// service got everything.
-		e := <-halfEnds
+		e := within(t, halfEnds, lpWait)
 		if e.err != nil || e.received.n != 64<<10 || !e.received.intact() {
 			t.Fatalf("the service got %v (%v)", e.received, e.err)
 		}
@@ -261,7 +261,7 @@ func TestFaultLocalEnds(t *testing.T) {
 		if err != nil || chk.n != cutSize || !chk.intact() {
 			t.Fatalf("client got %v (%v), want all %d bytes then EOF", chk, err, cutSize)
 		}
-		e := <-svcHalfEnds
+		e := within(t, svcHalfEnds, lpWait)
 		if lag := e.at.Sub(clientEnd); lag > prompt {
 			t.Fatalf("the service's read side ended %v after the client's", lag)
 		}
@@ -273,6 +273,19 @@ func TestFaultLocalEnds(t *testing.T) {
 	echoRoundTrip(t, c, "still fine")
 	c.Close()
 	leaks.check(10 * time.Second)
+}
+
+// within receives from ch, failing the test after timeout.
+func within[T any](t *testing.T, ch <-chan T, timeout time.Duration) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(timeout):
+		t.Fatalf("nothing received within %v", timeout)
+		var zero T
+		return zero
+	}
 }
 
 func isTimeout(err error) bool {

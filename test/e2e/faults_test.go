@@ -213,7 +213,7 @@ func TestFaultDegraded(t *testing.T) {
 			startXfer(t, r.addrs["BULK"], tc.size, tc.size).complete(t, r.svc, tc.size, tc.size)
 			took := time.Since(t0)
 			close(stop)
-			echoed := <-echoes
+			echoed := within(t, echoes, lpWait)
 			if len(echoed) > 11 && echoed[:11] == "echo failed" {
 				t.Fatal(echoed)
 			}
