@@ -11,6 +11,7 @@ import (
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/sectun/sectun/internal/notify"
 	"github.com/sectun/sectun/internal/token"
@@ -36,8 +37,9 @@ type Broker struct {
 	cfg        Config
 	log        *slog.Logger
 	srv        *mqtt.Server
-	pids       *packetIDHook
-	tlsCfg     *tls.Config // nil without a TLS listener
+	pids       *packetIDHook // see packetid.go
+	takeovers  *takeoverHook // see takeover.go
+	tlsCfg     *tls.Config   // nil without a TLS listener
 	users      map[string]User
 	adminCerts map[string]bool
 	anonymous  map[string]bool // listener ID -> anonymous clients allowed; fixed by Start
@@ -112,8 +114,11 @@ func New(cfg Config) (*Broker, error) {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
 	b.pids = newPacketIDHook(b)
-	if err := b.srv.AddHook(b.pids, nil); err != nil {
-		return nil, fmt.Errorf("broker: %w", err)
+	b.takeovers = newTakeoverHook(b, int(caps.MaximumInflight))
+	for _, h := range []mqtt.Hook{b.pids, b.takeovers} {
+		if err := b.srv.AddHook(h, nil); err != nil {
+			return nil, fmt.Errorf("broker: %w", err)
+		}
 	}
 	return b, nil
 }
@@ -162,6 +167,7 @@ func (b *Broker) Start(ctx context.Context) error {
 	// anonymous, whatever their remote address.
 	lns = append(lns, newNetListener(listenerConn, b.conns, false, b.cfg.ConnectTimeout, b.log))
 	for _, l := range lns {
+		l.disconnect = b.disconnectClients
 		b.anonymous[l.id] = l.anonymous
 		if err := b.srv.AddListener(l); err != nil {
 			b.conns.Close()
@@ -291,6 +297,19 @@ func (b *Broker) Close() error {
 		}
 	})
 	return nil
+}
+
+// disconnectClients disconnects the clients of listener id, as mochi's
+// closeListenerClients does, without its Clients.GetByListener: that
+// takes the clients' read lock twice (Len inside RLock), which deadlocks
+// when a disconnecting client waits to delete itself in between (seen as
+// a hang of Close).
+func (b *Broker) disconnectClients(id string) {
+	for _, cl := range b.srv.Clients.GetAll() {
+		if cl.Net.Listener == id && !cl.Closed() {
+			b.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
+		}
+	}
 }
 
 // quieter logs mochi's Info records (start-up chatter) at Debug.

@@ -116,10 +116,14 @@ func TestPublishACL(t *testing.T) {
 func TestRetainedIgnored(t *testing.T) {
 	b, _ := startBroker(t, Config{Users: []User{{Name: "ops", Password: "pw", Admin: true}}})
 	admin := mustDial(t, clientOpts{url: tcpURL(b), id: "ops", user: "ops", pass: "pw"})
+	admin.subscribe(t, "$aws/things/dev-1/tunnels/notify")
 	tok := admin.Publish("$aws/things/dev-1/tunnels/notify", 1, true, "retained?")
 	if !tok.WaitTimeout(wait) || tok.Error() != nil {
 		t.Fatal(tok.Error())
 	}
+	// mochi acknowledges a publish before it routes it: wait for it to come
+	// back, or dev could subscribe in time to get it live.
+	admin.expectOnly(t, "$aws/things/dev-1/tunnels/notify")
 	dev := mustDial(t, clientOpts{url: tcpURL(b), id: "dev-1"})
 	dev.subscribe(t, "$aws/things/dev-1/tunnels/notify")
 	mustNotify(t, b, note("dev-1"))

@@ -64,6 +64,14 @@
 // until acknowledged. mochi v2.7.9 does not do this on its own; see
 // packetIDHook for the work-around.
 //
+// # Session takeover
+//
+// A QoS 1 message (a notification from NotifyTunnel, or a network
+// client's publish, which mochi acknowledges before routing it) that
+// arrives while a device's new connection takes over its persistent
+// session is delivered on the new connection. mochi v2.7.9 would queue it
+// on the old connection and lose it; see takeoverHook.
+//
 // Concurrency: Broker methods are safe for concurrent use. Close is
 // idempotent and waits for every goroutine the broker started.
 //

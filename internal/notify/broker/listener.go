@@ -102,6 +102,9 @@ type netListener struct {
 	anonymous      bool // the listener's anonymous policy (see anonymousAllowed)
 	connectTimeout time.Duration
 	log            *slog.Logger
+	// disconnect, when set, replaces mochi's closeListenerClients in
+	// Close (see Broker.disconnectClients).
+	disconnect listeners.CloseFn
 
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
@@ -179,8 +182,12 @@ func (l *netListener) Serve(establish listeners.EstablishFn) {
 }
 
 // Close stops accepting, has mochi disconnect this listener's clients,
-// and closes every connection, including those that never sent CONNECT.
-// It does not wait: the broker calls wait after mochi's Close.
+// closes every connection, including those that never sent CONNECT, and
+// waits for Serve and the connection goroutines. It must wait: mochi's
+// Close waits for its clients next (Listeners.CloseAll), with a
+// sync.WaitGroup to which each connection adds itself when establish
+// starts, and an Add concurrent with that Wait is a race (the race
+// detector reports it).
 func (l *netListener) Close(closeClients listeners.CloseFn) {
 	l.mu.Lock()
 	if l.closed {
@@ -194,13 +201,18 @@ func (l *netListener) Close(closeClients listeners.CloseFn) {
 	}
 	l.mu.Unlock()
 	l.ln.Close()
+	if l.disconnect != nil {
+		closeClients = l.disconnect
+	}
 	closeClients(l.id)
 	for _, c := range conns {
 		c.Close()
 	}
+	l.wg.Wait()
 }
 
-// wait waits for Serve and the connection goroutines to return.
+// wait waits for Serve and the connection goroutines to return (as Close
+// does: for a listener mochi never closed).
 func (l *netListener) wait() { l.wg.Wait() }
 
 // anonymousAllowed is the anonymous-client policy of a listener bound to

@@ -57,14 +57,16 @@ import (
 // (the connection ended with the client's QoS 2 flow unfinished) is
 // queued again under a new identifier, to be resent on the next
 // connection. When a new connection takes the session over,
-// OnSessionEstablish puts parked messages back (under new identifiers)
-// before mochi copies the session. MQTT 3.1.1 SUBACK codes other than 0,
-// 1, 2 and 0x80 are turned into 0x80 (mochi sends 0x91 for a genuine
-// clash).
+// OnSessionEstablish puts parked messages back before mochi copies the
+// session (a PUBLISH under a new identifier: the old connection may still
+// be processing the client's packet with the old one, which would
+// overwrite it); a PUBLISH parked by the old connection after that hook,
+// so missing from the copy, goes to the new connection through
+// takeoverHook.
 //
-// Still at risk: a message parked by the old connection in the few
-// microseconds between that hook and mochi's copy of the session is not
-// copied (without the hook, mochi would lose it in the same situation).
+// MQTT 3.1.1 SUBACK codes other than 0, 1, 2 and 0x80 are turned into
+// 0x80 (mochi sends 0x91 for a genuine clash: a SUBSCRIBE reusing the ID
+// of the client's own unfinished QoS 2 PUBLISH).
 //
 // Concurrency: the state is per client (clientIDs), used by the client's
 // own goroutine and, on a takeover, by the new connection's; no lock is
@@ -186,8 +188,10 @@ func (h *packetIDHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets
 			break
 		}
 		st := h.state(cl)
-		st.mu.Lock()                               // against a takeover's restore (OnSessionEstablish)
-		if cl.State.Inflight.Delete(pk.PacketID) { // false if expired meanwhile
+		// Under st.mu against a takeover's restore (OnSessionEstablish).
+		// Delete is false if the message expired meanwhile.
+		st.mu.Lock()
+		if cl.State.Inflight.Delete(pk.PacketID) {
 			st.parked = append(st.parked, parkedMsg{pk: e, wait: wait})
 			h.nparked.Add(1)
 		}
@@ -283,11 +287,18 @@ func (h *packetIDHook) restore(cl *mqtt.Client, when int) {
 	defer st.mu.Unlock()
 	for i := len(st.parked) - 1; i >= 0; i-- {
 		p := st.parked[i]
+		isPub := p.pk.FixedHeader.Type == packets.Publish
+		if isPub && when != takenOver && cl.IsTakenOver() {
+			// Parked after OnSessionEstablish, so not copied with the
+			// session: the new connection gets it (takeoverHook).
+			h.b.takeovers.keep(cl.ID, p.pk)
+			h.unpark(st, i)
+			continue
+		}
 		_, taken := cl.State.Inflight.Get(p.pk.PacketID)
 		if taken && p.wait && when == afterPacket {
 			continue
 		}
-		isPub := p.pk.FixedHeader.Type == packets.Publish
 		if taken && !isPub {
 			h.b.log.Warn("broker: a message to the client lost its packet ID and cannot be requeued: dropped", "client_id", cl.ID, "packet_id", p.pk.PacketID)
 			atomic.AddInt64(&h.b.srv.Info.Inflight, -1)

@@ -1,11 +1,14 @@
 package broker
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"maps"
 	"net"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -420,5 +423,145 @@ func TestResubscribeWithQueuedNotificationsPaho(t *testing.T) {
 	m.Ack()
 	if tok := noteToken(string(m.Payload())); tok != "tok-3" {
 		t.Fatalf("received %s, want tok-3", tok)
+	}
+}
+
+// onLog is a slog.Handler that runs fn (once) when a record with message
+// msg is logged, in the logging goroutine: a way to act at a precise
+// point inside mochi.
+type onLog struct {
+	slog.Handler
+	msg  string
+	once *sync.Once
+	fn   func()
+}
+
+func (h onLog) Handle(ctx context.Context, r slog.Record) error {
+	if r.Message == h.msg {
+		h.once.Do(h.fn)
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h onLog) WithAttrs(a []slog.Attr) slog.Handler {
+	h.Handler = h.Handler.WithAttrs(a)
+	return h
+}
+
+func (h onLog) WithGroup(g string) slog.Handler {
+	h.Handler = h.Handler.WithGroup(g)
+	return h
+}
+
+// TestNotifyDuringTakeover publishes a notification at the moment a
+// device's new connection takes its persistent session over (after mochi
+// has copied the old session, before the new connection is registered).
+func TestNotifyDuringTakeover(t *testing.T) {
+	for _, online := range []bool{false, true} {
+		t.Run(fmt.Sprintf("old connection open %v", online), func(t *testing.T) {
+			var b *Broker
+			notified := make(chan error, 1)
+			logs := &logBuffer{}
+			h := onLog{
+				Handler: slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}),
+				msg:     "session taken over",
+				once:    &sync.Once{},
+				fn:      func() { notified <- b.NotifyTunnel(context.Background(), noteN("dev-1", 1)) },
+			}
+			b, err := New(Config{Addr: "127.0.0.1:0", Logger: slog.New(h)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := b.Start(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { b.Close() })
+			dev, _ := rawDial(t, b, "dev-1", false)
+			if codes := dev.subscribe(1, "$aws/things/dev-1/tunnels/notify"); !slices.Equal(codes, []byte{1}) {
+				t.Fatalf("SUBACK %#x", codes)
+			}
+			if !online {
+				dev.send(pahopk.NewControlPacket(pahopk.Disconnect))
+				dev.c.Close()
+			}
+			dev2, present := rawDial(t, b, "dev-1", false)
+			if !present {
+				t.Fatal("session not present")
+			}
+			select {
+			case err := <-notified:
+				if err != nil {
+					t.Fatal(err)
+				}
+			case <-time.After(wait):
+				t.Fatal("no takeover logged")
+			}
+			for _, id := range dev2.receiveNotes("tok-1") {
+				dev2.puback(id)
+			}
+			dev2.sync()
+			checkNothingInflight(t, b, "dev-1")
+		})
+	}
+}
+
+// TestTakeoverStrays: of the messages queued on a taken-over session
+// holder, the one copied with the session is not sent twice, the other is
+// sent to the new connection.
+func TestTakeoverStrays(t *testing.T) {
+	b, _ := startBroker(t, Config{})
+	topic := "$aws/things/dev-1/tunnels/notify"
+	dev, _ := rawDial(t, b, "dev-1", false)
+	if codes := dev.subscribe(1, topic); !slices.Equal(codes, []byte{1}) {
+		t.Fatalf("SUBACK %#x", codes)
+	}
+	dev.send(pahopk.NewControlPacket(pahopk.Disconnect))
+	dev.c.Close()
+	mustNotify(t, b, noteN("dev-1", 1))
+	old, ok := b.srv.Clients.Get("dev-1")
+	if !ok {
+		t.Fatal("no session")
+	}
+
+	dev, _ = rawDial(t, b, "dev-1", false)
+	ids := dev.receiveNotes("tok-1")
+	dev.sync() // the new session is established (OnSessionEstablished ran)
+	cur, _ := b.srv.Clients.Get("dev-1")
+	if cur == old || !old.IsTakenOver() {
+		t.Fatal("session not taken over")
+	}
+	copied, ok := cur.State.Inflight.Get(ids["tok-1"])
+	if !ok {
+		t.Fatal("notification not in the new session")
+	}
+	other := copied.Copy(false)
+	other.PacketID, other.Payload = 9, []byte(`{"clientAccessToken":"tok-2"}`)
+	b.takeovers.OnQosPublish(old, copied, copied.Created, 0)
+	b.takeovers.OnQosPublish(old, other, other.Created, 0)
+
+	// The strays are handed over after the next packet dev sends (or the
+	// one whose processing is just ending).
+	dev.send(pahopk.NewControlPacket(pahopk.Pingreq))
+	var pong bool
+	got := uint16(0)
+	for !pong || got == 0 {
+		switch p := dev.read().(type) {
+		case *pahopk.PingrespPacket:
+			pong = true
+		case *pahopk.PublishPacket:
+			if tok := noteToken(string(p.Payload)); tok != "tok-2" || got != 0 {
+				t.Fatalf("received %s (packet %d), want tok-2 once", tok, p.MessageID)
+			}
+			got = p.MessageID
+		default:
+			t.Fatalf("received %v", p)
+		}
+	}
+	dev.puback(got)
+	dev.puback(ids["tok-1"])
+	dev.sync() // fails on any further PUBLISH (a second tok-1)
+	checkNothingInflight(t, b, "dev-1")
+	if n := b.takeovers.n.Load(); n != 0 {
+		t.Fatalf("%d strays left", n)
 	}
 }
