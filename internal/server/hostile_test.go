@@ -144,7 +144,9 @@ func TestHostilePeer(t *testing.T) {
 		{name: "data on stream 0", send: func(c *hostile) {
 			c.conn.WriteMessage(frames(t, &wire.Message{Type: wire.TypeData, ServiceID: "SSH", Payload: []byte("x")}))
 		}, codes: []int{1008}, reason: "invalid DATA"},
-		{name: "start on stream 0", send: func(c *hostile) { c.conn.WriteMessage(frames(t, &wire.Message{Type: wire.TypeStreamStart, ServiceID: "SSH"})) }, codes: []int{1008}},
+		{name: "start on stream 0", send: func(c *hostile) {
+			c.conn.WriteMessage(frames(t, &wire.Message{Type: wire.TypeStreamStart, ServiceID: "SSH"}))
+		}, codes: []int{1008}},
 		{name: "unknown service", send: func(c *hostile) {
 			c.conn.WriteMessage(frames(t, &wire.Message{Type: wire.TypeStreamStart, StreamID: 9, ServiceID: "TELNET", ConnectionID: 1}))
 		}, codes: []int{1008}, reason: "service ID is not"},
