@@ -27,7 +27,7 @@ func TestSoakShort(t *testing.T) {
 	var out bytes.Buffer
 	res, err := run(context.Background(), config{
 		duration: d, tunnels: 3, life: 4 * time.Second, faults: 2 * time.Second,
-		grace: 6 * time.Second, report: 5 * time.Second, ping: time.Second, conns: 3,
+		grace: 10 * time.Second, report: 5 * time.Second, ping: 2 * time.Second, conns: 3,
 		maxBulk: 1 << 20, rssGrowth: 0.5, bin: bin, seed: uint64(time.Now().UnixNano()),
 	}, &out)
 	t.Log("\n" + out.String())
