@@ -319,8 +319,11 @@ func handshake(ctx context.Context, cfg *Config, url, clientToken string) (ws *w
 		Subprotocols:    cfg.Subprotocols,
 		TLS:             cfg.TLS,
 		Proxy:           cfg.Proxy,
-		ReadBufferSize:  64 << 10,
-		WriteBufferSize: 64 << 10,
+		// Large reads bypass a small read buffer: the payload goes
+		// straight into the FrameReader's buffer. Messages are framed by
+		// wsconn, which does not use the write buffer.
+		ReadBufferSize:  4 << 10,
+		WriteBufferSize: 4 << 10,
 	})
 	if err != nil {
 		var he *wsconn.HandshakeError
@@ -340,6 +343,9 @@ func handshake(ctx context.Context, cfg *Config, url, clientToken string) (ws *w
 		}
 		return nil, 0, "", fmt.Errorf("tunnel: connect: %w", err)
 	}
+	// A short queue in the kernel ahead of interactive frames (on short
+	// links; long ones keep autotuning).
+	ws.LimitSocketBuffers()
 	channelID = resp.Header.Get("channel-id")
 	version, err = negotiated(ws.Subprotocol(), cfg.Subprotocols)
 	if err != nil {
