@@ -93,19 +93,12 @@
 // pending data in turn, so an interactive connection is never stuck
 // behind another one's bulk data in our queues; it coalesces frames into
 // WebSocket messages of up to 131076 bytes and flushes as soon as nothing
-// more is ready, so a lone small write leaves at once. Data already in
+// more is ready, so a lone small write leaves at once. (Data already in
 // the kernel's and the service's buffers is first in, first out: on a
-// single WebSocket that is the floor of the latency beside bulk traffic.
-// So on short links (round trip under about 8 ms) the socket buffers are
-// fixed at twice the bandwidth-delay product at 2 Gbit/s, at least 32
-// KiB, instead of the kernel's autotuning, which grows them to megabytes
-// (wsconn.LimitSocketBuffers); the service does the same on its side.
-// Conn.ReadFrom reads from a socket straight into the send buffer, without
-// a copy of its own.
+// single WebSocket that is the floor of the latency beside bulk traffic.)
 //
 // The reader copies each DATA payload once, into the connection's receive
-// buffer (Config.ReceiveBuffer, default 256 KiB), from which Conn.WriteTo
-// writes straight to a socket. The protocol has no flow
+// buffer (Config.ReceiveBuffer, default 256 KiB). The protocol has no flow
 // control, so when a receive buffer is full the reader waits for the
 // connection to be read and the whole WebSocket waits with it: head-of-line
 // blocking, bounded memory. A connection that stays full and unread for

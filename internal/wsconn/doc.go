@@ -5,12 +5,6 @@
 // stream, whole binary messages out, pings with a liveness deadline, and
 // close frames with a code and reason.
 //
-// Data path: a client's binary messages are framed here, not by gorilla,
-// masked while they are copied and sent with one write call; server
-// messages and everything read go through gorilla. LimitSocketBuffers
-// keeps the kernel's queues short on short links, and Dial caps the TCP
-// segment size at 16 KiB on Linux (it only matters on loopback).
-//
 // Concurrency: one goroutine may read (Reader) and one may write
 // (WriteMessage) at a time; Ping, Close and CloseWith may be called from any
 // goroutine.
