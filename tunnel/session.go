@@ -319,11 +319,8 @@ func handshake(ctx context.Context, cfg *Config, url, clientToken string) (ws *w
 		Subprotocols:    cfg.Subprotocols,
 		TLS:             cfg.TLS,
 		Proxy:           cfg.Proxy,
-		// Large reads bypass a small read buffer: the payload goes
-		// straight into the FrameReader's buffer. Messages are framed by
-		// wsconn, which does not use the write buffer.
-		ReadBufferSize:  4 << 10,
-		WriteBufferSize: 4 << 10,
+		ReadBufferSize:  64 << 10,
+		WriteBufferSize: 64 << 10,
 	})
 	if err != nil {
 		var he *wsconn.HandshakeError
@@ -343,9 +340,6 @@ func handshake(ctx context.Context, cfg *Config, url, clientToken string) (ws *w
 		}
 		return nil, 0, "", fmt.Errorf("tunnel: connect: %w", err)
 	}
-	// A short queue in the kernel ahead of interactive frames (on short
-	// links; long ones keep autotuning).
-	ws.LimitSocketBuffers()
 	channelID = resp.Header.Get("channel-id")
 	version, err = negotiated(ws.Subprotocol(), cfg.Subprotocols)
 	if err != nil {

@@ -1,5 +1,3 @@
-//go:build linux
-
 package wsconn
 
 import (
@@ -129,68 +127,4 @@ func TestWriteBufferSizesDoNotMix(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("timeout")
 	}
-}
-
-// On loopback the round trip is tens of microseconds: the buffers get the
-// floor size, not the megabytes of autotuning.
-func TestLimitSocketBuffersLoopback(t *testing.T) {
-	u := serve(t, func(c *Conn) {
-		c.SetLiveness(5 * time.Second)
-		c.Read(make([]byte, 1)) // until the client closes
-	})
-	c, _ := dial(t, u)
-	size, err := c.LimitSocketBuffers()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if size < minSocketBuffer || size > maxSocketBuffer {
-		t.Fatalf("size %d on loopback", size)
-	}
-	if rcv := sockopt(t, c, syscall.SO_RCVBUF); rcv < size || rcv > 2*size {
-		t.Fatalf("SO_RCVBUF %d after setting %d", rcv, size)
-	}
-}
-
-// Dialed connections announce a segment size of at most 16 KiB (loopback
-// would use 64 KiB segments), in both directions.
-func TestDialCapsSegmentSize(t *testing.T) {
-	mss := make(chan int, 1)
-	u := serve(t, func(c *Conn) {
-		mss <- sockoptTCP(t, c, syscall.TCP_MAXSEG)
-		c.SetLiveness(5 * time.Second)
-		c.Read(make([]byte, 1))
-	})
-	c, _ := dial(t, u)
-	if got := sockoptTCP(t, c, syscall.TCP_MAXSEG); got > maxSegment {
-		t.Fatalf("client segment size %d, want at most %d", got, maxSegment)
-	}
-	select {
-	case got := <-mss:
-		if got > maxSegment {
-			t.Fatalf("server segment size %d, want at most %d", got, maxSegment)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("no server connection")
-	}
-}
-
-func sockoptTCP(t *testing.T, c *Conn, opt int) int {
-	t.Helper()
-	tcp, err := c.tcpConn()
-	if err != nil {
-		t.Error(err)
-		return 0
-	}
-	rc, err := tcp.SyscallConn()
-	if err != nil {
-		t.Error(err)
-		return 0
-	}
-	var v int
-	var serr error
-	rc.Control(func(fd uintptr) { v, serr = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_TCP, opt) })
-	if serr != nil {
-		t.Error(serr)
-	}
-	return v
 }

@@ -180,9 +180,7 @@ func Dial(ctx context.Context, rawURL string, opts DialOptions) (*Conn, *http.Re
 	if proxy == nil {
 		proxy = ProxyFromEnvironment
 	}
-	nd := &net.Dialer{Control: dialControl}
 	d := websocket.Dialer{
-		NetDialContext:   nd.DialContext,
 		Proxy:            func(r *http.Request) (*url.URL, error) { return proxy(r.URL) },
 		TLSClientConfig:  opts.TLS,
 		HandshakeTimeout: 30 * time.Second,
@@ -455,9 +453,13 @@ func (c *Conn) Close() error { return c.CloseWith(CloseNormal, "") }
 // no longer be reordered, so it delays whatever is sent after it. It
 // reports an error when the connection is not TCP.
 func (c *Conn) SetSocketBuffers(send, recv int) error {
-	tcp, err := c.tcpConn()
-	if err != nil {
-		return err
+	nc := c.ws.NetConn()
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
+	tcp, ok := nc.(*net.TCPConn)
+	if !ok {
+		return fmt.Errorf("wsconn: socket buffers: %T is not a TCP connection", nc)
 	}
 	if send > 0 {
 		if err := tcp.SetWriteBuffer(send); err != nil {
@@ -470,57 +472,4 @@ func (c *Conn) SetSocketBuffers(send, recv int) error {
 		}
 	}
 	return nil
-}
-
-func (c *Conn) tcpConn() (*net.TCPConn, error) {
-	nc := c.ws.NetConn()
-	if tc, ok := nc.(*tls.Conn); ok {
-		nc = tc.NetConn()
-	}
-	tcp, ok := nc.(*net.TCPConn)
-	if !ok {
-		return nil, fmt.Errorf("wsconn: socket buffers: %T is not a TCP connection", nc)
-	}
-	return tcp, nil
-}
-
-// The policy of LimitSocketBuffers.
-const (
-	// bufferRate is the rate, in bytes per second, the buffers of a short
-	// link are sized for: 2 Gbit/s (the window, twice the product, allows
-	// about twice that).
-	bufferRate = 2.5e8
-	// minSocketBuffer is the smallest size set (the kernel doubles it for
-	// its bookkeeping). Smaller buffers stall loopback transfers unless
-	// the segment size is capped (Dial caps it at 16 KiB on Linux).
-	minSocketBuffer = 32 << 10
-	// maxSocketBuffer is the largest size set; links needing more keep the
-	// kernel's autotuning.
-	maxSocketBuffer = 4 << 20
-)
-
-// LimitSocketBuffers sizes the kernel send and receive buffers of the TCP
-// connection under c for a short link: twice the bandwidth-delay product
-// at 2 Gbit/s and the round-trip time the kernel measured so far (during
-// the handshake), at least 32 KiB. Autotuning would grow them to several
-// megabytes on loopback or a LAN, where everything queued there sits
-// ahead of the next message, latency-sensitive or not, for milliseconds.
-// When the product exceeds 4 MiB (a round trip above about 8 ms) the
-// buffers are left to autotuning, which sizes them for the path. It
-// returns the size set, 0 when it left them alone; errors come from a
-// connection that is not TCP or an operating system without TCP_INFO.
-func (c *Conn) LimitSocketBuffers() (int, error) {
-	tcp, err := c.tcpConn()
-	if err != nil {
-		return 0, err
-	}
-	rtt, err := tcpRTT(tcp)
-	if err != nil {
-		return 0, err
-	}
-	size := max(minSocketBuffer, int(2*bufferRate*rtt.Seconds()))
-	if size > maxSocketBuffer {
-		return 0, nil
-	}
-	return size, c.SetSocketBuffers(size, size)
 }

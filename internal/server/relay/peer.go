@@ -147,9 +147,6 @@ func (r *Relay) newPeer(conn *wsconn.Conn, g Grant, hs HandshakeRequest) *peer {
 	if hs.Mode == store.ModeDestination {
 		p.role = wire.RoleDestination
 	}
-	// A short queue in the kernel ahead of interactive frames (on short
-	// links; long ones keep autotuning).
-	conn.LimitSocketBuffers()
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	if d := r.cfg.PingInterval; d > 0 {
 		// Armed only once assigned: pingTick reads p.ping.
