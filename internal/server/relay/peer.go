@@ -2,7 +2,6 @@ package relay
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -27,20 +26,12 @@ const (
 	acceptWriteBuffer = 4 << 10
 )
 
-// inBufSize holds a partial tunnel frame kept from the previous read and
-// then the rest of the largest WebSocket message, which is all one read
-// returns.
-const inBufSize = wire.FrameHeaderSize + wire.MaxMessageSize + wire.MaxWebSocketMessageSize
+// frameReaders holds FrameReaders (64 KiB each) between bursts, so an idle
+// peer holds none.
+var frameReaders = sync.Pool{New: func() any { return wire.NewFrameReader(nil) }}
 
-// inBufs holds read buffers between bursts, so an idle peer holds none.
-// Frames are forwarded from them without a copy: see peer.out.
-var inBufs = sync.Pool{New: func() any {
-	b := make([]byte, inBufSize)
-	return &b
-}}
-
-// outBuf is a FrameWriter (up to 131076 bytes) lent to sendNow for the
-// messages the service itself sends.
+// outBuf is a FrameWriter (up to 131076 bytes) lent to a peer while frames
+// wait for it.
 type outBuf struct {
 	fw  *wire.FrameWriter
 	dst *peer // nil: discard what is written
@@ -99,23 +90,38 @@ type peer struct {
 	closeReason string
 	linger      *time.Timer // cuts the connection after close
 
-	// wmu guards out and outFrom. out holds the frames waiting for this
-	// peer, whole tunnel frames as they arrived: a range of the read
-	// buffer of outFrom, the other peer's reader, which forwards them
-	// without copying and sends them (flushPending) before it reads into
-	// that buffer again or releases it. sendNow writes under wmu too.
-	wmu     sync.Mutex
-	out     []byte
-	outFrom *peer
+	// wmu guards out, the frames waiting for this peer. Other peers'
+	// readers append to it and flush it.
+	wmu sync.Mutex
+	out *outBuf
 
 	// Owned by the peer's own reader goroutine.
-	idle     [16]byte // the first bytes of a burst, read without a buffer
+	wake     wakeReader
 	msg      wire.Message
-	pending  *peer     // peer whose out holds frames from this reader's buffer
-	pendEnd  int       // where they end in that buffer
+	pending  *peer     // peer whose out holds frames this reader appended
 	consumed int       // frame bytes read since the last bandwidth wait
 	lastLive time.Time // when the liveness deadline was last restarted
 	cnt      counters
+}
+
+// wakeReader feeds a FrameReader: first the bytes read while idle, then
+// the connection, flushing pending output before each network read.
+type wakeReader struct {
+	p        *peer
+	buf      [16]byte
+	off, end int
+}
+
+func (w *wakeReader) Read(b []byte) (int, error) {
+	if w.off < w.end {
+		n := copy(b, w.buf[w.off:w.end])
+		w.off += n
+		return n, nil
+	}
+	if err := w.p.beforeRead(); err != nil {
+		return 0, err
+	}
+	return w.p.netRead(b)
 }
 
 // netRead reads from the WebSocket. Time the reader spent writing to the
@@ -147,6 +153,7 @@ func (r *Relay) newPeer(conn *wsconn.Conn, g Grant, hs HandshakeRequest) *peer {
 	if hs.Mode == store.ModeDestination {
 		p.role = wire.RoleDestination
 	}
+	p.wake.p = p
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	if d := r.cfg.PingInterval; d > 0 {
 		// Armed only once assigned: pingTick reads p.ping.
@@ -200,7 +207,7 @@ func (p *peer) abort(code int, reason string) {
 // or until the connection is cut.
 func (p *peer) discard() {
 	for {
-		if _, err := p.conn.Read(p.idle[:]); err != nil {
+		if _, err := p.conn.Read(p.wake.buf[:]); err != nil {
 			return
 		}
 	}
@@ -240,59 +247,42 @@ func (p *peer) loop() error {
 		if err := p.beforeRead(); err != nil {
 			return err
 		}
-		// Wait for the next bytes without holding a read buffer.
-		n, err := p.netRead(p.idle[:])
+		// Wait for the next bytes without holding a frame buffer.
+		n, err := p.netRead(p.wake.buf[:])
 		if err != nil {
 			return err
 		}
-		bp := inBufs.Get().(*[]byte)
-		err = p.burst(*bp, copy(*bp, p.idle[:n]))
-		p.flushPending() // the other peer's out must not outlive the buffer
-		inBufs.Put(bp)
+		p.wake.off, p.wake.end = 0, n
+		fr := frameReaders.Get().(*wire.FrameReader)
+		fr.Reset(&p.wake)
+		err = p.drain(fr)
+		fr.Reset(nil)
+		frameReaders.Put(fr)
 		if err != nil {
 			return err
 		}
 	}
 }
 
-// burst handles the tunnel frames in buf[:w], reading more while the last
-// one is incomplete, until the buffer ends between frames.
-func (p *peer) burst(buf []byte, w int) error {
-	r := 0
+// drain handles frames until fr has nothing buffered.
+func (p *peer) drain(fr *wire.FrameReader) error {
 	for {
-		for w-r >= wire.FrameHeaderSize {
-			n := int(binary.BigEndian.Uint16(buf[r:]))
-			if n == 0 {
-				return p.violation(wsconn.CloseProtocolError, "malformed tunnel frame: empty", wire.ErrMalformed)
+		frame, err := fr.NextFrame()
+		if err != nil {
+			if errors.Is(err, wire.ErrMalformed) {
+				return p.violation(wsconn.CloseProtocolError, "malformed tunnel frame: empty", err)
 			}
-			end := r + wire.FrameHeaderSize + n
-			if end > w {
-				break
-			}
-			if p.closed.Load() {
-				return errClosed
-			}
-			if err := p.handle(buf, r, end); err != nil {
-				return err
-			}
-			r = end
+			return err
 		}
-		if r == w {
+		if p.closed.Load() {
+			return errClosed
+		}
+		if err := p.handle(frame); err != nil {
+			return err
+		}
+		if fr.Buffered() == 0 && p.wake.off == p.wake.end {
 			return nil
 		}
-		// Frames forwarded from the buffer go out before their bytes move.
-		if err := p.beforeRead(); err != nil {
-			return err
-		}
-		if r > 0 {
-			w = copy(buf, buf[r:w])
-			r = 0
-		}
-		k, err := p.netRead(buf[w:])
-		if err != nil {
-			return err
-		}
-		w += k
 	}
 }
 
@@ -319,10 +309,8 @@ func (p *peer) beforeRead() error {
 	return nil
 }
 
-// handle checks the tunnel frame buf[start:end] (length prefix included)
-// from this peer and relays it.
-func (p *peer) handle(buf []byte, start, end int) error {
-	frame := buf[start+wire.FrameHeaderSize : end]
+// handle checks one frame from this peer and relays it.
+func (p *peer) handle(frame []byte) error {
 	m := &p.msg
 	if err := m.Unmarshal(frame); err != nil {
 		return p.violation(wsconn.CloseProtocolError, "malformed tunnel frame", err)
@@ -339,7 +327,7 @@ func (p *peer) handle(buf []byte, start, end int) error {
 	if !t.hasService(m.ServiceID) {
 		return p.violation(wsconn.ClosePolicyViolation, "service ID is not one of the tunnel's", fmt.Errorf("service ID %q", m.ServiceID))
 	}
-	p.consumed += end - start
+	p.consumed += wire.FrameHeaderSize + len(frame)
 	switch m.Type {
 	case wire.TypeData:
 		if id := t.anon.Load(); id != 0 && id == m.StreamID && m.ServiceID != "" {
@@ -350,31 +338,31 @@ func (p *peer) handle(buf []byte, start, end int) error {
 				return p.violation(wsconn.ClosePolicyViolation, "service ID on a stream started without one", nil)
 			}
 		}
-		p.forward(buf, start, end)
+		p.forward(frame)
 		return nil
 	case wire.TypeStreamStart, wire.TypeStreamReset, wire.TypeConnectionStart, wire.TypeConnectionReset:
-		return p.forwardControl(buf, start, end, m)
+		return p.forwardControl(frame, m)
 	}
 	// An unknown type marked ignorable: the other peer may know it.
-	p.forward(buf, start, end)
+	p.forward(frame)
 	return nil
 }
 
 // forward relays a frame that does not change stream state.
-func (p *peer) forward(buf []byte, start, end int) {
+func (p *peer) forward(frame []byte) {
 	dst := p.t.peers[1-p.idx].Load()
 	if dst == nil {
 		p.cnt.dropped.Add(1)
 		return
 	}
-	p.enqueue(dst, buf, start, end)
+	p.enqueue(dst, frame)
 }
 
 // forwardControl relays a stream control frame, updating the tunnel's
 // stream state in the same critical section that picks the receiver, so
 // that a replacement or departure resets exactly the streams the receiver
 // saw started.
-func (p *peer) forwardControl(buf []byte, start, end int, m *wire.Message) error {
+func (p *peer) forwardControl(frame []byte, m *wire.Message) error {
 	t := p.t
 	t.mu.Lock()
 	if p.closed.Load() {
@@ -414,16 +402,13 @@ func (p *peer) forwardControl(buf []byte, start, end int, m *wire.Message) error
 		}
 	}
 	t.mu.Unlock()
-	p.enqueue(dst, buf, start, end)
+	p.enqueue(dst, frame)
 	return nil
 }
 
-// enqueue queues the tunnel frame buf[start:end] of this reader's buffer
-// for dst: it extends dst.out when the frame follows the frames already
-// there (the common case: a batch of frames to one peer), up to the
-// largest WebSocket message; otherwise dst.out is written first, blocking
-// this reader: that is the backpressure.
-func (p *peer) enqueue(dst *peer, buf []byte, start, end int) {
+// enqueue appends an encoded frame to dst's output. If the output is full
+// it is written first, blocking this reader: that is the backpressure.
+func (p *peer) enqueue(dst *peer, frame []byte) {
 	if p.pending != nil && p.pending != dst {
 		p.flushPending()
 	}
@@ -433,27 +418,25 @@ func (p *peer) enqueue(dst *peer, buf []byte, start, end int) {
 		p.cnt.dropped.Add(1)
 		return
 	}
-	var err error
-	if len(dst.out) > 0 && dst.outFrom == p && p.pendEnd == start && len(dst.out)+end-start <= wire.MaxWebSocketMessageSize {
-		dst.out = dst.out[:len(dst.out)+end-start] // the buffer goes on: same memory
-	} else {
-		err = dst.writeOutLocked()
-		if err == nil {
-			dst.out, dst.outFrom = buf[start:end], p
-		}
+	o := dst.out
+	if o == nil {
+		o = outBufs.Get().(*outBuf)
+		o.dst = dst
+		dst.out = o
 	}
+	err := o.fw.WriteFrame(frame)
 	dst.wmu.Unlock()
 	if err != nil {
 		p.cnt.dropped.Add(1)
 		dst.writeFailed(err)
 		return
 	}
-	p.pending, p.pendEnd = dst, end
+	p.pending = dst
 	p.cnt.frames.Add(1)
-	p.cnt.bytes.Add(int64(end - start))
+	p.cnt.bytes.Add(int64(wire.FrameHeaderSize + len(frame)))
 }
 
-// flushPending writes out what this reader queued for another peer.
+// flushPending writes out what this reader appended to another peer.
 func (p *peer) flushPending() {
 	dst := p.pending
 	if dst == nil {
@@ -465,49 +448,50 @@ func (p *peer) flushPending() {
 	}
 }
 
-// flushOut writes p's waiting frames (nothing once p is closed).
+// flushOut writes p's waiting frames and returns the buffer to the pool.
 func (p *peer) flushOut() error {
 	p.wmu.Lock()
 	defer p.wmu.Unlock()
-	return p.writeOutLocked()
-}
-
-// writeOutLocked writes out as one WebSocket message and empties it; a
-// closed peer's frames are dropped. p.wmu is held.
-func (p *peer) writeOutLocked() error {
-	b := p.out
-	p.out, p.outFrom = nil, nil
-	if len(b) == 0 || p.closed.Load() {
+	o := p.out
+	if o == nil {
 		return nil
 	}
-	p.conn.SetWriteDeadline(time.Now().Add(p.r.cfg.WriteTimeout))
-	return p.conn.WriteMessage(b)
+	p.out = nil
+	if p.closed.Load() {
+		o.dst = nil
+	}
+	err := o.fw.Flush()
+	o.dst = nil
+	outBufs.Put(o)
+	return err
 }
 
-// sendNow writes service-generated messages to p at once, after the
-// frames already waiting for it.
+// sendNow writes service-generated messages to p at once.
 func (p *peer) sendNow(msgs ...*wire.Message) {
 	p.wmu.Lock()
 	if p.closed.Load() {
 		p.wmu.Unlock()
 		return
 	}
-	err := p.writeOutLocked()
-	if err == nil {
-		o := outBufs.Get().(*outBuf)
+	o := p.out
+	if o == nil {
+		o = outBufs.Get().(*outBuf)
 		o.dst = p
-		for _, m := range msgs {
-			if err = o.fw.Write(m); err != nil {
-				break
-			}
-		}
-		if err == nil {
-			err = o.fw.Flush()
-		}
-		o.dst = nil
-		o.fw.Flush() // after an error: drop what is left
-		outBufs.Put(o)
+		p.out = o
 	}
+	var err error
+	for _, m := range msgs {
+		if err = o.fw.Write(m); err != nil {
+			break
+		}
+	}
+	if err == nil {
+		err = o.fw.Flush()
+	}
+	p.out = nil
+	o.dst = nil
+	o.fw.Flush() // after an error: drop what is left
+	outBufs.Put(o)
 	p.wmu.Unlock()
 	if err != nil {
 		p.writeFailed(err)
