@@ -3,17 +3,14 @@ package wsconn
 import (
 	"context"
 	"crypto/tls"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -79,14 +76,6 @@ type Conn struct {
 	cur         io.Reader
 	liveTimeout time.Duration // 0: no read deadline
 	closeOnce   sync.Once
-
-	// client connections (Dial) frame their binary messages here rather
-	// than through gorilla, which copies each message into its write
-	// buffer and masks it there in a second pass: writeMasked masks while
-	// copying, and sends the message with one write call.
-	client    bool
-	wdeadline time.Time   // for writeMasked; the writer's goroutine only
-	closeSent atomic.Bool // no data message may follow a close frame
 }
 
 // writePools holds one pool of write buffers per buffer size: gorilla takes
@@ -121,7 +110,6 @@ func newConn(ws *websocket.Conn) *Conn {
 		if code == websocket.CloseNoStatusReceived {
 			msg = websocket.FormatCloseMessage(websocket.CloseNormalClosure, "")
 		}
-		c.closeSent.Store(true)
 		ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(time.Second))
 		return nil
 	})
@@ -197,9 +185,7 @@ func Dial(ctx context.Context, rawURL string, opts DialOptions) (*Conn, *http.Re
 		}
 		return nil, resp, err
 	}
-	c := newConn(ws)
-	c.client = true
-	return c, resp, nil
+	return newConn(ws), resp, nil
 }
 
 func orDefault(v, def int) int {
@@ -318,67 +304,11 @@ func (c *Conn) mapErr(err error) error {
 
 // WriteMessage sends p as one binary message.
 func (c *Conn) WriteMessage(p []byte) error {
-	if c.client && len(p) <= MaxMessageSize {
-		return c.writeMasked(p)
-	}
 	return c.ws.WriteMessage(websocket.BinaryMessage, p)
 }
 
-// maxClientHeader is the largest header of a client frame: two bytes, an
-// eight-byte length and the masking key.
-const maxClientHeader = 2 + 8 + 4
-
-// maskBufs are the buffers writeMasked builds frames in, lent for one
-// write so that idle connections hold none.
-var maskBufs = sync.Pool{New: func() any {
-	b := make([]byte, maxClientHeader+MaxMessageSize)
-	return &b
-}}
-
-// writeMasked sends p as one masked binary frame (RFC 6455 section 5.3)
-// with a single write call on the connection. Control frames that gorilla
-// writes from other goroutines (pongs, close) are single write calls too,
-// and net.Conn and tls.Conn never interleave the bytes of two calls, so
-// frames stay whole.
-func (c *Conn) writeMasked(p []byte) error {
-	if c.closeSent.Load() {
-		return websocket.ErrCloseSent
-	}
-	bp := maskBufs.Get().(*[]byte)
-	defer maskBufs.Put(bp)
-	b := *bp
-	b[0] = 0x80 | websocket.BinaryMessage // FIN
-	n := 2
-	switch {
-	case len(p) <= 125:
-		b[1] = 0x80 | byte(len(p))
-	case len(p) <= 0xffff:
-		b[1] = 0x80 | 126
-		binary.BigEndian.PutUint16(b[2:], uint16(len(p)))
-		n = 4
-	default:
-		b[1] = 0x80 | 127
-		binary.BigEndian.PutUint64(b[2:], uint64(len(p)))
-		n = 10
-	}
-	var key [4]byte
-	binary.LittleEndian.PutUint32(key[:], rand.Uint32())
-	n += copy(b[n:], key[:])
-	maskCopy(b[n:], p, key)
-	nc := c.ws.NetConn()
-	// gorilla's control writes move the deadline: set ours every time.
-	if err := nc.SetWriteDeadline(c.wdeadline); err != nil {
-		return err
-	}
-	_, err := nc.Write(b[:n+len(p)])
-	return err
-}
-
 // SetWriteDeadline sets the deadline for message writes.
-func (c *Conn) SetWriteDeadline(t time.Time) error {
-	c.wdeadline = t
-	return c.ws.SetWriteDeadline(t)
-}
+func (c *Conn) SetWriteDeadline(t time.Time) error { return c.ws.SetWriteDeadline(t) }
 
 // Ping sends a ping control frame.
 func (c *Conn) Ping(payload []byte) error {
@@ -394,7 +324,6 @@ func (c *Conn) CloseWith(code int, reason string) error {
 		if len(reason) > 123 {
 			reason = reason[:123]
 		}
-		c.closeSent.Store(true)
 		c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(time.Second))
 		err = c.ws.Close()
 	})
@@ -439,7 +368,6 @@ func (c *Conn) SendClose(code int, reason string) error {
 	if len(reason) > 123 {
 		reason = reason[:123]
 	}
-	c.closeSent.Store(true)
 	return c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(time.Second))
 }
 
