@@ -122,17 +122,17 @@ func TestSourceV3Messages(t *testing.T) {
 		wire.Message{Type: tCReset, StreamID: 1, ServiceID: "SSH1", ConnectionID: 2})
 	a.Close()
 	expectMsgs(t, dst, wire.Message{Type: tCReset, StreamID: 1, ServiceID: "SSH1", ConnectionID: 1})
-	// The service's stream had no connection left: the next Dial starts a
-	// fresh stream with the next stream ID.
+	// The service's stream outlives its connections (as with the reference
+	// source): the next Dial is a CONNECTION_START on it.
 	c, _ := src.Dial(testCtx(t), "SSH1")
-	expectMsgs(t, dst, wire.Message{Type: tStart, StreamID: 3, ServiceID: "SSH1", ConnectionID: 1})
+	expectMsgs(t, dst, wire.Message{Type: tCStart, StreamID: 1, ServiceID: "SSH1", ConnectionID: 3})
 
 	// A peer's CONNECTION_RESET ends one connection: data first, then EOF.
 	d, _ := src.Dial(testCtx(t), "SSH1")
-	expectMsgs(t, dst, wire.Message{Type: tCStart, StreamID: 3, ServiceID: "SSH1", ConnectionID: 2})
+	expectMsgs(t, dst, wire.Message{Type: tCStart, StreamID: 1, ServiceID: "SSH1", ConnectionID: 4})
 	send(t, dst,
-		wire.Message{Type: tData, StreamID: 3, ServiceID: "SSH1", ConnectionID: 2, Payload: []byte("bye")},
-		wire.Message{Type: tCReset, StreamID: 3, ServiceID: "SSH1", ConnectionID: 2})
+		wire.Message{Type: tData, StreamID: 1, ServiceID: "SSH1", ConnectionID: 4, Payload: []byte("bye")},
+		wire.Message{Type: tCReset, StreamID: 1, ServiceID: "SSH1", ConnectionID: 4})
 	if got, err := readAll(t, d); string(got) != "bye" || err != nil {
 		t.Fatalf("after CONNECTION_RESET: %q, %v", got, err)
 	}
@@ -140,17 +140,22 @@ func TestSourceV3Messages(t *testing.T) {
 		t.Fatalf("Write after reset: %v, want ErrStreamReset", err)
 	}
 	writeAll(t, c, []byte("c"))
-	expectMsgs(t, dst, wire.Message{Type: tData, StreamID: 3, ServiceID: "SSH1", ConnectionID: 1, Payload: []byte("c")})
+	expectMsgs(t, dst, wire.Message{Type: tData, StreamID: 1, ServiceID: "SSH1", ConnectionID: 3, Payload: []byte("c")})
 
 	// A STREAM_RESET ends every connection of the stream.
 	e, _ := src.Dial(testCtx(t), "SSH1")
-	expectMsgs(t, dst, wire.Message{Type: tCStart, StreamID: 3, ServiceID: "SSH1", ConnectionID: 3})
-	send(t, dst, wire.Message{Type: tReset, StreamID: 3, ServiceID: "SSH1"})
+	expectMsgs(t, dst, wire.Message{Type: tCStart, StreamID: 1, ServiceID: "SSH1", ConnectionID: 5})
+	send(t, dst, wire.Message{Type: tReset, StreamID: 1, ServiceID: "SSH1"})
 	for _, x := range []*Conn{c, e} {
 		if got, err := readAll(t, x); len(got) != 0 || err != nil {
 			t.Fatalf("after STREAM_RESET: %q, %v", got, err)
 		}
 	}
+	// After a STREAM_RESET the next Dial starts a new stream.
+	f, _ := src.Dial(testCtx(t), "SSH1")
+	expectMsgs(t, dst, wire.Message{Type: tStart, StreamID: 3, ServiceID: "SSH1", ConnectionID: 1})
+	f.Close()
+	expectMsgs(t, dst, wire.Message{Type: tCReset, StreamID: 3, ServiceID: "SSH1", ConnectionID: 1})
 	// h is untouched.
 	writeAll(t, h, []byte("h"))
 	expectMsgs(t, dst, wire.Message{Type: tData, StreamID: 2, ServiceID: "HTTP1", ConnectionID: 1, Payload: []byte("h")})
@@ -200,7 +205,9 @@ func TestSourceDetectsV2(t *testing.T) {
 	writeAll(t, a, []byte("more"))
 	expectMsgs(t, dst, wire.Message{Type: tData, StreamID: 1, ServiceID: "SSH1", Payload: []byte("more")})
 	c, _ := src.Dial(testCtx(t), "SSH1")
-	expectMsgs(t, dst, wire.Message{Type: tStart, StreamID: 2, ServiceID: "SSH1"})
+	expectMsgs(t, dst,
+		wire.Message{Type: tReset, StreamID: 1, ServiceID: "SSH1"}, // the old stream first
+		wire.Message{Type: tStart, StreamID: 2, ServiceID: "SSH1"})
 	if _, err := readAll(t, a); !errors.Is(err, ErrStreamReset) {
 		t.Fatalf("replaced connection: %v, want ErrStreamReset", err)
 	}
@@ -234,7 +241,7 @@ func TestSourceDetectsV1(t *testing.T) {
 	expectMsgs(t, dst, wire.Message{Type: tData, StreamID: 1, Payload: []byte("more")})
 	// V1: one connection per tunnel, whatever the service.
 	h, _ := src.Dial(testCtx(t), "HTTP1")
-	expectMsgs(t, dst, wire.Message{Type: tStart, StreamID: 2})
+	expectMsgs(t, dst, wire.Message{Type: tReset, StreamID: 1}, wire.Message{Type: tStart, StreamID: 2})
 	if _, err := readAll(t, a); !errors.Is(err, ErrStreamReset) {
 		t.Fatalf("replaced connection: %v", err)
 	}

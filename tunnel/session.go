@@ -277,7 +277,12 @@ func (s *Session) connectLoop(ctx context.Context, delayFirst bool, lastErr erro
 			return l, nil
 		}
 		if ctx.Err() != nil {
-			return nil, connectCanceled(ctx, err)
+			// The attempt the deadline cut short says nothing about the
+			// service; the one before it, if any, does.
+			if lastErr == nil {
+				lastErr = err
+			}
+			return nil, connectCanceled(ctx, lastErr)
 		}
 		if permanent(err) {
 			return nil, err
@@ -473,13 +478,17 @@ func (s *Session) openLocked(l *link, serviceID string) (*Conn, error) {
 	}
 	v := s.peerVersionLocked()
 	replaced := fmt.Errorf("%w: replaced by a new connection (the destination speaks V%d: one connection per service)", ErrStreamReset, v)
+	// Replacing a stream resets it on the wire first: a destination that
+	// still holds it (the reference proxy) drops a STREAM_START otherwise.
 	if v == 1 {
 		for _, st := range s.streams {
+			l.pushCtrl(wire.Message{Type: wire.TypeStreamReset, StreamID: st.id, ServiceID: st.wireSvc})
 			s.endStreamLocked(st, replaced, replaced)
 		}
 	}
 	st := s.streams[svc]
 	if st != nil && (v < 3 || !st.connIDs) {
+		l.pushCtrl(wire.Message{Type: wire.TypeStreamReset, StreamID: st.id, ServiceID: st.wireSvc})
 		s.endStreamLocked(st, replaced, replaced)
 		st = nil
 	}
@@ -834,10 +843,7 @@ func (s *Session) resetLocked(c *Conn, alone bool, err error) bool {
 		s.ev.emit(StreamReset{ServiceID: st.service, StreamID: st.id})
 	} else {
 		c.terminate(err, err)
-		s.removeConnLocked(st, c)
-		if s.cfg.Mode == ModeSource && len(st.conns) == 0 && s.streams[st.service] == st {
-			delete(s.streams, st.service) // the next Dial starts a fresh stream
-		}
+		s.removeConnLocked(st, c) // the stream stays: see finishLocalClose
 		s.ev.emit(ConnectionReset{ServiceID: st.service, StreamID: st.id, ConnectionID: c.id})
 	}
 	c.l.pushCtrl(m)
@@ -875,12 +881,14 @@ func (s *Session) finishLocalClose(c *Conn) (streamReset bool) {
 	st := c.st
 	streamReset = !st.connIDs
 	s.removeConnLocked(st, c)
-	if streamReset || (s.cfg.Mode == ModeSource && len(st.conns) == 0) {
-		if streamReset {
-			for _, o := range st.conns { // none on V1/V2, where each stream has one
-				o.terminate(io.EOF, ErrStreamReset)
-				s.removeConnLocked(st, o)
-			}
+	// A V3 stream outlives its connections: the next connection of the
+	// service is a CONNECTION_START on it, as the reference source does. The
+	// reference destination drops a second STREAM_START for a service whose
+	// stream it still holds, which left new connections hanging.
+	if streamReset {
+		for _, o := range st.conns { // none on V1/V2, where each stream has one
+			o.terminate(io.EOF, ErrStreamReset)
+			s.removeConnLocked(st, o)
 		}
 		if s.streams[st.service] == st {
 			delete(s.streams, st.service)
