@@ -175,11 +175,14 @@ func TestFaultDegraded(t *testing.T) {
 		name   string
 		faults faultproxy.Faults
 		size   int64
-		ping   int // ms; long where a capped link queues pongs behind data
+		// ping period, ms: pongs queue behind the data on a slow link
+		// (at 100 KiB/s, the fault proxy's 256 KiB queue alone is 2.5 s),
+		// so the keepalive window must exceed the link's queueing delay.
+		ping int
 	}{
-		{"latency and jitter", faultproxy.Faults{Latency: 20 * time.Millisecond, Jitter: 20 * time.Millisecond}, 4 << 20, rigPing},
+		{"latency and jitter", faultproxy.Faults{Latency: 20 * time.Millisecond, Jitter: 20 * time.Millisecond}, 4 << 20, 5000},
 		{"bandwidth cap", faultproxy.Faults{Bandwidth: 2 << 20}, 2 << 20, 20000},
-		{"one-byte segments", faultproxy.Faults{Segment: 1}, 128 << 10, rigPing},
+		{"one-byte segments", faultproxy.Faults{Segment: 1}, 128 << 10, 20000},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := newFaultRig(t, tc.ping)
