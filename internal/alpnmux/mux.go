@@ -10,6 +10,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/sectun/sectun/internal/chanlisten"
 )
 
 // Route sends the connections that negotiate one ALPN protocol to a
@@ -55,11 +57,11 @@ type Mux struct {
 	timeout  time.Duration
 	sem      chan struct{}
 	log      *slog.Logger
-	front    *tls.Config  // only GetConfigForClient: the per-client choice
-	fallback *tls.Config  // Config.TLS
-	plain    *tls.Config  // Config.TLS without ALPN, for clients offering nothing we know
-	routes   []routeState // in order
-	def      *connListener
+	front    *tls.Config          // only GetConfigForClient: the per-client choice
+	fallback *tls.Config          // Config.TLS
+	plain    *tls.Config          // Config.TLS without ALPN, for clients offering nothing we know
+	routes   []routeState         // in order
+	def      *chanlisten.Listener // the default protocol's connections, delivered by handshake goroutines
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -104,7 +106,7 @@ func New(ln net.Listener, cfg Config) (*Mux, error) {
 		log:      cfg.Logger,
 		fallback: cfg.TLS.Clone(),
 		plain:    cfg.TLS.Clone(),
-		def:      newConnListener(ln.Addr(), cfg.Backlog),
+		def:      chanlisten.New(ln.Addr(), cfg.Backlog),
 		ctx:      ctx,
 		cancel:   cancel,
 	}
@@ -257,7 +259,7 @@ func (m *Mux) handle(raw net.Conn) {
 		r.serve(m.ctx, tc)
 		return
 	}
-	if err := m.def.deliver(m.ctx, tc); err != nil {
+	if err := m.def.Deliver(m.ctx, tc); err != nil {
 		tc.Close()
 	}
 }
@@ -279,68 +281,3 @@ func (m *Mux) Close() error {
 	})
 	return err
 }
-
-// connListener is the net.Listener of the default protocol: connections
-// are delivered by handshake goroutines.
-type connListener struct {
-	addr net.Addr
-	ch   chan net.Conn
-	done chan struct{}
-	once sync.Once
-	mu   sync.RWMutex // deliver holds R while it may send; Close holds W to drain
-}
-
-func newConnListener(addr net.Addr, backlog int) *connListener {
-	return &connListener{addr: addr, ch: make(chan net.Conn, backlog), done: make(chan struct{})}
-}
-
-// deliver queues c for Accept, waiting for room until ctx ends or the
-// listener closes. On error the caller still owns c.
-func (l *connListener) deliver(ctx context.Context, c net.Conn) error {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	select {
-	case <-l.done:
-		return net.ErrClosed
-	default:
-	}
-	select {
-	case l.ch <- c:
-		return nil
-	case <-l.done:
-		return net.ErrClosed
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-// Accept returns the next connection; after Close, net.ErrClosed.
-func (l *connListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.ch:
-		return c, nil
-	case <-l.done:
-		return nil, net.ErrClosed
-	}
-}
-
-// Close stops Accept and closes the connections not yet accepted. It is
-// idempotent; it does not close the Mux (http.Server.Shutdown calls it).
-func (l *connListener) Close() error {
-	l.once.Do(func() {
-		close(l.done)
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		for {
-			select {
-			case c := <-l.ch:
-				c.Close()
-			default:
-				return
-			}
-		}
-	})
-	return nil
-}
-
-func (l *connListener) Addr() net.Addr { return l.addr }

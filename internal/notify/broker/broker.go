@@ -13,6 +13,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/sectun/sectun/internal/chanlisten"
 	"github.com/sectun/sectun/internal/notify"
 	"github.com/sectun/sectun/internal/token"
 )
@@ -47,7 +48,7 @@ type Broker struct {
 	mu        sync.RWMutex // guards state; NotifyTunnel holds R while publishing
 	state     int          // stateNew, stateStarted, stateClosed
 	lns       []*netListener
-	conns     *ConnListener
+	conns     *chanlisten.Listener
 	stopAfter func() bool // unregisters Start's ctx callback
 
 	closeOnce sync.Once
@@ -162,7 +163,7 @@ func (b *Broker) Start(ctx context.Context) error {
 		anon := anonymousAllowed(ln.Addr().String(), b.cfg.NoAnonymous)
 		lns = append(lns, newNetListener(listenerTLS, tls.NewListener(ln, b.tlsCfg), anon, b.cfg.ConnectTimeout, b.log))
 	}
-	b.conns = NewConnListener(nil, 64)
+	b.conns = chanlisten.New(nil, 64)
 	// Connections handed over by ServeConn come from a public port: never
 	// anonymous, whatever their remote address.
 	lns = append(lns, newNetListener(listenerConn, b.conns, false, b.cfg.ConnectTimeout, b.log))

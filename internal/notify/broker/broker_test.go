@@ -522,3 +522,19 @@ func TestConfigErrors(t *testing.T) {
 		})
 	}
 }
+
+// A device with a persistent session gets, on reconnecting, the
+// notification published while it was away.
+func TestPersistentSessionQueues(t *testing.T) {
+	b, _ := startBroker(t, Config{})
+	topic := "$aws/things/dev-p/tunnels/notify"
+	c1 := mustDial(t, clientOpts{url: tcpURL(b), id: "dev-p", persistent: true})
+	c1.subscribe(t, topic)
+	c1.Disconnect(100)
+	mustNotify(t, b, note("dev-p"))
+	c2 := mustDial(t, clientOpts{url: tcpURL(b), id: "dev-p", persistent: true})
+	m := c2.expectOnly(t, topic)
+	if m.Qos() != 1 {
+		t.Fatalf("qos %d", m.Qos())
+	}
+}

@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"context"
 	"errors"
 	"log/slog"
 	"net"
@@ -10,87 +9,6 @@ import (
 
 	"github.com/mochi-mqtt/server/v2/listeners"
 )
-
-// ConnListener is a net.Listener whose connections are handed in by the
-// program (Deliver) instead of accepted from a socket: for a server that
-// accepts on one port and dispatches each connection by protocol (ALPN),
-// to MQTT, HTTPS, ... It is not specific to MQTT.
-type ConnListener struct {
-	addr net.Addr
-	ch   chan net.Conn // bounded backlog
-	done chan struct{}
-	once sync.Once
-	mu   sync.RWMutex // Deliver holds R while it may send; Close holds W to drain
-}
-
-// NewConnListener returns a ConnListener reporting addr as its address
-// (nil = a placeholder) with room for backlog connections delivered but
-// not yet accepted (minimum 1).
-func NewConnListener(addr net.Addr, backlog int) *ConnListener {
-	if addr == nil {
-		addr = connAddr{}
-	}
-	return &ConnListener{addr: addr, ch: make(chan net.Conn, max(backlog, 1)), done: make(chan struct{})}
-}
-
-type connAddr struct{}
-
-func (connAddr) Network() string { return "conn" }
-func (connAddr) String() string  { return "handed-over" }
-
-// Deliver queues c for Accept, waiting while the backlog is full until ctx
-// is done. After Close it returns net.ErrClosed. Once Deliver returns nil
-// the listener owns c (Close closes connections never accepted); on error
-// the caller still owns c.
-func (l *ConnListener) Deliver(ctx context.Context, c net.Conn) error {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	select {
-	case <-l.done:
-		return net.ErrClosed
-	default:
-	}
-	select {
-	case l.ch <- c:
-		return nil
-	case <-l.done:
-		return net.ErrClosed
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-// Accept returns the next delivered connection; after Close, net.ErrClosed.
-func (l *ConnListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.ch:
-		return c, nil
-	case <-l.done:
-		return nil, net.ErrClosed
-	}
-}
-
-// Close stops Accept and Deliver and closes the connections delivered but
-// not accepted. It is idempotent.
-func (l *ConnListener) Close() error {
-	l.once.Do(func() {
-		close(l.done)
-		l.mu.Lock() // wait for Deliver calls that may still send
-		defer l.mu.Unlock()
-		for {
-			select {
-			case c := <-l.ch:
-				c.Close()
-			default:
-				return
-			}
-		}
-	})
-	return nil
-}
-
-// Addr returns the address given to NewConnListener.
-func (l *ConnListener) Addr() net.Addr { return l.addr }
 
 // netListener adapts a net.Listener to mochi's listeners.Listener. Unlike
 // mochi's own, it bounds the time to CONNECT, closes connections that have
