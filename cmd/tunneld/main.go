@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -64,6 +65,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	exemptLoopback := fs.Bool("failure-limit-exempt-loopback", false, "do not apply --handshake-failure-limit and --api-failure-limit to loopback clients")
 	fs.IntVar(&cfg.MaxConns, "max-conns", 16384, "open connections at once, WebSockets included; more wait in the accept queue (0 = unlimited)")
 	fs.IntVar(&cfg.MaxConnsPerIP, "max-conns-per-ip", 64, "connections per client address (IPv6: per /64) that are not WebSockets or MQTT sessions, i.e. idle, slow or in-flight HTTP; more are closed at once (0 = unlimited)")
+	fs.DurationVar(&cfg.ReadHeaderTimeout, "read-header-timeout", 10*time.Second, "how long a client may take for its TLS handshake and each request's headers (slowloris defence; also the WebSocket handshake's limit)")
+	fs.DurationVar(&cfg.RequestTimeout, "request-timeout", 30*time.Second, "how long an API request may take to be read and answered (WebSockets are not affected: they have their own keepalive)")
 	fs.StringVar(&cfg.PostgresDSN, "postgres", os.Getenv("SECTUN_POSTGRES_DSN"), "PostgreSQL DSN instead of SQLite (env SECTUN_POSTGRES_DSN)")
 	m := &cfg.MQTT
 	fs.StringVar(&m.Listen, "mqtt-listen", "127.0.0.1:1883", "embedded MQTT broker address for device notifications (\"off\" disables notifications)")
@@ -126,6 +129,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if cfg.MaxConnsPerIP <= 0 {
 		cfg.MaxConnsPerIP = -1
+	}
+	if cfg.ReadHeaderTimeout <= 0 || cfg.RequestTimeout <= 0 {
+		return errors.New("--read-header-timeout and --request-timeout must be positive durations (e.g. 10s)")
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {

@@ -62,7 +62,7 @@ func TestHelpAndLimitFlags(t *testing.T) {
 	if err := run(context.Background(), []string{"--help"}, &stdout, &stderr); !errors.Is(err, pflag.ErrHelp) {
 		t.Fatalf("--help: %v", err)
 	}
-	for _, want := range []string{"--handshake-failure-limit", "--api-failure-limit", "--failure-limit-exempt-loopback", "--max-conns ", "--max-conns-per-ip",
+	for _, want := range []string{"--handshake-failure-limit", "--api-failure-limit", "--failure-limit-exempt-loopback", "--max-conns ", "--max-conns-per-ip", "--read-header-timeout duration", "--request-timeout duration",
 		"refused at startup on a non-loopback --listen unless --allow-insecure"} {
 		if !strings.Contains(stderr.String(), want) {
 			t.Errorf("--help does not mention %q", want)
@@ -80,6 +80,12 @@ func TestHelpAndLimitFlags(t *testing.T) {
 	} {
 		if got := failureLimit(tc.n, tc.exempt); got.PerMinute != tc.want.PerMinute || got.ExemptLoopback != tc.want.ExemptLoopback {
 			t.Errorf("failureLimit(%d, %v) = %+v", tc.n, tc.exempt, got)
+		}
+	}
+	for _, args := range [][]string{{"--read-header-timeout", "0s"}, {"--request-timeout", "-1s"}} {
+		err := run(context.Background(), append(args, "--data-dir", t.TempDir(), "--mqtt-listen", "off"), &stdout, &stderr)
+		if err == nil || !strings.Contains(err.Error(), "must be positive") {
+			t.Errorf("%v: %v", args, err)
 		}
 	}
 	// --no-auth on a public address is refused at startup.

@@ -34,8 +34,8 @@
 // APIFailureLimit; internal/ratelimit). Successes never count.
 //
 // Slow or idle clients: the TLS handshake and each request's headers must
-// arrive within ReadHeaderTimeout (10 s), a whole request within
-// RequestTimeout (30 s), and idle keep-alive connections close after 2
+// arrive within ReadHeaderTimeout (10 s; tunneld --read-header-timeout),
+// a whole request within RequestTimeout (30 s; --request-timeout), and idle keep-alive connections close after 2
 // minutes. At most MaxConnsPerIP (64) connections per address may be in
 // that state at once: WebSockets and MQTT sessions do not count, so a
 // fleet behind one NAT address can hold any number of tunnels. At most

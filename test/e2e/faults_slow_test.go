@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -19,9 +18,22 @@ import (
 	"github.com/sectun/sectun/internal/wsconn"
 )
 
-// tunneldHeaderTimeout is tunneld's http.Server ReadHeaderTimeout
-// (internal/server: 10 s), which ends slowloris connections.
-const tunneldHeaderTimeout = 10 * time.Second
+// Short header and request timeouts (--read-header-timeout,
+// --request-timeout; defaults 10 s and 30 s), so that the slowloris tests
+// end in seconds. The trickle interval stays well under them, so only the
+// timeouts can end the connections.
+const (
+	slowHeaderTimeout  = 2 * time.Second
+	slowRequestTimeout = 3 * time.Second
+	slowTrickle        = 200 * time.Millisecond
+)
+
+// startTunneldSlow starts tunneld with the short timeouts.
+func startTunneldSlow(t *testing.T) *tunneld {
+	t.Helper()
+	return startTunneld(t, "--mqtt-listen", "off",
+		"--read-header-timeout", slowHeaderTimeout.String(), "--request-timeout", slowRequestTimeout.String())
+}
 
 // slowloris opens n connections to addr from 127.0.0.2, each sending the
 // start of request and then one more header byte every interval, never
@@ -82,14 +94,14 @@ func slowloris(t *testing.T, addr, request string, n int, interval time.Duration
 // tunneld, and are closed after its header timeout; the API keeps
 // answering meanwhile.
 func TestSlowlorisHTTP(t *testing.T) {
-	d := startTunneldLP(t)
+	d := startTunneldSlow(t)
 	addr := strings.TrimPrefix(d.url, "http://")
 	baseG := d.goroutines(t)
 	baseRSS := d.resources(t).rssKB
 	const n = 100
 	start := time.Now()
-	api := slowloris(t, addr, "POST / HTTP/1.1\r\nHost: tunneld\r\nX-Amz-Target: IoTSecuredTunneling.ListTunnels\r\n", n/2, time.Second)
-	ws := slowloris(t, addr, "GET /tunnel?local-proxy-mode=source HTTP/1.1\r\nHost: tunneld\r\nUpgrade: websocket\r\n", n/2, time.Second)
+	api := slowloris(t, addr, "POST / HTTP/1.1\r\nHost: tunneld\r\nX-Amz-Target: IoTSecuredTunneling.ListTunnels\r\n", n/2, slowTrickle)
+	ws := slowloris(t, addr, "GET /tunnel?local-proxy-mode=source HTTP/1.1\r\nHost: tunneld\r\nUpgrade: websocket\r\n", n/2, slowTrickle)
 
 	// During the attack: bounded cost, and the API still answers. (tunneld
 	// may cap the connections per address below n: wait until the count
@@ -102,7 +114,7 @@ func TestSlowlorisHTTP(t *testing.T) {
 			steady = 0
 		}
 		prev = g
-		time.Sleep(100 * time.Millisecond) // sampling while the connections are accepted
+		time.Sleep(50 * time.Millisecond) // sampling while the connections are accepted
 	}
 	rss := d.resources(t).rssKB
 	d.listTunnels(t)
@@ -120,16 +132,17 @@ func TestSlowlorisHTTP(t *testing.T) {
 			longest = max(longest, l)
 		case l := <-ws:
 			longest = max(longest, l)
-		case <-time.After(tunneldHeaderTimeout + 10*time.Second):
+		case <-time.After(slowHeaderTimeout + 10*time.Second):
 			t.Fatalf("slow connections still open %v after they started", time.Since(start))
 		}
 	}
-	if longest > tunneldHeaderTimeout+3*time.Second {
+	// Without the timeout flag they would live 10 s (the default).
+	if longest > slowHeaderTimeout+3*time.Second {
 		t.Errorf("a slow connection lived %v", longest)
 	}
 	after := waitGoroutines(t, d, baseG, 10*time.Second)
-	t.Logf("FIGURE slowloris: %d connections trickling headers (1 byte/s) cost %d goroutines and %d KiB RSS in tunneld; all closed by tunneld within %v (header timeout %v); goroutines back to %d (baseline %d)",
-		n, g-baseG, rss-baseRSS, ms(longest), tunneldHeaderTimeout, after, baseG)
+	t.Logf("FIGURE slowloris: %d connections trickling headers (1 byte/200 ms) cost %d goroutines and %d KiB RSS in tunneld; all closed by tunneld within %v (header timeout %v); goroutines back to %d (baseline %d)",
+		n, g-baseG, rss-baseRSS, ms(longest), slowHeaderTimeout, after, baseG)
 }
 
 // waitGoroutines waits for tunneld's goroutines to be back to base.
@@ -148,27 +161,37 @@ func waitGoroutines(t *testing.T, d *tunneld, base int, timeout time.Duration) i
 	}
 }
 
-// TestSlowlorisAPIBody: a signed-looking API request whose body trickles
-// is cut by the API's 30 s request deadline. Long: SECTUN_SLOW=1.
+// TestSlowlorisAPIBody: an API request whose body trickles is cut by
+// tunneld's request deadline (--request-timeout), though each byte comes
+// well within the header timeout.
 func TestSlowlorisAPIBody(t *testing.T) {
-	if os.Getenv("SECTUN_SLOW") == "" {
-		t.Skip("takes 30 s: set SECTUN_SLOW=1")
-	}
-	d := startTunneldLP(t)
+	d := startTunneldSlow(t)
 	addr := strings.TrimPrefix(d.url, "http://")
 	baseG := d.goroutines(t)
-	lived := slowloris(t, addr, "POST / HTTP/1.1\r\nHost: tunneld\r\nX-Amz-Target: IoTSecuredTunneling.ListTunnels\r\nContent-Length: 100000\r\n\r\n{", 20, time.Second)
-	for range 20 {
+	start := time.Now()
+	lived := slowloris(t, addr, "POST / HTTP/1.1\r\nHost: tunneld\r\nX-Amz-Target: IoTSecuredTunneling.ListTunnels\r\nContent-Length: 100000\r\n\r\n{", 20, slowTrickle)
+	var shortest, longest time.Duration
+	for i := range 20 {
 		select {
 		case l := <-lived:
-			if l > 35*time.Second {
-				t.Errorf("a slow body lived %v", l)
+			if i == 0 || l < shortest {
+				shortest = l
 			}
-		case <-time.After(45 * time.Second):
-			t.Fatal("slow bodies still open after 45 s")
+			longest = max(longest, l)
+		case <-time.After(slowRequestTimeout + 15*time.Second):
+			t.Fatalf("slow bodies still open %v after they started", time.Since(start))
 		}
 	}
-	waitGoroutines(t, d, baseG, 10*time.Second)
+	// Without --request-timeout they would live 30 s (the default).
+	if longest > slowRequestTimeout+3*time.Second {
+		t.Errorf("a slow body lived %v (request timeout %v)", longest, slowRequestTimeout)
+	}
+	if shortest < slowRequestTimeout-500*time.Millisecond {
+		t.Errorf("a slow body was cut after %v, before the request timeout %v", shortest, slowRequestTimeout)
+	}
+	after := waitGoroutines(t, d, baseG, 10*time.Second)
+	t.Logf("FIGURE slowloris body: 20 API requests trickling their bodies (1 byte/200 ms) closed by tunneld after %v-%v (request timeout %v); goroutines back to %d (baseline %d)",
+		ms(shortest), ms(longest), slowRequestTimeout, after, baseG)
 }
 
 // TestPeerStopsReading: a tunnel's destination that completes its
