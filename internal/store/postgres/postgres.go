@@ -55,85 +55,16 @@ func (s *Store) Close() error {
 	return nil
 }
 
-const columns = `id, arn, description, status, thing_name, services,
-	lifetime_minutes, tags, created_at, updated_at, expires_at, closed_at,
-	src_token_hash, src_client_token_hash, src_consumed, src_connected, src_updated_at,
-	dst_token_hash, dst_client_token_hash, dst_consumed, dst_connected, dst_updated_at`
+// columns are the tunnels columns, read and written by codec.
+const columns = rowcodec.Columns
 
 const placeholders = `$1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22`
 
-// nullTime returns nil for the zero time (NULL), else t.
-func nullTime(t time.Time) any {
-	if t.IsZero() {
-		return nil
-	}
-	return t
-}
-
-func fromNullTime(t *time.Time) time.Time {
-	if t == nil {
-		return time.Time{}
-	}
-	return t.UTC()
-}
-
-// values returns t's column values in the order of columns.
-func values(t *store.Tunnel) []any {
-	return []any{
-		t.ID, t.ARN, t.Description, string(t.Status), t.ThingName, rowcodec.Services(t.Services),
-		t.LifetimeMinutes, rowcodec.Tags(t.Tags),
-		t.CreatedAt, t.UpdatedAt, t.ExpiresAt, nullTime(t.ClosedAt),
-		rowcodec.Hash(t.Source.TokenHash), rowcodec.Hash(t.Source.ClientTokenHash), t.Source.Consumed, t.Source.Connected, nullTime(t.Source.UpdatedAt),
-		rowcodec.Hash(t.Destination.TokenHash), rowcodec.Hash(t.Destination.ClientTokenHash), t.Destination.Consumed, t.Destination.Connected, nullTime(t.Destination.UpdatedAt),
-	}
-}
-
-func scanTunnel(row pgx.Row) (*store.Tunnel, error) {
-	var (
-		t                         store.Tunnel
-		status                    string
-		services, tags            []byte
-		created, updated, expires time.Time
-		closed, srcUpd, dstUpd    *time.Time
-	)
-	err := row.Scan(&t.ID, &t.ARN, &t.Description, &status, &t.ThingName, &services,
-		&t.LifetimeMinutes, &tags, &created, &updated, &expires, &closed,
-		&t.Source.TokenHash, &t.Source.ClientTokenHash, &t.Source.Consumed, &t.Source.Connected, &srcUpd,
-		&t.Destination.TokenHash, &t.Destination.ClientTokenHash, &t.Destination.Consumed, &t.Destination.Connected, &dstUpd)
-	if err != nil {
-		return nil, err
-	}
-	t.Status = store.Status(status)
-	if t.Services, err = rowcodec.ParseServices(services); err != nil {
-		return nil, fmt.Errorf("%w (tunnel %s)", err, t.ID)
-	}
-	if t.Tags, err = rowcodec.ParseTags(tags); err != nil {
-		return nil, fmt.Errorf("%w (tunnel %s)", err, t.ID)
-	}
-	t.CreatedAt = created.UTC()
-	t.UpdatedAt = updated.UTC()
-	t.ExpiresAt = expires.UTC()
-	t.ClosedAt = fromNullTime(closed)
-	t.Source.UpdatedAt = fromNullTime(srcUpd)
-	t.Destination.UpdatedAt = fromNullTime(dstUpd)
-	t.Source.TokenHash = rowcodec.Hash(t.Source.TokenHash)
-	t.Source.ClientTokenHash = rowcodec.Hash(t.Source.ClientTokenHash)
-	t.Destination.TokenHash = rowcodec.Hash(t.Destination.TokenHash)
-	t.Destination.ClientTokenHash = rowcodec.Hash(t.Destination.ClientTokenHash)
-	return &t, nil
-}
-
-func scanAll(rows pgx.Rows) ([]*store.Tunnel, error) {
-	defer rows.Close()
-	var ts []*store.Tunnel
-	for rows.Next() {
-		t, err := scanTunnel(rows)
-		if err != nil {
-			return nil, err
-		}
-		ts = append(ts, t)
-	}
-	return ts, rows.Err()
+// codec converts tunnels to and from rows: times are timestamptz, which
+// pgx reads back in the local zone.
+var codec = rowcodec.Codec[time.Time]{
+	Put: func(t time.Time) time.Time { return t },
+	Get: time.Time.UTC,
 }
 
 // writeErr maps constraint violations to the store's sentinels.
@@ -153,27 +84,15 @@ func writeErr(op, id string, err error) error {
 // putTokens makes the tokens rows of t's ends match t, given the hashes
 // they had before (nil for a new tunnel).
 func putTokens(ctx context.Context, tx pgx.Tx, t *store.Tunnel, oldSrc, oldDst []byte) error {
-	ends := []struct {
-		mode     store.Mode
-		old, new []byte
-	}{
-		{store.ModeSource, oldSrc, t.Source.TokenHash},
-		{store.ModeDestination, oldDst, t.Destination.TokenHash},
-	}
-	// Delete every changed end before inserting, so swapping two hashes
-	// works.
-	for _, e := range ends {
-		if len(e.old) > 0 && !bytes.Equal(e.old, e.new) {
-			if _, err := tx.Exec(ctx, `DELETE FROM tokens WHERE tunnel_id = $1 AND mode = $2`, t.ID, string(e.mode)); err != nil {
-				return err
-			}
+	for e := range rowcodec.TokenEdits(t, oldSrc, oldDst) {
+		var err error
+		if e.Hash == nil {
+			_, err = tx.Exec(ctx, `DELETE FROM tokens WHERE tunnel_id = $1 AND mode = $2`, t.ID, string(e.Mode))
+		} else {
+			_, err = tx.Exec(ctx, `INSERT INTO tokens (hash, tunnel_id, mode) VALUES ($1, $2, $3)`, e.Hash, t.ID, string(e.Mode))
 		}
-	}
-	for _, e := range ends {
-		if len(e.new) > 0 && !bytes.Equal(e.old, e.new) {
-			if _, err := tx.Exec(ctx, `INSERT INTO tokens (hash, tunnel_id, mode) VALUES ($1, $2, $3)`, e.new, t.ID, string(e.mode)); err != nil {
-				return err
-			}
+		if err != nil {
+			return err
 		}
 	}
 	return nil
@@ -189,7 +108,7 @@ func (s *Store) Create(ctx context.Context, t *store.Tunnel) error {
 		return fmt.Errorf("postgres: create %s: %w", t.ID, err)
 	}
 	defer tx.Rollback(ctx) // no-op after Commit
-	if _, err := tx.Exec(ctx, `INSERT INTO tunnels (`+columns+`) VALUES (`+placeholders+`)`, values(t)...); err != nil {
+	if _, err := tx.Exec(ctx, `INSERT INTO tunnels (`+columns+`) VALUES (`+placeholders+`)`, codec.Values(t)...); err != nil {
 		return writeErr("create", t.ID, err)
 	}
 	if err := putTokens(ctx, tx, t, nil, nil); err != nil {
@@ -203,7 +122,7 @@ func (s *Store) Create(ctx context.Context, t *store.Tunnel) error {
 
 // Get implements store.Store.
 func (s *Store) Get(ctx context.Context, id string) (*store.Tunnel, error) {
-	t, err := scanTunnel(s.pool.QueryRow(ctx, `SELECT `+columns+` FROM tunnels WHERE id = $1`, id))
+	t, err := codec.Scan(s.pool.QueryRow(ctx, `SELECT `+columns+` FROM tunnels WHERE id = $1`, id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("postgres: get %s: %w", id, store.ErrNotFound)
 	}
@@ -219,7 +138,7 @@ func (s *Store) FindByToken(ctx context.Context, tokenHash []byte) (*store.Tunne
 		return nil, "", fmt.Errorf("postgres: find by token: empty hash: %w", store.ErrNotFound)
 	}
 	// Two primary-key lookups: tokens, then tunnels.
-	t, err := scanTunnel(s.pool.QueryRow(ctx, `SELECT `+columns+` FROM tunnels
+	t, err := codec.Scan(s.pool.QueryRow(ctx, `SELECT `+columns+` FROM tunnels
 		WHERE id = (SELECT tunnel_id FROM tokens WHERE hash = $1)`, tokenHash))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, "", fmt.Errorf("postgres: find by token: %w", store.ErrNotFound)
@@ -262,20 +181,16 @@ func (s *Store) List(ctx context.Context, opts store.ListOptions) ([]*store.Tunn
 	if opts.Limit > 0 {
 		q.WriteString(` LIMIT ` + arg(opts.Limit+1)) // one more tells whether a next page exists
 	}
-	rows, err := s.pool.Query(ctx, q.String(), args...)
+	res, err := s.pool.Query(ctx, q.String(), args...)
 	if err != nil {
 		return nil, "", fmt.Errorf("postgres: list: %w", err)
 	}
-	ts, err := scanAll(rows)
+	defer res.Close()
+	ts, err := codec.ScanAll(res)
 	if err != nil {
 		return nil, "", fmt.Errorf("postgres: list: %w", err)
 	}
-	var next string
-	if opts.Limit > 0 && len(ts) > opts.Limit {
-		ts = ts[:opts.Limit]
-		last := ts[len(ts)-1]
-		next = rowcodec.Cursor(last.CreatedAt, last.ID)
-	}
+	ts, next := rowcodec.Page(ts, opts.Limit)
 	return ts, next, nil
 }
 
@@ -287,7 +202,7 @@ func (s *Store) Update(ctx context.Context, id string, fn func(*store.Tunnel) er
 		return nil, fmt.Errorf("postgres: update %s: %w", id, err)
 	}
 	defer tx.Rollback(ctx)
-	t, err := scanTunnel(tx.QueryRow(ctx, `SELECT `+columns+` FROM tunnels WHERE id = $1 FOR UPDATE`, id))
+	t, err := codec.Scan(tx.QueryRow(ctx, `SELECT `+columns+` FROM tunnels WHERE id = $1 FOR UPDATE`, id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("postgres: update %s: %w", id, store.ErrNotFound)
 	}
@@ -298,14 +213,11 @@ func (s *Store) Update(ctx context.Context, id string, fn func(*store.Tunnel) er
 	if err := fn(t); err != nil {
 		return nil, err
 	}
-	if t.ID != id {
-		return nil, fmt.Errorf("%w: update %s changed the ID to %q", store.ErrInvalidTunnel, id, t.ID)
-	}
-	if err := rowcodec.Validate(t); err != nil {
+	if err := rowcodec.CheckUpdate(id, t); err != nil {
 		return nil, err
 	}
 	if _, err := tx.Exec(ctx, `UPDATE tunnels SET (`+columns+`) = (`+placeholders+`) WHERE id = $23`,
-		append(values(t), id)...); err != nil {
+		append(codec.Values(t), id)...); err != nil {
 		return nil, writeErr("update", id, err)
 	}
 	if err := putTokens(ctx, tx, t, oldSrc, oldDst); err != nil {
@@ -342,12 +254,13 @@ func (s *Store) CountOpen(ctx context.Context) (int, error) {
 // OpenExpiringBefore implements store.Store. Tunnels come soonest-expiring
 // first.
 func (s *Store) OpenExpiringBefore(ctx context.Context, t time.Time) ([]*store.Tunnel, error) {
-	rows, err := s.pool.Query(ctx, `SELECT `+columns+` FROM tunnels
+	res, err := s.pool.Query(ctx, `SELECT `+columns+` FROM tunnels
 		WHERE status = 'OPEN' AND expires_at < $1 ORDER BY expires_at, id`, t)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: open expiring: %w", err)
 	}
-	ts, err := scanAll(rows)
+	defer res.Close()
+	ts, err := codec.ScanAll(res)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: open expiring: %w", err)
 	}

@@ -1,73 +1,17 @@
 package sqlite
 
 import (
-	"context"
-	"fmt"
 	"path/filepath"
 	"testing"
 
 	"github.com/sectun/sectun/internal/store"
+	"github.com/sectun/sectun/internal/store/storetest"
 )
 
-// benchStore returns a file store holding n tunnels and their destination
-// token hashes.
-func benchStore(b *testing.B, n int) (*Store, [][]byte) {
-	b.Helper()
-	s := openFile(b, filepath.Join(b.TempDir(), "tunneld.db"))
-	b.Cleanup(func() { s.Close() })
-	hashes := make([][]byte, n)
-	for i := range n {
-		tun, _, _ := tunnel(fmt.Sprintf("bench-%05d", i))
-		if err := s.Create(context.Background(), tun); err != nil {
-			b.Fatal(err)
-		}
-		hashes[i] = tun.Destination.TokenHash
-	}
-	return s, hashes
-}
-
-func BenchmarkFindByToken(b *testing.B) {
-	s, hashes := benchStore(b, 1000)
-	ctx := context.Background()
-	b.ReportAllocs()
-	i := 0
-	for b.Loop() {
-		if _, _, err := s.FindByToken(ctx, hashes[i%len(hashes)]); err != nil {
-			b.Fatal(err)
-		}
-		i++
-	}
-}
-
-func BenchmarkFindByTokenParallel(b *testing.B) {
-	s, hashes := benchStore(b, 1000)
-	ctx := context.Background()
-	b.ReportAllocs()
-	b.RunParallel(func(pb *testing.PB) {
-		i := 0
-		for pb.Next() {
-			if _, _, err := s.FindByToken(ctx, hashes[i%len(hashes)]); err != nil {
-				b.Error(err)
-				return
-			}
-			i++
-		}
+// BenchmarkStore runs the shared suite on a file store (WAL, reader pool),
+// as tunneld uses it.
+func BenchmarkStore(b *testing.B) {
+	storetest.Bench(b, func(b *testing.B) store.Store {
+		return openFile(b, filepath.Join(b.TempDir(), "tunneld.db"))
 	})
-}
-
-func BenchmarkUpdate(b *testing.B) {
-	s, _ := benchStore(b, 1000)
-	ctx := context.Background()
-	b.ReportAllocs()
-	i := 0
-	for b.Loop() {
-		id := fmt.Sprintf("bench-%05d", i%1000)
-		if _, err := s.Update(ctx, id, func(t *store.Tunnel) error {
-			t.Source.Connected = !t.Source.Connected
-			return nil
-		}); err != nil {
-			b.Fatal(err)
-		}
-		i++
-	}
 }

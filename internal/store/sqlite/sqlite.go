@@ -157,71 +157,12 @@ func (s *Store) Close() error {
 	return s.closeErr
 }
 
-const columns = `id, arn, description, status, thing_name, services,
-	lifetime_minutes, tags, created_at, updated_at, expires_at, closed_at,
-	src_token_hash, src_client_token_hash, src_consumed, src_connected, src_updated_at,
-	dst_token_hash, dst_client_token_hash, dst_consumed, dst_connected, dst_updated_at`
+// columns are the tunnels columns, read and written by codec.
+const columns = rowcodec.Columns
 
-// values returns t's column values in the order of columns.
-func values(t *store.Tunnel) []any {
-	return []any{
-		t.ID, t.ARN, t.Description, string(t.Status), t.ThingName, rowcodec.Services(t.Services),
-		t.LifetimeMinutes, rowcodec.Tags(t.Tags),
-		rowcodec.Micro(t.CreatedAt), rowcodec.Micro(t.UpdatedAt), rowcodec.Micro(t.ExpiresAt), rowcodec.NullMicro(t.ClosedAt),
-		rowcodec.Hash(t.Source.TokenHash), rowcodec.Hash(t.Source.ClientTokenHash), t.Source.Consumed, t.Source.Connected, rowcodec.NullMicro(t.Source.UpdatedAt),
-		rowcodec.Hash(t.Destination.TokenHash), rowcodec.Hash(t.Destination.ClientTokenHash), t.Destination.Consumed, t.Destination.Connected, rowcodec.NullMicro(t.Destination.UpdatedAt),
-	}
-}
-
-type scanner interface{ Scan(dest ...any) error }
-
-func scanTunnel(row scanner) (*store.Tunnel, error) {
-	var (
-		t                         store.Tunnel
-		status                    string
-		services, tags            []byte
-		created, updated, expires int64
-		closed, srcUpd, dstUpd    *int64
-	)
-	err := row.Scan(&t.ID, &t.ARN, &t.Description, &status, &t.ThingName, &services,
-		&t.LifetimeMinutes, &tags, &created, &updated, &expires, &closed,
-		&t.Source.TokenHash, &t.Source.ClientTokenHash, &t.Source.Consumed, &t.Source.Connected, &srcUpd,
-		&t.Destination.TokenHash, &t.Destination.ClientTokenHash, &t.Destination.Consumed, &t.Destination.Connected, &dstUpd)
-	if err != nil {
-		return nil, err
-	}
-	t.Status = store.Status(status)
-	if t.Services, err = rowcodec.ParseServices(services); err != nil {
-		return nil, fmt.Errorf("%w (tunnel %s)", err, t.ID)
-	}
-	if t.Tags, err = rowcodec.ParseTags(tags); err != nil {
-		return nil, fmt.Errorf("%w (tunnel %s)", err, t.ID)
-	}
-	t.CreatedAt = rowcodec.FromMicro(created)
-	t.UpdatedAt = rowcodec.FromMicro(updated)
-	t.ExpiresAt = rowcodec.FromMicro(expires)
-	t.ClosedAt = rowcodec.FromNullMicro(closed)
-	t.Source.UpdatedAt = rowcodec.FromNullMicro(srcUpd)
-	t.Destination.UpdatedAt = rowcodec.FromNullMicro(dstUpd)
-	t.Source.TokenHash = rowcodec.Hash(t.Source.TokenHash)
-	t.Source.ClientTokenHash = rowcodec.Hash(t.Source.ClientTokenHash)
-	t.Destination.TokenHash = rowcodec.Hash(t.Destination.TokenHash)
-	t.Destination.ClientTokenHash = rowcodec.Hash(t.Destination.ClientTokenHash)
-	return &t, nil
-}
-
-func scanAll(rows *sql.Rows) ([]*store.Tunnel, error) {
-	defer rows.Close()
-	var ts []*store.Tunnel
-	for rows.Next() {
-		t, err := scanTunnel(rows)
-		if err != nil {
-			return nil, err
-		}
-		ts = append(ts, t)
-	}
-	return ts, rows.Err()
-}
+// codec converts tunnels to and from rows: SQLite keeps times as Unix
+// microseconds.
+var codec = rowcodec.Micros
 
 // writeErr maps constraint violations to the store's sentinels.
 func writeErr(op, id string, err error) error {
@@ -241,27 +182,15 @@ func writeErr(op, id string, err error) error {
 // putTokens makes the tokens rows of t's ends match t, given the hashes
 // they had before (nil for a new tunnel).
 func (s *Store) putTokens(ctx context.Context, tx *sql.Tx, t *store.Tunnel, oldSrc, oldDst []byte) error {
-	ends := []struct {
-		mode     store.Mode
-		old, new []byte
-	}{
-		{store.ModeSource, oldSrc, t.Source.TokenHash},
-		{store.ModeDestination, oldDst, t.Destination.TokenHash},
-	}
-	// Delete every changed end before inserting, so swapping two hashes
-	// works.
-	for _, e := range ends {
-		if len(e.old) > 0 && !bytes.Equal(e.old, e.new) {
-			if _, err := tx.StmtContext(ctx, s.tokDel).ExecContext(ctx, t.ID, string(e.mode)); err != nil {
-				return err
-			}
+	for e := range rowcodec.TokenEdits(t, oldSrc, oldDst) {
+		var err error
+		if e.Hash == nil {
+			_, err = tx.StmtContext(ctx, s.tokDel).ExecContext(ctx, t.ID, string(e.Mode))
+		} else {
+			_, err = tx.StmtContext(ctx, s.tokIns).ExecContext(ctx, e.Hash, t.ID, string(e.Mode))
 		}
-	}
-	for _, e := range ends {
-		if len(e.new) > 0 && !bytes.Equal(e.old, e.new) {
-			if _, err := tx.StmtContext(ctx, s.tokIns).ExecContext(ctx, e.new, t.ID, string(e.mode)); err != nil {
-				return err
-			}
+		if err != nil {
+			return err
 		}
 	}
 	return nil
@@ -277,7 +206,7 @@ func (s *Store) Create(ctx context.Context, t *store.Tunnel) error {
 		return fmt.Errorf("sqlite: create %s: %w", t.ID, err)
 	}
 	defer tx.Rollback()
-	if _, err := tx.StmtContext(ctx, s.insert).ExecContext(ctx, values(t)...); err != nil {
+	if _, err := tx.StmtContext(ctx, s.insert).ExecContext(ctx, codec.Values(t)...); err != nil {
 		return writeErr("create", t.ID, err)
 	}
 	if err := s.putTokens(ctx, tx, t, nil, nil); err != nil {
@@ -291,7 +220,7 @@ func (s *Store) Create(ctx context.Context, t *store.Tunnel) error {
 
 // Get implements store.Store.
 func (s *Store) Get(ctx context.Context, id string) (*store.Tunnel, error) {
-	t, err := scanTunnel(s.get.QueryRowContext(ctx, id))
+	t, err := codec.Scan(s.get.QueryRowContext(ctx, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("sqlite: get %s: %w", id, store.ErrNotFound)
 	}
@@ -307,7 +236,7 @@ func (s *Store) FindByToken(ctx context.Context, tokenHash []byte) (*store.Tunne
 		return nil, "", fmt.Errorf("sqlite: find by token: empty hash: %w", store.ErrNotFound)
 	}
 	// Two primary-key lookups: tokens, then tunnels.
-	t, err := scanTunnel(s.find.QueryRowContext(ctx, tokenHash))
+	t, err := codec.Scan(s.find.QueryRowContext(ctx, tokenHash))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, "", fmt.Errorf("sqlite: find by token: %w", store.ErrNotFound)
 	}
@@ -348,20 +277,16 @@ func (s *Store) List(ctx context.Context, opts store.ListOptions) ([]*store.Tunn
 		q.WriteString(` LIMIT ?`)
 		args = append(args, opts.Limit+1) // one more tells whether a next page exists
 	}
-	rows, err := s.r.QueryContext(ctx, q.String(), args...)
+	res, err := s.r.QueryContext(ctx, q.String(), args...)
 	if err != nil {
 		return nil, "", fmt.Errorf("sqlite: list: %w", err)
 	}
-	ts, err := scanAll(rows)
+	defer res.Close()
+	ts, err := codec.ScanAll(res)
 	if err != nil {
 		return nil, "", fmt.Errorf("sqlite: list: %w", err)
 	}
-	var next string
-	if opts.Limit > 0 && len(ts) > opts.Limit {
-		ts = ts[:opts.Limit]
-		last := ts[len(ts)-1]
-		next = rowcodec.Cursor(last.CreatedAt, last.ID)
-	}
+	ts, next := rowcodec.Page(ts, opts.Limit)
 	return ts, next, nil
 }
 
@@ -373,7 +298,7 @@ func (s *Store) Update(ctx context.Context, id string, fn func(*store.Tunnel) er
 		return nil, fmt.Errorf("sqlite: update %s: %w", id, err)
 	}
 	defer tx.Rollback() // no-op after Commit
-	t, err := scanTunnel(tx.StmtContext(ctx, s.lock).QueryRowContext(ctx, id))
+	t, err := codec.Scan(tx.StmtContext(ctx, s.lock).QueryRowContext(ctx, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("sqlite: update %s: %w", id, store.ErrNotFound)
 	}
@@ -384,13 +309,10 @@ func (s *Store) Update(ctx context.Context, id string, fn func(*store.Tunnel) er
 	if err := fn(t); err != nil {
 		return nil, err
 	}
-	if t.ID != id {
-		return nil, fmt.Errorf("%w: update %s changed the ID to %q", store.ErrInvalidTunnel, id, t.ID)
-	}
-	if err := rowcodec.Validate(t); err != nil {
+	if err := rowcodec.CheckUpdate(id, t); err != nil {
 		return nil, err
 	}
-	if _, err := tx.StmtContext(ctx, s.update).ExecContext(ctx, append(values(t), id)...); err != nil {
+	if _, err := tx.StmtContext(ctx, s.update).ExecContext(ctx, append(codec.Values(t), id)...); err != nil {
 		return nil, writeErr("update", id, err)
 	}
 	if err := s.putTokens(ctx, tx, t, oldSrc, oldDst); err != nil {
@@ -429,12 +351,13 @@ func (s *Store) CountOpen(ctx context.Context) (int, error) {
 // OpenExpiringBefore implements store.Store. Tunnels come soonest-expiring
 // first.
 func (s *Store) OpenExpiringBefore(ctx context.Context, t time.Time) ([]*store.Tunnel, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT `+columns+` FROM tunnels
+	res, err := s.r.QueryContext(ctx, `SELECT `+columns+` FROM tunnels
 		WHERE status = 'OPEN' AND expires_at < ? ORDER BY expires_at, id`, rowcodec.Micro(t))
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: open expiring: %w", err)
 	}
-	ts, err := scanAll(rows)
+	defer res.Close()
+	ts, err := codec.ScanAll(res)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: open expiring: %w", err)
 	}

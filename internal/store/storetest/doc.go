@@ -1,6 +1,9 @@
 // Package storetest is the conformance suite every store.Store backend
 // must pass. A backend's test calls Run with a function that opens a new,
-// empty store; Run gives each subtest its own store and closes it.
+// empty store; Run gives each subtest its own store and closes it. Bench,
+// called the same way from a backend's benchmark, measures the hot paths
+// (FindByToken, alone and in parallel, and Update) on a store of 1000
+// tunnels, so backends are compared on the same workload.
 //
 // What it pins down beyond the interface comments: times come back in UTC
 // with at least millisecond precision (the zero time stays zero); empty
