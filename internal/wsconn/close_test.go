@@ -65,7 +65,7 @@ func TestProtocolErrorClosingHandshake(t *testing.T) {
 					return
 				}
 				chunk := make([]byte, 16<<10)
-				for range 1000 {
+				for range 128 { // 2 MiB: more than the kernel buffers hold
 					if werr = ws.WriteMessage(websocket.BinaryMessage, chunk); werr != nil {
 						return
 					}

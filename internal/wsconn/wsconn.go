@@ -3,14 +3,17 @@ package wsconn
 import (
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -76,6 +79,19 @@ type Conn struct {
 	cur         io.Reader
 	liveTimeout time.Duration // 0: no read deadline
 	closeOnce   sync.Once
+
+	// Client connections (Dial) frame their binary messages here rather
+	// than through gorilla, which copies each message into its write
+	// buffer and masks it there in a second pass: writeMasked masks while
+	// copying and sends the frame with one write call.
+	client    bool
+	wdeadline time.Time   // for writeMasked; the writer's goroutine only
+	closeSent atomic.Bool // no data message may follow a close frame
+	// wlock serializes writeMasked with the control frames wsconn writes
+	// (pongs, pings, close), as gorilla's own write lock does for its
+	// writes: a control write sets the socket's write deadline, which must
+	// not cut a data write in progress short.
+	wlock chan struct{}
 }
 
 // writePools holds one pool of write buffers per buffer size: gorilla takes
@@ -94,11 +110,11 @@ func writePool(size int) *sync.Pool {
 
 func newConn(ws *websocket.Conn) *Conn {
 	ws.SetReadLimit(MaxMessageSize)
-	c := &Conn{ws: ws}
+	c := &Conn{ws: ws, wlock: make(chan struct{}, 1)}
 	ws.SetPongHandler(func(string) error { c.extendDeadline(); return nil })
 	ws.SetPingHandler(func(data string) error {
 		c.extendDeadline()
-		err := ws.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(5*time.Second))
+		err := c.writeControl(websocket.PongMessage, []byte(data), time.Now().Add(5*time.Second))
 		if errors.Is(err, websocket.ErrCloseSent) || isTemporary(err) {
 			return nil
 		}
@@ -110,7 +126,8 @@ func newConn(ws *websocket.Conn) *Conn {
 		if code == websocket.CloseNoStatusReceived {
 			msg = websocket.FormatCloseMessage(websocket.CloseNormalClosure, "")
 		}
-		ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(time.Second))
+		c.closeSent.Store(true)
+		c.writeControl(websocket.CloseMessage, msg, time.Now().Add(time.Second))
 		return nil
 	})
 	return c
@@ -185,7 +202,9 @@ func Dial(ctx context.Context, rawURL string, opts DialOptions) (*Conn, *http.Re
 		}
 		return nil, resp, err
 	}
-	return newConn(ws), resp, nil
+	c := newConn(ws)
+	c.client = true
+	return c, resp, nil
 }
 
 func orDefault(v, def int) int {
@@ -289,6 +308,11 @@ func (c *Conn) Read(p []byte) (int, error) {
 }
 
 func (c *Conn) mapErr(err error) error {
+	var ne net.Error
+	if !errors.As(err, &ne) {
+		// A protocol error: gorilla has sent a close frame itself.
+		c.closeSent.Store(true)
+	}
 	var ce *websocket.CloseError
 	if errors.As(err, &ce) {
 		return &CloseError{Code: ce.Code, Reason: ce.Text}
@@ -302,17 +326,103 @@ func (c *Conn) mapErr(err error) error {
 	return err
 }
 
-// WriteMessage sends p as one binary message.
+// WriteMessage sends p as one binary message. On a client connection
+// (Dial) the message is one masked frame written with one write call,
+// without allocating; after a close frame has been sent or received it
+// returns websocket.ErrCloseSent.
 func (c *Conn) WriteMessage(p []byte) error {
+	if c.client && len(p) <= MaxMessageSize {
+		return c.writeMasked(p)
+	}
 	return c.ws.WriteMessage(websocket.BinaryMessage, p)
 }
 
-// SetWriteDeadline sets the deadline for message writes.
-func (c *Conn) SetWriteDeadline(t time.Time) error { return c.ws.SetWriteDeadline(t) }
+// maxClientHeader is the largest header of a client frame: two bytes, an
+// eight-byte length and the masking key.
+const maxClientHeader = 2 + 8 + 4
+
+// maskBufs are the buffers writeMasked builds frames in, lent for one
+// write so that idle connections hold none.
+var maskBufs = sync.Pool{New: func() any {
+	b := make([]byte, maxClientHeader+MaxMessageSize)
+	return &b
+}}
+
+// writeMasked sends p as one masked binary frame (RFC 6455 section 5.3)
+// with a single write call. The control frames that gorilla writes on its
+// own (a close frame after a protocol error in the reader) are single
+// write calls too, and net.Conn and tls.Conn never interleave the bytes of
+// two calls, so frames stay whole.
+func (c *Conn) writeMasked(p []byte) error {
+	c.wlock <- struct{}{}
+	defer func() { <-c.wlock }()
+	if c.closeSent.Load() {
+		return websocket.ErrCloseSent
+	}
+	bp := maskBufs.Get().(*[]byte)
+	defer maskBufs.Put(bp)
+	b := *bp
+	b[0] = 0x80 | websocket.BinaryMessage // FIN
+	n := 2
+	switch {
+	case len(p) <= 125:
+		b[1] = 0x80 | byte(len(p))
+	case len(p) <= 0xffff:
+		b[1] = 0x80 | 126
+		binary.BigEndian.PutUint16(b[2:], uint16(len(p)))
+		n = 4
+	default:
+		b[1] = 0x80 | 127
+		binary.BigEndian.PutUint64(b[2:], uint64(len(p)))
+		n = 10
+	}
+	var key [4]byte
+	binary.LittleEndian.PutUint32(key[:], rand.Uint32())
+	n += copy(b[n:], key[:])
+	maskCopy(b[n:], p, key)
+	nc := c.ws.NetConn()
+	// Control writes move the socket's deadline: set ours every time.
+	if err := nc.SetWriteDeadline(c.wdeadline); err != nil {
+		return err
+	}
+	_, err := nc.Write(b[:n+len(p)])
+	return err
+}
+
+// writeControl writes a control frame once wsconn's write lock is free
+// (waiting at most until deadline, as gorilla's WriteControl does).
+func (c *Conn) writeControl(typ int, data []byte, deadline time.Time) error {
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	select {
+	case c.wlock <- struct{}{}:
+	case <-t.C:
+		return errWriteTimeout
+	}
+	defer func() { <-c.wlock }()
+	return c.ws.WriteControl(typ, data, deadline)
+}
+
+// errWriteTimeout is a control frame that could not be written before its
+// deadline because a message write held the connection.
+var errWriteTimeout = &timeoutError{}
+
+type timeoutError struct{}
+
+func (*timeoutError) Error() string   { return "wsconn: write timeout" }
+func (*timeoutError) Timeout() bool   { return true }
+func (*timeoutError) Temporary() bool { return true }
+
+// SetWriteDeadline sets the deadline for message writes. Call it from the
+// writing goroutine.
+func (c *Conn) SetWriteDeadline(t time.Time) error {
+	c.wdeadline = t
+	return c.ws.SetWriteDeadline(t)
+}
 
 // Ping sends a ping control frame.
 func (c *Conn) Ping(payload []byte) error {
-	return c.ws.WriteControl(websocket.PingMessage, payload, time.Now().Add(10*time.Second))
+	return c.writeControl(websocket.PingMessage, payload, time.Now().Add(10*time.Second))
 }
 
 // CloseWith sends a close frame with code and reason (truncated to fit a
@@ -324,7 +434,8 @@ func (c *Conn) CloseWith(code int, reason string) error {
 		if len(reason) > 123 {
 			reason = reason[:123]
 		}
-		c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(time.Second))
+		c.closeSent.Store(true)
+		c.writeControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(time.Second))
 		err = c.ws.Close()
 	})
 	return err
@@ -368,7 +479,8 @@ func (c *Conn) SendClose(code int, reason string) error {
 	if len(reason) > 123 {
 		reason = reason[:123]
 	}
-	return c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(time.Second))
+	c.closeSent.Store(true)
+	return c.writeControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(time.Second))
 }
 
 // Close closes the connection with a normal close frame.
