@@ -31,7 +31,11 @@
 // The server in turn calls CloseTunnel when a tunnel is closed or expires
 // (both WebSockets closed with 1000 and the reason), DisconnectPeer when an
 // end's token is rotated (that WebSocket closed with 1008 and the reason),
-// and Shutdown when the process stops (every WebSocket closed with 1001).
+// and Shutdown when the process stops: it stops reading, lets what was
+// already relayed go out (for at most 1 s) and drops every connection
+// without a close frame, like a crash, because tunnels outlive a restart
+// and the reference local proxy exits on any close frame but reconnects
+// after a dropped connection.
 // A handshake already past Authorize when CloseTunnel or DisconnectPeer is
 // called is refused after its upgrade with the same close code, so a race
 // with the store cannot leave a peer connected to a closed tunnel.
@@ -85,10 +89,12 @@
 // peer answers it, or for at most 2 s, before closing the TCP connection:
 // closing at once could make the peer see a TCP reset instead of the close
 // frame, and the reference local proxy reconnects after a reset where it
-// exits after a close frame. Close codes: 1000 CloseTunnel; 1001 Shutdown
-// and idle timeout; 1002 undecodable frame; 1003 text message; 1008 rule
-// violation, replaced by a new connection, DisconnectPeer, not reading
-// (WriteTimeout); 1009 message over 131076 bytes; 1011 internal error.
+// exits after a close frame. Close codes: 1000 CloseTunnel; 1002
+// undecodable frame; 1003 text message; 1008 rule violation, replaced by
+// a new connection, DisconnectPeer, not reading (WriteTimeout); 1009
+// message over 131076 bytes; 1011 internal error. Shutdown and the idle
+// timeout send none: they close the TCP connection (under TLS without
+// close_notify), so that clients reconnect.
 //
 // Violations close only the offender: undecodable frames with 1002, frames
 // breaking a rule (wire.Message.Validate for the sender's role, service IDs
@@ -96,7 +102,9 @@
 // 1008, text messages with 1003 and messages over 131076 bytes with 1009.
 // The relay pings each peer every Config.PingInterval and drops a peer from
 // which nothing (message, ping or pong) arrived for Config.IdleTimeout
-// (close 1001). When a peer leaves or is replaced, the other gets
+// by dropping its connection: such a peer is most likely cut off, and
+// were its link to come back, a close frame would make the reference
+// local proxy exit instead of reconnecting. When a peer leaves or is replaced, the other gets
 // STREAM_RESET for each stream still active.
 //
 // Writing from the readers (no writer goroutine) keeps two goroutines per

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -314,6 +315,26 @@ func (c *client) expectClose(code int, reasonPrefix string) {
 		}
 		if ce.Code != code || !strings.HasPrefix(ce.Reason, reasonPrefix) {
 			c.t.Fatalf("closed with %d %q, want %d %q...", ce.Code, ce.Reason, code, reasonPrefix)
+		}
+		return
+	}
+}
+
+// expectDropped reads until the connection ends and checks that it ended
+// without a close frame: EOF (gorilla's 1006) or a reset.
+func (c *client) expectDropped() {
+	c.t.Helper()
+	for {
+		_, err := c.fr.Next()
+		if err == nil {
+			continue
+		}
+		var ce *wsconn.CloseError
+		if errors.As(err, &ce) && ce.Code != 1006 {
+			c.t.Fatalf("closed with %d %q, want a connection dropped without a close frame", ce.Code, ce.Reason)
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			c.t.Fatalf("connection still open: %v", err)
 		}
 		return
 	}

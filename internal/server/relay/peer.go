@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -88,7 +89,8 @@ type peer struct {
 	closeOnce   sync.Once
 	closeCode   int // written in closeOnce
 	closeReason string
-	linger      *time.Timer // cuts the connection after close
+	dropped     bool        // written in closeOnce: closed without a close frame
+	linger      *time.Timer // cuts the connection after close; nil after drop
 
 	// wmu guards out, the frames waiting for this peer. Other peers'
 	// readers append to it and flush it.
@@ -133,6 +135,10 @@ func (p *peer) netRead(b []byte) (int, error) {
 			p.lastLive = now
 			p.conn.SetLiveness(d)
 		}
+	}
+	// After SetLiveness, which would undo the deadline stopReading sets.
+	if p.r.stopping.Load() {
+		return 0, errStopping
 	}
 	return p.conn.Read(b)
 }
@@ -195,6 +201,39 @@ func (p *peer) close(code int, reason string) {
 	})
 }
 
+// stopReading makes the peer's reader stop at its next network read (after
+// flushing what it relayed), for Shutdown: a read in progress times out,
+// later ones see r.stopping; a bandwidth wait ends with p.ctx.
+func (p *peer) stopReading() {
+	p.cancel()
+	if p.ping != nil {
+		p.ping.Stop()
+	}
+	p.conn.NetConn().SetReadDeadline(time.Now())
+}
+
+// drop closes the peer's TCP connection without a close frame (under TLS
+// too: no close_notify either), so that the client sees what a crash or a
+// network failure looks like and reconnects, and stops relaying its
+// frames; only the first close or drop has effect. It may be called from
+// any goroutine; a write or read in progress on the connection fails.
+func (p *peer) drop(reason string) {
+	p.closeOnce.Do(func() {
+		p.closed.Store(true)
+		p.dropped = true
+		p.closeReason = reason
+		p.cancel()
+		if p.ping != nil {
+			p.ping.Stop()
+		}
+		nc := p.conn.NetConn()
+		if tc, ok := nc.(*tls.Conn); ok {
+			nc = tc.NetConn()
+		}
+		nc.Close()
+	})
+}
+
 // abort closes a peer that has no reader running, waiting for its answer.
 func (p *peer) abort(code int, reason string) {
 	p.close(code, reason)
@@ -218,6 +257,8 @@ var (
 	errViolation = errors.New("relay: protocol violation")
 	// errClosed ends a reader whose peer was closed by another goroutine.
 	errClosed = errors.New("relay: peer closed")
+	// errStopping ends a reader when the relay shuts down.
+	errStopping = errors.New("relay: shutting down")
 )
 
 func (p *peer) violation(code int, reason string, err error) error {
@@ -515,6 +556,13 @@ func (p *peer) sendResets(refs []streamRef) {
 // other end learns its streams are reset, the Authorizer that it left.
 func (p *peer) finish(err error) {
 	p.flushPending()
+	p.r.reading.Done()
+	if p.r.stopping.Load() {
+		// Shutdown drops every peer once the readers have flushed; until
+		// then p's connection must stay open for frames the other reader
+		// still has for it.
+		<-p.r.drained
+	}
 	alreadyClosed := p.closed.Load()
 	var ne net.Error
 	switch {
@@ -527,8 +575,11 @@ func (p *peer) finish(err error) {
 		p.r.violations.Add(1)
 		p.log.Warn("protocol violation: message over 131076 bytes", "code", wsconn.CloseMessageTooBig)
 	case errors.As(err, &ne) && ne.Timeout():
-		p.log.Info("peer silent: closing", "idle_timeout", p.r.cfg.IdleTimeout)
-		p.close(wsconn.CloseGoingAway, fmt.Sprintf("nothing received for %v", p.r.cfg.IdleTimeout))
+		// Dropped, not closed: a silent peer is most likely cut off, and
+		// if its link comes back a close frame would make the reference
+		// local proxy exit, where a dropped connection makes it reconnect.
+		p.log.Info("peer silent: dropping the connection", "idle_timeout", p.r.cfg.IdleTimeout)
+		p.drop(fmt.Sprintf("nothing received for %v", p.r.cfg.IdleTimeout))
 	default:
 		var ce *wsconn.CloseError
 		if errors.As(err, &ce) {
@@ -538,13 +589,15 @@ func (p *peer) finish(err error) {
 		}
 	}
 	p.close(wsconn.CloseNormal, "")
-	if errors.Is(err, errViolation) || errors.Is(err, errClosed) {
-		p.discard() // until the close reply, or closeLinger
+	if !p.dropped {
+		if errors.Is(err, errViolation) || errors.Is(err, errClosed) {
+			p.discard() // until the close reply, or closeLinger
+		}
+		p.linger.Stop()
+		p.conn.Close()
 	}
-	p.linger.Stop()
-	p.conn.Close()
 	if alreadyClosed {
-		p.log.Debug("peer closed", "code", p.closeCode, "reason", p.closeReason)
+		p.log.Debug("peer closed", "code", p.closeCode, "reason", p.closeReason, "dropped", p.dropped)
 	}
 
 	r, t := p.r, p.t

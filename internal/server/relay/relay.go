@@ -105,8 +105,9 @@ type Config struct {
 	// bytes; default 4096, as AWS.
 	MaxRequestSize int
 	// IdleTimeout drops a peer from which nothing (message, ping or pong)
-	// arrived for this long; default 60 s (three of the reference proxy's
-	// 20 s ping periods); negative disables.
+	// arrived for this long, closing its connection without a close
+	// frame; default 60 s (three of the reference proxy's 20 s ping
+	// periods); negative disables.
 	IdleTimeout time.Duration
 	// PingInterval is how often the relay pings each peer, so peers that
 	// do not ping themselves still answer within IdleTimeout; default 20 s;
@@ -142,8 +143,14 @@ type Relay struct {
 	closing bool
 	wg      sync.WaitGroup // ServeHTTP calls past the shutdown check
 
+	// Shutdown: stopping makes readers stop at their next network read;
+	// reading counts installed peers whose reader has not yet stopped
+	// (flushed what it relayed); drained is closed once every peer has
+	// been dropped, which the stopped readers wait for before detaching.
+	stopping     atomic.Bool
+	reading      sync.WaitGroup
+	drained      chan struct{}
 	shutdownOnce sync.Once
-	done         chan struct{} // closed when Shutdown starts
 
 	totals    counters // folded counters of departed peers
 	handshake struct {
@@ -215,7 +222,7 @@ func New(cfg Config) (*Relay, error) {
 		tunnels:   make(map[string]*tunnel),
 		peers:     make(map[*peer]struct{}),
 		fences:    make(map[fenceKey]fence),
-		done:      make(chan struct{}),
+		drained:   make(chan struct{}),
 	}
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
@@ -430,6 +437,7 @@ func (r *Relay) install(p *peer, started time.Time) (code int, reason string, ok
 	p.t = t
 	t.setServices(p.services)
 	r.peers[p] = struct{}{}
+	r.reading.Add(1) // done when p's reader stops: finish
 	t.mu.Lock()
 	old := t.peers[p.idx].Load()
 	t.peers[p.idx].Store(p)
@@ -524,36 +532,20 @@ func (r *Relay) fenceAndClose(k fenceKey, code int, reason string) {
 	}
 }
 
-// Shutdown refuses new handshakes, closes every WebSocket with 1001 and
-// waits until every ServeHTTP call has returned, or ctx ends (then it
-// returns ctx's error). It may be called more than once.
+// shutdownDrain bounds how long Shutdown lets queued frames go out before
+// it cuts the connections.
+const shutdownDrain = time.Second
+
+// Shutdown refuses new handshakes, stops reading from the peers, lets the
+// frames already relayed go out (for at most a second, or until ctx ends)
+// and then drops every WebSocket without a close frame, as a crash would:
+// tunnels outlive a restart, and clients reconnect after a dropped
+// connection where the reference local proxy takes any close frame for
+// the end of the tunnel and exits. It waits until every ServeHTTP call
+// and reader has returned, or ctx ends (then it returns ctx's error). It
+// may be called more than once.
 func (r *Relay) Shutdown(ctx context.Context) error {
-	r.shutdownOnce.Do(func() { close(r.done) })
-	r.mu.Lock()
-	r.closing = true
-	victims := make([]*peer, 0, len(r.peers))
-	for p := range r.peers {
-		victims = append(victims, p)
-	}
-	r.mu.Unlock()
-
-	// Closing writes a close frame with a 1 s deadline: do it in parallel
-	// so stuck peers do not add up.
-	work := make(chan *peer)
-	var cw sync.WaitGroup
-	for range min(len(victims), 32) {
-		cw.Go(func() {
-			for p := range work {
-				p.close(wsconn.CloseGoingAway, "the tunneling service is shutting down")
-			}
-		})
-	}
-	for _, p := range victims {
-		work <- p
-	}
-	close(work)
-	cw.Wait()
-
+	r.shutdownOnce.Do(func() { r.stop(ctx) })
 	waited := make(chan struct{})
 	go func() { r.wg.Wait(); close(waited) }()
 	select {
@@ -562,6 +554,38 @@ func (r *Relay) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		return fmt.Errorf("relay: shutdown: %w", ctx.Err())
 	}
+}
+
+// stop is Shutdown's first call: stop the readers, wait for them to flush
+// what they relayed (bounded), drop every connection.
+func (r *Relay) stop(ctx context.Context) {
+	r.mu.Lock()
+	r.closing = true
+	r.stopping.Store(true)
+	victims := make([]*peer, 0, len(r.peers))
+	for p := range r.peers {
+		victims = append(victims, p)
+	}
+	r.mu.Unlock()
+
+	for _, p := range victims {
+		p.stopReading()
+	}
+	stopped := make(chan struct{})
+	go func() { r.reading.Wait(); close(stopped) }()
+	deadline := time.NewTimer(shutdownDrain)
+	select {
+	case <-stopped:
+	case <-deadline.C:
+	case <-ctx.Done():
+	}
+	deadline.Stop()
+	// Cutting the connections also ends writes stuck on a peer that does
+	// not read, and with them the readers still waiting (stopped closes).
+	for _, p := range victims {
+		p.drop("the tunneling service is shutting down")
+	}
+	close(r.drained)
 }
 
 // newTunnel returns the state of a tunnel that has no peer yet.
