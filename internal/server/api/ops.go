@@ -26,34 +26,31 @@ type openParams struct {
 
 // parseOpenTunnel decodes and validates an OpenTunnel body.
 func (s *Server) parseOpenTunnel(body []byte) (*openParams, error) {
-	var in openTunnelIn
-	if err := decode(body, &in); err != nil {
-		return nil, err
-	}
-	var v validator
 	p := &openParams{lifetime: s.maxLifetime}
-	if in.Description != nil {
-		p.description = *in.Description
-		v.description("description", p.description)
-	}
-	if in.Tags != nil {
-		p.tags = v.tags("tags", in.Tags)
-	}
-	if in.DestinationConfig != nil {
-		p.thingName, p.services = v.destinationConfig("destinationConfig", in.DestinationConfig, s.maxServices)
-	}
-	if in.TimeoutConfig != nil && in.TimeoutConfig.MaxLifetimeTimeoutMinutes != nil {
-		m := *in.TimeoutConfig.MaxLifetimeTimeoutMinutes
-		switch {
-		case m < 1:
-			v.add("timeoutConfig.maxLifetimeTimeoutMinutes", m, "Member must have value greater than or equal to 1")
-		case m > s.maxLifetime:
-			v.add("timeoutConfig.maxLifetimeTimeoutMinutes", m, fmt.Sprintf("Member must have value less than or equal to %d", s.maxLifetime))
-		default:
-			p.lifetime = m
+	_, err := parse(body, func(in *openTunnelIn, v *validator) {
+		if in.Description != nil {
+			p.description = *in.Description
+			v.description("description", p.description)
 		}
-	}
-	if err := v.err(); err != nil {
+		if in.Tags != nil {
+			p.tags = v.tags("tags", in.Tags)
+		}
+		if in.DestinationConfig != nil {
+			p.thingName, p.services = v.destinationConfig("destinationConfig", in.DestinationConfig, s.maxServices)
+		}
+		if in.TimeoutConfig != nil && in.TimeoutConfig.MaxLifetimeTimeoutMinutes != nil {
+			m := *in.TimeoutConfig.MaxLifetimeTimeoutMinutes
+			switch {
+			case m < 1:
+				v.add("timeoutConfig.maxLifetimeTimeoutMinutes", m, "Member must have value greater than or equal to 1")
+			case m > s.maxLifetime:
+				v.add("timeoutConfig.maxLifetimeTimeoutMinutes", m, fmt.Sprintf("Member must have value less than or equal to %d", s.maxLifetime))
+			default:
+				p.lifetime = m
+			}
+		}
+	})
+	if err != nil {
 		return nil, err
 	}
 	return p, nil
@@ -141,18 +138,16 @@ func (s *Server) notify(ctx context.Context, t *store.Tunnel, dstToken string) {
 }
 
 func (s *Server) closeTunnel(ctx context.Context, body []byte) (any, string, error) {
-	var in closeTunnelIn
-	if err := decode(body, &in); err != nil {
-		return nil, "", err
-	}
-	var v validator
-	id := v.tunnelID("tunnelId", in.TunnelID)
-	if err := v.err(); err != nil {
+	var id string
+	in, err := parse(body, func(in *closeTunnelIn, v *validator) {
+		id = v.tunnelID("tunnelId", in.TunnelID)
+	})
+	if err != nil {
 		return nil, "", err
 	}
 	now := s.clock()
 	var closed bool
-	_, err := s.store.Update(ctx, id, func(t *store.Tunnel) error {
+	_, err = s.store.Update(ctx, id, func(t *store.Tunnel) error {
 		closed = false
 		if t.Status == store.StatusClosed {
 			return nil
@@ -161,11 +156,8 @@ func (s *Server) closeTunnel(ctx context.Context, body []byte) (any, string, err
 		closed = true
 		return nil
 	})
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, id, notFound(id)
-	}
-	if err != nil {
-		return nil, id, fmt.Errorf("api: closing tunnel: %w", err)
+	if err := storeErr(err, notFound(id), "closing tunnel"); err != nil {
+		return nil, id, err
 	}
 	if closed {
 		s.log.LogAttrs(ctx, slog.LevelInfo, "tunnel closed", slog.String("tunnel_id", id), slog.String("reason", "CloseTunnel"))
@@ -198,21 +190,15 @@ func closeInPlace(t *store.Tunnel, now time.Time) {
 }
 
 func (s *Server) describeTunnel(ctx context.Context, body []byte) (any, string, error) {
-	var in tunnelIDIn
-	if err := decode(body, &in); err != nil {
-		return nil, "", err
-	}
-	var v validator
-	id := v.tunnelID("tunnelId", in.TunnelID)
-	if err := v.err(); err != nil {
+	var id string
+	if _, err := parse(body, func(in *tunnelIDIn, v *validator) {
+		id = v.tunnelID("tunnelId", in.TunnelID)
+	}); err != nil {
 		return nil, "", err
 	}
 	t, err := s.store.Get(ctx, id)
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, id, notFound(id)
-	}
-	if err != nil {
-		return nil, id, fmt.Errorf("api: reading tunnel: %w", err)
+	if err := storeErr(err, notFound(id), "reading tunnel"); err != nil {
+		return nil, id, err
 	}
 	return &describeTunnelOut{Tunnel: tunnelShape(t)}, id, nil
 }
@@ -249,37 +235,34 @@ func connState(p *store.Peer) *connectionStateOut {
 }
 
 func (s *Server) listTunnels(ctx context.Context, body []byte) (any, string, error) {
-	var in listTunnelsIn
-	if err := decode(body, &in); err != nil {
-		return nil, "", err
-	}
-	var v validator
 	opts := store.ListOptions{Limit: maxMaxResults}
-	if in.ThingName != nil {
-		opts.ThingName = *in.ThingName
-		v.str("thingName", opts.ThingName, 1, maxThingName, thingNameRE, patThingName)
-	}
-	if in.MaxResults != nil {
-		switch m := *in.MaxResults; {
-		case m < 1:
-			v.add("maxResults", m, "Member must have value greater than or equal to 1")
-		case m > maxMaxResults:
-			v.add("maxResults", m, fmt.Sprintf("Member must have value less than or equal to %d", maxMaxResults))
-		default:
-			opts.Limit = m
+	_, err := parse(body, func(in *listTunnelsIn, v *validator) {
+		if in.ThingName != nil {
+			opts.ThingName = *in.ThingName
+			v.str("thingName", opts.ThingName, 1, maxThingName, thingNameRE, patThingName)
 		}
-	}
-	if in.NextToken != nil {
-		v.str("nextToken", *in.NextToken, 1, 4096, nextTokenRE, patNextToken)
-		if v.n == 0 {
-			c, err := base64.RawURLEncoding.DecodeString(*in.NextToken)
-			if err != nil || len(c) == 0 {
-				v.add("nextToken", *in.NextToken, "Member must be a nextToken returned by ListTunnels")
+		if in.MaxResults != nil {
+			switch m := *in.MaxResults; {
+			case m < 1:
+				v.add("maxResults", m, "Member must have value greater than or equal to 1")
+			case m > maxMaxResults:
+				v.add("maxResults", m, fmt.Sprintf("Member must have value less than or equal to %d", maxMaxResults))
+			default:
+				opts.Limit = m
 			}
-			opts.Cursor = string(c)
 		}
-	}
-	if err := v.err(); err != nil {
+		if in.NextToken != nil {
+			v.str("nextToken", *in.NextToken, 1, 4096, nextTokenRE, patNextToken)
+			if v.n == 0 {
+				c, err := base64.RawURLEncoding.DecodeString(*in.NextToken)
+				if err != nil || len(c) == 0 {
+					v.add("nextToken", *in.NextToken, "Member must be a nextToken returned by ListTunnels")
+				}
+				opts.Cursor = string(c)
+			}
+		}
+	})
+	if err != nil {
 		return nil, "", err
 	}
 	ts, next, err := s.store.List(ctx, opts)
@@ -307,39 +290,36 @@ func (s *Server) listTunnels(ctx context.Context, body []byte) (any, string, err
 	return out, "", nil
 }
 
-// errTunnelClosed marks an update refused because the tunnel is closed.
-var errTunnelClosed = errors.New("api: tunnel closed")
-
 func (s *Server) rotateTunnelAccessToken(ctx context.Context, body []byte) (any, string, error) {
-	var in rotateIn
-	if err := decode(body, &in); err != nil {
-		return nil, "", err
-	}
-	var v validator
-	id := v.tunnelID("tunnelId", in.TunnelID)
-	var modes []store.Mode
-	if v.required("clientMode", in.ClientMode) {
-		switch *in.ClientMode {
-		case "SOURCE":
-			modes = []store.Mode{store.ModeSource}
-		case "DESTINATION":
-			modes = []store.Mode{store.ModeDestination}
-		case "ALL":
-			modes = []store.Mode{store.ModeSource, store.ModeDestination}
-		default:
-			v.add("clientMode", *in.ClientMode, "Member must satisfy enum value set: [SOURCE, DESTINATION, ALL]")
+	var (
+		id       string
+		modes    []store.Mode
+		thing    string
+		services []string
+	)
+	in, err := parse(body, func(in *rotateIn, v *validator) {
+		id = v.tunnelID("tunnelId", in.TunnelID)
+		if v.required("clientMode", in.ClientMode) {
+			switch *in.ClientMode {
+			case "SOURCE":
+				modes = []store.Mode{store.ModeSource}
+			case "DESTINATION":
+				modes = []store.Mode{store.ModeDestination}
+			case "ALL":
+				modes = []store.Mode{store.ModeSource, store.ModeDestination}
+			default:
+				v.add("clientMode", *in.ClientMode, "Member must satisfy enum value set: [SOURCE, DESTINATION, ALL]")
+			}
 		}
-	}
-	var thing string
-	var services []string
-	if in.DestinationConfig != nil {
-		if in.ClientMode != nil && *in.ClientMode == "SOURCE" {
-			v.add("destinationConfig", "{...}", "Member must be absent when clientMode is SOURCE")
-		} else {
-			thing, services = v.destinationConfig("destinationConfig", in.DestinationConfig, s.maxServices)
+		if in.DestinationConfig != nil {
+			if in.ClientMode != nil && *in.ClientMode == "SOURCE" {
+				v.add("destinationConfig", "{...}", "Member must be absent when clientMode is SOURCE")
+			} else {
+				thing, services = v.destinationConfig("destinationConfig", in.DestinationConfig, s.maxServices)
+			}
 		}
-	}
-	if err := v.err(); err != nil {
+	})
+	if err != nil {
 		return nil, "", err
 	}
 
@@ -353,7 +333,8 @@ func (s *Server) rotateTunnelAccessToken(ctx context.Context, body []byte) (any,
 	now := s.clock()
 	t, err := s.store.Update(ctx, id, func(t *store.Tunnel) error {
 		if t.Status != store.StatusOpen {
-			return errTunnelClosed
+			return errorf(CodeValidation, http.StatusBadRequest,
+				"Tunnel %s is CLOSED: its tokens cannot be rotated; open a new tunnel", id)
 		}
 		if in.DestinationConfig != nil {
 			if !all && !sameSet(t.Services, services) {
@@ -376,18 +357,8 @@ func (s *Server) rotateTunnelAccessToken(ctx context.Context, body []byte) (any,
 		t.UpdatedAt = now
 		return nil
 	})
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		return nil, id, notFound(id)
-	case errors.Is(err, errTunnelClosed):
-		return nil, id, errorf(CodeValidation, http.StatusBadRequest,
-			"Tunnel %s is CLOSED: its tokens cannot be rotated; open a new tunnel", id)
-	case err != nil:
-		var ae *apiError
-		if errors.As(err, &ae) {
-			return nil, id, ae
-		}
-		return nil, id, fmt.Errorf("api: rotating tokens: %w", err)
+	if err := storeErr(err, notFound(id), "rotating tokens"); err != nil {
+		return nil, id, err
 	}
 	attrs := []slog.Attr{slog.String("tunnel_id", id), slog.String("client_mode", *in.ClientMode)}
 	for _, m := range modes {
@@ -422,49 +393,80 @@ func sameSet(a, b []string) bool {
 	return slices.Equal(a, b)
 }
 
-// tunnelForARN returns the ID of the tunnel an ARN names, checking that
-// the tunnel exists and has exactly that ARN.
-func (s *Server) tunnelIDForARN(arn string) (string, error) {
+// resource is the tunnel a tagging request names by its ARN.
+type resource struct {
+	arn string
+	id  string // the tunnel ID in arn; the tunnel may not exist
+}
+
+// parseResource is parse for the requests that name a tunnel by ARN: it
+// validates the ARN (arnOf returns where in holds it) with check's
+// members, then finds the tunnel ID in it.
+func parseResource[In any](body []byte, arnOf func(*In) *string, check func(*In, *validator)) (*In, resource, error) {
+	var r resource
+	in, err := parse(body, func(in *In, v *validator) {
+		r.arn = v.arn("resourceArn", arnOf(in))
+		check(in, v)
+	})
+	if err != nil {
+		return nil, r, err
+	}
+	r.id, err = tunnelIDForARN(r.arn)
+	return in, r, err
+}
+
+// tunnelIDForARN returns the ID of the tunnel an ARN names. The caller
+// checks that the tunnel exists and has exactly that ARN.
+func tunnelIDForARN(arn string) (string, error) {
 	i := strings.LastIndex(arn, ":tunnel/")
 	if !strings.HasPrefix(arn, "arn:") || i < 0 {
 		return "", errorf(CodeResourceNotFound, http.StatusBadRequest, "Resource %s not found: not a tunnel ARN", shorten(arn))
 	}
 	id := arn[i+len(":tunnel/"):]
 	if !tunnelIDRE.MatchString(id) {
-		return "", errorf(CodeResourceNotFound, http.StatusBadRequest, "Resource %s not found", shorten(arn))
+		return "", resourceNotFound(arn)
 	}
 	return id, nil
 }
 
-func (s *Server) resourceNotFound(arn string) *apiError {
+func resourceNotFound(arn string) *apiError {
 	return errorf(CodeResourceNotFound, http.StatusBadRequest, "Resource %s not found", shorten(arn))
 }
 
+// updateResource runs fn on r's tunnel in a store update that also stamps
+// UpdatedAt, and answers as TagResource and UntagResource do.
+func (s *Server) updateResource(ctx context.Context, r resource, fn func(t *store.Tunnel) error) (any, string, error) {
+	now := s.clock()
+	_, err := s.store.Update(ctx, r.id, func(t *store.Tunnel) error {
+		if t.ARN != r.arn {
+			return resourceNotFound(r.arn)
+		}
+		if err := fn(t); err != nil {
+			return err
+		}
+		t.UpdatedAt = now
+		return nil
+	})
+	if err := storeErr(err, resourceNotFound(r.arn), "updating tags"); err != nil {
+		return nil, r.id, err
+	}
+	return emptyOut{}, r.id, nil
+}
+
 func (s *Server) tagResource(ctx context.Context, body []byte) (any, string, error) {
-	var in tagResourceIn
-	if err := decode(body, &in); err != nil {
-		return nil, "", err
-	}
-	var v validator
-	arn := v.arn("resourceArn", in.ResourceArn)
 	var tags []tagOut
-	if in.Tags == nil {
-		v.add("tags", nil, "Member must not be null")
-	} else {
-		tags = v.tags("tags", in.Tags)
-	}
-	if err := v.err(); err != nil {
-		return nil, "", err
-	}
-	id, err := s.tunnelIDForARN(arn)
+	_, r, err := parseResource(body, func(in *tagResourceIn) *string { return in.ResourceArn },
+		func(in *tagResourceIn, v *validator) {
+			if in.Tags == nil {
+				v.add("tags", nil, "Member must not be null")
+			} else {
+				tags = v.tags("tags", in.Tags)
+			}
+		})
 	if err != nil {
 		return nil, "", err
 	}
-	now := s.clock()
-	_, err = s.store.Update(ctx, id, func(t *store.Tunnel) error {
-		if t.ARN != arn {
-			return s.resourceNotFound(arn)
-		}
+	return s.updateResource(ctx, r, func(t *store.Tunnel) error {
 		merged := slices.Clone(t.Tags)
 		for _, nt := range tags {
 			i := slices.IndexFunc(merged, func(x store.Tag) bool { return x.Key == nt.Key })
@@ -479,89 +481,87 @@ func (s *Server) tagResource(ctx context.Context, body []byte) (any, string, err
 				"1 validation error detected: Value at 'tags' failed to satisfy constraint: a tunnel can hold at most %d tags (it would have %d)", maxTags, len(merged))
 		}
 		t.Tags = merged
-		t.UpdatedAt = now
 		return nil
 	})
-	return s.tagUpdateResult(arn, id, err)
-}
-
-func (s *Server) tagUpdateResult(arn, id string, err error) (any, string, error) {
-	var ae *apiError
-	switch {
-	case err == nil:
-		return emptyOut{}, id, nil
-	case errors.Is(err, store.ErrNotFound):
-		return nil, id, s.resourceNotFound(arn)
-	case errors.As(err, &ae):
-		return nil, id, ae
-	}
-	return nil, id, fmt.Errorf("api: updating tags: %w", err)
 }
 
 func (s *Server) untagResource(ctx context.Context, body []byte) (any, string, error) {
-	var in untagResourceIn
-	if err := decode(body, &in); err != nil {
-		return nil, "", err
-	}
-	var v validator
-	arn := v.arn("resourceArn", in.ResourceArn)
 	var keys []string
-	switch {
-	case in.TagKeys == nil:
-		v.add("tagKeys", nil, "Member must not be null")
-	case len(*in.TagKeys) > maxTags:
-		v.add("tagKeys", fmt.Sprintf("<%d keys>", len(*in.TagKeys)), fmt.Sprintf("Member must have length less than or equal to %d", maxTags))
-	default:
-		keys = *in.TagKeys
-		for i, k := range keys {
-			v.str(fmt.Sprintf("tagKeys.%d.member", i+1), k, 1, maxTagKey, tagRE, patTag)
-		}
-	}
-	if err := v.err(); err != nil {
-		return nil, "", err
-	}
-	id, err := s.tunnelIDForARN(arn)
+	_, r, err := parseResource(body, func(in *untagResourceIn) *string { return in.ResourceArn },
+		func(in *untagResourceIn, v *validator) {
+			switch {
+			case in.TagKeys == nil:
+				v.add("tagKeys", nil, "Member must not be null")
+			case len(*in.TagKeys) > maxTags:
+				v.add("tagKeys", fmt.Sprintf("<%d keys>", len(*in.TagKeys)), fmt.Sprintf("Member must have length less than or equal to %d", maxTags))
+			default:
+				keys = *in.TagKeys
+				for i, k := range keys {
+					v.str(fmt.Sprintf("tagKeys.%d.member", i+1), k, 1, maxTagKey, tagRE, patTag)
+				}
+			}
+		})
 	if err != nil {
 		return nil, "", err
 	}
-	now := s.clock()
-	_, err = s.store.Update(ctx, id, func(t *store.Tunnel) error {
-		if t.ARN != arn {
-			return s.resourceNotFound(arn)
-		}
+	return s.updateResource(ctx, r, func(t *store.Tunnel) error {
 		t.Tags = slices.DeleteFunc(slices.Clone(t.Tags), func(x store.Tag) bool { return slices.Contains(keys, x.Key) })
-		t.UpdatedAt = now
 		return nil
 	})
-	return s.tagUpdateResult(arn, id, err)
 }
 
 func (s *Server) listTagsForResource(ctx context.Context, body []byte) (any, string, error) {
-	var in listTagsIn
-	if err := decode(body, &in); err != nil {
-		return nil, "", err
-	}
-	var v validator
-	arn := v.arn("resourceArn", in.ResourceArn)
-	if err := v.err(); err != nil {
-		return nil, "", err
-	}
-	id, err := s.tunnelIDForARN(arn)
+	_, r, err := parseResource(body, func(in *listTagsIn) *string { return in.ResourceArn },
+		func(*listTagsIn, *validator) {})
 	if err != nil {
 		return nil, "", err
 	}
-	t, err := s.store.Get(ctx, id)
-	if errors.Is(err, store.ErrNotFound) || err == nil && t.ARN != arn {
-		return nil, id, s.resourceNotFound(arn)
+	t, err := s.store.Get(ctx, r.id)
+	if err == nil && t.ARN != r.arn {
+		err = store.ErrNotFound
 	}
-	if err != nil {
-		return nil, id, fmt.Errorf("api: reading tunnel: %w", err)
+	if err := storeErr(err, resourceNotFound(r.arn), "reading tunnel"); err != nil {
+		return nil, r.id, err
 	}
 	tags := toTagOut(t.Tags)
 	if tags == nil {
 		tags = []tagOut{}
 	}
-	return &listTagsOut{Tags: tags}, id, nil
+	return &listTagsOut{Tags: tags}, r.id, nil
+}
+
+// parse decodes body into a new In and has check validate it, recording
+// every problem in v (and, typically, the validated values in the
+// caller's variables). It returns the SerializationException of a bad
+// body, or the ValidationException listing all check found.
+func parse[In any](body []byte, check func(in *In, v *validator)) (*In, error) {
+	in := new(In)
+	if err := decode(body, in); err != nil {
+		return nil, err
+	}
+	var v validator
+	check(in, &v)
+	if err := v.err(); err != nil {
+		return nil, err
+	}
+	return in, nil
+}
+
+// storeErr is what an operation answers for err from the store call
+// doing something to one tunnel: nil for nil, missing for
+// store.ErrNotFound, an *apiError an update function returned as it is,
+// and anything else as an internal error.
+func storeErr(err error, missing *apiError, doing string) error {
+	var ae *apiError
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, store.ErrNotFound):
+		return missing
+	case errors.As(err, &ae):
+		return ae
+	}
+	return fmt.Errorf("api: %s: %w", doing, err)
 }
 
 func toStoreTags(ts []tagOut) []store.Tag {
