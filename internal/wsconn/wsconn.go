@@ -196,6 +196,13 @@ func Dial(ctx context.Context, rawURL string, opts DialOptions) (*Conn, *http.Re
 	}
 	ws, resp, err := d.DialContext(ctx, rawURL, opts.Header)
 	if err != nil {
+		// ctx's deadline is also the socket's (connect, handshake): the
+		// poller can report it before ctx's own timer has fired. Wait for
+		// ctx so that a caller checking ctx.Err() sees why the dial
+		// failed, rather than an i/o timeout it takes for the service's.
+		if dl, ok := ctx.Deadline(); ok && ctx.Err() == nil && !time.Now().Before(dl) {
+			<-ctx.Done()
+		}
 		if errors.Is(err, websocket.ErrBadHandshake) && resp != nil {
 			body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
 			return nil, resp, &HandshakeError{StatusCode: resp.StatusCode, Header: resp.Header, Body: string(body)}

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -217,5 +218,46 @@ func TestDialThroughConnectProxy(t *testing.T) {
 	}
 	if a := <-auth; a != "Basic YWxpY2U6c2VjcmV0" {
 		t.Fatalf("Proxy-Authorization %q", a)
+	}
+}
+
+// A dial that fails because ctx's deadline passed returns with ctx done:
+// the socket's deadline (the same instant) can fire before ctx's timer,
+// and a caller checking ctx.Err() took the i/o timeout for a failed
+// attempt (tunnel TestServerErrorRetried, under load).
+func TestDialDeadlineIsContexts(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait) // runs after ln.Close (cleanups run last first)
+	t.Cleanup(func() { ln.Close() })
+	wg.Go(func() { // accepts and never answers the upgrade request
+		var conns []net.Conn
+		defer func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns = append(conns, c)
+		}
+	})
+	for i := range 200 {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(1+i%5)*time.Millisecond)
+		_, _, err := Dial(ctx, "ws://"+ln.Addr().String()+"/", DialOptions{Proxy: noProxy})
+		cerr := ctx.Err()
+		cancel()
+		if err == nil {
+			t.Fatal("dial succeeded")
+		}
+		if cerr == nil {
+			t.Fatalf("attempt %d: Dial returned %v with ctx not done", i, err)
+		}
 	}
 }
