@@ -3,71 +3,30 @@ package faultproxy
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"os"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/sectun/sectun/internal/tcptest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 const wait = 10 * time.Second
 
-// server accepts connections on 127.0.0.1:0 and serves each with handle.
+// server serves each connection with handle on 127.0.0.1:0 until the
+// test ends.
 func server(t *testing.T, handle func(net.Conn)) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	conns := map[net.Conn]bool{}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns[c] = true
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				handle(c)
-				c.Close()
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	return ln.Addr().String()
-}
-
-// echo copies back until EOF, then half-closes.
-func echo(c net.Conn) {
-	io.Copy(c, c)
-	c.(*net.TCPConn).CloseWrite()
+	return tcptest.NewServer(t, handle).Addr()
 }
 
 func newProxy(t *testing.T, target string, f Faults) *Proxy {
@@ -80,45 +39,17 @@ func newProxy(t *testing.T, target string, f Faults) *Proxy {
 	return p
 }
 
-func dial(t *testing.T, addr string) *net.TCPConn {
-	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, wait)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.SetDeadline(time.Now().Add(wait))
-	t.Cleanup(func() { c.Close() })
-	return c.(*net.TCPConn)
-}
-
-// roundTrip sends size random bytes through an echo and checks they come
-// back identical, with the write side half-closed at the end.
+// roundTrip sends size bytes through an echo, half-closes, and checks
+// that they come back identical, followed by EOF.
 func roundTrip(t *testing.T, c *net.TCPConn, size int) {
 	t.Helper()
-	data := make([]byte, size)
-	rand.NewChaCha8([32]byte{7}).Read(data)
-	errc := make(chan error, 1)
-	go func() {
-		_, err := c.Write(data)
-		if err == nil {
-			err = c.CloseWrite()
-		}
-		errc <- err
-	}()
-	got, err := io.ReadAll(c)
-	if err != nil {
-		t.Fatalf("read: %v", err)
-	}
-	if err := <-errc; err != nil {
-		t.Fatalf("write: %v", err)
-	}
-	if sha256.Sum256(got) != sha256.Sum256(data) {
-		t.Fatalf("got %d bytes, want the %d sent, unchanged", len(got), len(data))
+	if err := tcptest.EchoedToEOF(t.Context(), c, int64(size), 7); err != nil {
+		t.Fatal(err)
 	}
 }
 
 func TestForwarding(t *testing.T) {
-	target := server(t, echo)
+	target := server(t, tcptest.Echo)
 	for _, tc := range []struct {
 		name string
 		f    Faults
@@ -132,7 +63,7 @@ func TestForwarding(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := newProxy(t, target, tc.f)
-			roundTrip(t, dial(t, p.Addr()), tc.size)
+			roundTrip(t, tcptest.Dial(t, p.Addr()), tc.size)
 			if s := p.Stats(); s.Up != int64(tc.size) || s.Down != int64(tc.size) {
 				t.Errorf("stats %+v, want %d bytes each way", s, tc.size)
 			}
@@ -142,9 +73,9 @@ func TestForwarding(t *testing.T) {
 
 // TestJitterKeepsOrder sends numbered small writes through heavy jitter.
 func TestJitterKeepsOrder(t *testing.T) {
-	target := server(t, echo)
+	target := server(t, tcptest.Echo)
 	p := newProxy(t, target, Faults{Jitter: 3 * time.Millisecond})
-	c := dial(t, p.Addr())
+	c := tcptest.Dial(t, p.Addr())
 	const n = 300
 	go func() {
 		var b [4]byte
@@ -171,9 +102,9 @@ func TestJitterKeepsOrder(t *testing.T) {
 }
 
 func TestLatency(t *testing.T) {
-	target := server(t, echo)
+	target := server(t, tcptest.Echo)
 	p := newProxy(t, target, Faults{Latency: 50 * time.Millisecond})
-	c := dial(t, p.Addr())
+	c := tcptest.Dial(t, p.Addr())
 	start := time.Now()
 	c.Write([]byte("x"))
 	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
@@ -192,11 +123,11 @@ func TestLatency(t *testing.T) {
 }
 
 func TestBandwidthCap(t *testing.T) {
-	target := server(t, echo)
+	target := server(t, tcptest.Echo)
 	const rate, size = 1 << 20, 256 << 10
 	p := newProxy(t, target, Faults{Bandwidth: rate})
 	start := time.Now()
-	roundTrip(t, dial(t, p.Addr()), size)
+	roundTrip(t, tcptest.Dial(t, p.Addr()), size)
 	// Each direction is capped separately and they overlap: the transfer
 	// takes at least size/rate (minus the first burst).
 	if d, min := time.Since(start), time.Duration(size-rate/20)*time.Second/rate; d < min {
@@ -216,7 +147,7 @@ func TestReset(t *testing.T) {
 		serverErr <- err
 	})
 	p := newProxy(t, target, Faults{})
-	c := dial(t, p.Addr())
+	c := tcptest.Dial(t, p.Addr())
 	c.Write(make([]byte, 1000))
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
@@ -254,7 +185,7 @@ func TestBlackhole(t *testing.T) {
 		}
 	})
 	p := newProxy(t, target, Faults{})
-	c := dial(t, p.Addr())
+	c := tcptest.Dial(t, p.Addr())
 	c.Write([]byte("before"))
 	<-got
 	if n := p.Blackhole(); n != 1 {
@@ -285,7 +216,7 @@ func TestBlackhole(t *testing.T) {
 	}
 	t.Logf("%d bytes written into the blackhole before writes blocked", written)
 	// New connections are not affected.
-	c2 := dial(t, p.Addr())
+	c2 := tcptest.Dial(t, p.Addr())
 	c2.Write([]byte("after"))
 	select {
 	case <-got:
@@ -302,21 +233,21 @@ func TestBlackhole(t *testing.T) {
 }
 
 func TestModes(t *testing.T) {
-	target := server(t, echo)
+	target := server(t, tcptest.Echo)
 	p := newProxy(t, target, Faults{})
 	p.SetMode(Refuse)
 	if err := dialReset(p.Addr()); err != nil {
 		t.Fatalf("Refuse: %v", err)
 	}
 	p.SetMode(Hole)
-	c := dial(t, p.Addr())
+	c := tcptest.Dial(t, p.Addr())
 	c.Write([]byte("hello"))
 	c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
 	if _, err := c.Read(make([]byte, 1)); !os.IsTimeout(err) {
 		t.Fatalf("Hole: read %v, want a timeout", err)
 	}
 	p.SetMode(Pass)
-	roundTrip(t, dial(t, p.Addr()), 1000)
+	roundTrip(t, tcptest.Dial(t, p.Addr()), 1000)
 	if s := p.Stats(); s.Accepted != 3 || s.Blackholed != 1 || s.Active < 1 {
 		t.Fatalf("stats %+v", s)
 	}
@@ -357,7 +288,7 @@ func TestHalfClose(t *testing.T) {
 		c.Write(bytes.ToUpper(data))
 	})
 	p := newProxy(t, target, Faults{Latency: time.Millisecond})
-	c := dial(t, p.Addr())
+	c := tcptest.Dial(t, p.Addr())
 	c.Write([]byte("half"))
 	c.CloseWrite()
 	got, err := io.ReadAll(c)
@@ -367,15 +298,15 @@ func TestHalfClose(t *testing.T) {
 }
 
 func TestCloseWithLiveConnections(t *testing.T) {
-	target := server(t, echo)
+	target := server(t, tcptest.Echo)
 	p, err := New(Config{Target: target})
 	if err != nil {
 		t.Fatal(err)
 	}
-	c1 := dial(t, p.Addr())
+	c1 := tcptest.Dial(t, p.Addr())
 	c1.Write([]byte("x"))
 	io.ReadFull(c1, make([]byte, 1))
-	c2 := dial(t, p.Addr())
+	c2 := tcptest.Dial(t, p.Addr())
 	c2.Write([]byte("y"))
 	io.ReadFull(c2, make([]byte, 1))
 	p.Blackhole()
@@ -397,19 +328,8 @@ func TestConfig(t *testing.T) {
 }
 
 func BenchmarkForward(b *testing.B) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err == nil {
-			io.Copy(io.Discard, c)
-			c.Close()
-		}
-	}()
-	p, err := New(Config{Target: ln.Addr().String()})
+	target := tcptest.NewServer(b, func(c net.Conn) { io.Copy(io.Discard, c) })
+	p, err := New(Config{Target: target.Addr()})
 	if err != nil {
 		b.Fatal(err)
 	}
