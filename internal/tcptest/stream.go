@@ -95,6 +95,31 @@ func wrap(err, ctxErr error, format string, args ...any) error {
 	return fmt.Errorf("tcptest: %s: %w", msg, err)
 }
 
+// exchange writes size bytes of Stream(sendSeed) to c on a goroutine of
+// its own while it reads into v until EOF (size < 0) or size bytes, then
+// half-closes c's write side if closeWrite; it returns the read's and the
+// write's errors. A failed read unblocks the write (a deadline in the
+// past).
+func exchange(c net.Conn, sendSeed byte, size int64, closeWrite bool, v *verifier, readSize int64) (rerr, werr error) {
+	errc := make(chan error, 1)
+	go func() {
+		_, err := io.CopyN(c, Stream(sendSeed), size)
+		if err == nil && closeWrite {
+			err = c.(interface{ CloseWrite() error }).CloseWrite()
+		}
+		errc <- err
+	}()
+	if readSize < 0 {
+		_, rerr = io.Copy(v, c)
+	} else {
+		_, rerr = io.CopyN(v, c, readSize)
+	}
+	if rerr != nil {
+		c.SetDeadline(time.Unix(1, 0))
+	}
+	return rerr, <-errc
+}
+
 // Echoed writes size bytes of Stream(seed) to c, whose peer echoes, while
 // it reads size bytes back, and checks they are what it wrote. It leaves c
 // open, unless ctx ends first: it returns when done, on an I/O error, or
@@ -102,23 +127,10 @@ func wrap(err, ctxErr error, format string, args ...any) error {
 // is left with a deadline in the past.
 func Echoed(ctx context.Context, c net.Conn, size int64, seed byte) error {
 	stop := guard(ctx, c)
-	werr := make(chan error, 1)
-	go func() {
-		_, err := io.CopyN(c, Stream(seed), size)
-		werr <- err
-	}()
 	v := newVerifier(seed)
-	_, rerr := io.CopyN(v, c, size)
-	if rerr != nil {
-		c.SetDeadline(time.Unix(1, 0)) // unblock the writer
-	}
-	err := <-werr
-	ctxErr := stop()
-	if rerr != nil {
-		return wrap(rerr, ctxErr, "reading the echo after %d of %d bytes", v.n, size)
-	}
-	if err != nil {
-		return wrap(err, ctxErr, "writing")
+	rerr, werr := exchange(c, seed, size, false, v, size)
+	if err := ioErr(rerr, werr, stop(), v, size, "the echo"); err != nil {
+		return err
 	}
 	return v.err("the echo")
 }
@@ -128,30 +140,23 @@ func Echoed(ctx context.Context, c net.Conn, size int64, seed byte) error {
 // checks that exactly the data comes back, followed by EOF.
 func EchoedToEOF(ctx context.Context, c *net.TCPConn, size int64, seed byte) error {
 	stop := guard(ctx, c)
-	werr := make(chan error, 1)
-	go func() {
-		_, err := io.CopyN(c, Stream(seed), size)
-		if err == nil {
-			err = c.CloseWrite()
-		}
-		werr <- err
-	}()
 	v := newVerifier(seed)
-	_, rerr := io.Copy(v, c) // until EOF
-	if rerr != nil {
-		c.SetDeadline(time.Unix(1, 0))
+	rerr, werr := exchange(c, seed, size, true, v, -1)
+	if err := ioErr(rerr, werr, stop(), v, size, "the echo"); err != nil {
+		return err
 	}
-	err := <-werr
-	ctxErr := stop()
-	switch {
-	case rerr != nil:
-		return wrap(rerr, ctxErr, "reading the echo after %d of %d bytes", v.n, size)
-	case err != nil:
-		return wrap(err, ctxErr, "writing")
-	case v.n != size:
+	if v.n != size {
 		return fmt.Errorf("tcptest: the echo ended after %d bytes, want the %d sent", v.n, size)
 	}
 	return v.err("the echo")
+}
+
+// ioErr describes the first of an exchange's read and write errors.
+func ioErr(rerr, werr, ctxErr error, v *verifier, size int64, what string) error {
+	if rerr != nil {
+		return wrap(rerr, ctxErr, "reading %s after %d of %d bytes", what, v.n, size)
+	}
+	return wrap(werr, ctxErr, "writing")
 }
 
 // BulkHandler returns a Server handler for Bulk: it reads size bytes,
@@ -181,30 +186,16 @@ func BulkHandler(size int64, seed byte) func(net.Conn) {
 // measures (and stresses) a full-duplex path. It leaves c open.
 func Bulk(ctx context.Context, c net.Conn, size int64, clientSeed, serverSeed byte) error {
 	stop := guard(ctx, c)
-	werr := make(chan error, 1)
-	go func() {
-		_, err := io.CopyN(c, Stream(clientSeed), size)
-		werr <- err
-	}()
 	v := newVerifier(serverSeed)
-	_, rerr := io.CopyN(v, c, size)
-	if rerr != nil {
-		c.SetDeadline(time.Unix(1, 0))
-	}
-	err := <-werr
+	rerr, werr := exchange(c, clientSeed, size, false, v, size)
 	var got [sha256.Size]byte
-	var herr error
-	if rerr == nil && err == nil {
-		_, herr = io.ReadFull(c, got[:])
+	if rerr == nil && werr == nil {
+		if _, err := io.ReadFull(c, got[:]); err != nil {
+			return wrap(err, stop(), "reading the hash of what the server received")
+		}
 	}
-	ctxErr := stop()
-	switch {
-	case rerr != nil:
-		return wrap(rerr, ctxErr, "reading the server's data after %d of %d bytes", v.n, size)
-	case err != nil:
-		return wrap(err, ctxErr, "writing")
-	case herr != nil:
-		return wrap(herr, ctxErr, "reading the hash of what the server received")
+	if err := ioErr(rerr, werr, stop(), v, size, "the server's data"); err != nil {
+		return err
 	}
 	if err := v.err("the server's data"); err != nil {
 		return err
