@@ -22,7 +22,11 @@
 //   - A second successful handshake for a tunnel end that already has a
 //     peer replaces it: the relay closes the old WebSocket with 1008
 //     "replaced by a new connection" and sends STREAM_RESET to the other
-//     end for every active stream.
+//     end for every active stream. The old peer is closed off the new
+//     one's path (a client that reconnects has usually lost the old
+//     connection, whose socket may be full): a write still in progress to
+//     it after 250 ms is cut, and if the close frame cannot be written
+//     within 1 s the connection is closed without it.
 //   - PeerChanged reports connection-state changes for DescribeTunnel. Calls
 //     for one tunnel are serialized and each reports the state at the time
 //     of the call, so the last call always matches reality. It is called

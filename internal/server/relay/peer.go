@@ -89,8 +89,8 @@ type peer struct {
 	closeOnce   sync.Once
 	closeCode   int // written in closeOnce
 	closeReason string
-	dropped     bool        // written in closeOnce: closed without a close frame
-	linger      *time.Timer // cuts the connection after close; nil after drop
+	dropped     bool        // written in closeOnce: cut without a close frame
+	linger      *time.Timer // cuts the connection after close; nil if dropped
 
 	// wmu guards out, the frames waiting for this peer. Other peers'
 	// readers append to it and flush it.
@@ -196,9 +196,32 @@ func (p *peer) close(code int, reason string) {
 		if p.ping != nil {
 			p.ping.Stop()
 		}
-		p.conn.SendClose(code, reason)
+		if err := p.conn.SendClose(code, reason); isTimeout(err) {
+			// The close frame did not go out in time: a write to a peer
+			// that does not read holds the connection. There is no
+			// closing handshake to wait for, and cutting the connection
+			// ends that write too.
+			p.dropped = true
+			cut(p.conn)
+			return
+		}
 		p.linger = time.AfterFunc(closeLinger, func() { p.conn.Close() })
 	})
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// cut closes the TCP connection under c, under TLS without close_notify
+// (which could block on a full socket too).
+func cut(c *wsconn.Conn) {
+	nc := c.NetConn()
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
+	nc.Close()
 }
 
 // stopReading makes the peer's reader stop at its next network read (after
@@ -226,17 +249,16 @@ func (p *peer) drop(reason string) {
 		if p.ping != nil {
 			p.ping.Stop()
 		}
-		nc := p.conn.NetConn()
-		if tc, ok := nc.(*tls.Conn); ok {
-			nc = tc.NetConn()
-		}
-		nc.Close()
+		cut(p.conn)
 	})
 }
 
 // abort closes a peer that has no reader running, waiting for its answer.
 func (p *peer) abort(code int, reason string) {
 	p.close(code, reason)
+	if p.dropped {
+		return
+	}
 	p.discard()
 	p.linger.Stop()
 	p.conn.Close()

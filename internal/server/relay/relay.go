@@ -453,13 +453,31 @@ func (r *Relay) install(p *peer, started time.Time) (code int, reason string, ok
 	if old != nil {
 		r.replaced.Add(1)
 		old.log.Info("peer replaced by a new connection", "new_channel_id", p.channelID)
-		old.close(wsconn.ClosePolicyViolation, "replaced by a new connection")
+		// Not on this goroutine: the close frame can wait (up to 1 s)
+		// behind a write stuck on the old connection, which a client
+		// that reconnected has most likely abandoned (blackholed), and
+		// the new peer's SERVICE_IDS must not wait for it. ServeHTTP's
+		// r.wg count is held, so Add is allowed during Shutdown's Wait.
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			// A write that has not finished within replaceGrace is
+			// stuck: cut it rather than stall the other end's reader.
+			old.conn.NetConn().SetWriteDeadline(time.Now().Add(replaceGrace))
+			old.close(wsconn.ClosePolicyViolation, "replaced by a new connection")
+		}()
 		if other != nil {
 			other.sendResets(resets)
 		}
 	}
 	return 0, "", true
 }
+
+// replaceGrace is how long a write in progress to a replaced peer may
+// still take: long enough for a message to a live peer on a slow link,
+// short enough that a blackholed one holds the other end's reader
+// (blocked writing to it) only briefly.
+const replaceGrace = 250 * time.Millisecond
 
 // notify reports the current state of one end to the Authorizer, and
 // forgets the tunnel when it has no peer left and both ends were reported

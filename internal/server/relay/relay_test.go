@@ -262,6 +262,95 @@ func TestPeerReplacement(t *testing.T) {
 	}
 }
 
+// currentPeer returns the relay's peer for one end of a tunnel.
+func (tr *testRelay) currentPeer(t testing.TB, tunnelID string, mode store.Mode) *peer {
+	t.Helper()
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	tun := tr.tunnels[tunnelID]
+	if tun == nil {
+		t.Fatalf("no tunnel %s", tunnelID)
+	}
+	p := tun.peers[modeIndex(mode)].Load()
+	if p == nil {
+		t.Fatalf("no %s peer", mode)
+	}
+	return p
+}
+
+// A peer that stopped reading (blackholed) is replaced by its reconnection:
+// the new connection gets SERVICE_IDS at once, not after the close frame
+// to the old one, which waits (1 s) behind a write stuck on its socket.
+func TestReplacedStuckPeerDoesNotDelay(t *testing.T) {
+	tr := newTestRelay(t, Config{PingInterval: -1})
+	s, d := tr.authz.open("bh", "SSH")
+	ct := strings.Repeat("c", 40)
+	dst := tr.dial(t, d, dialOpts{clientToken: ct})
+	dst.expectServiceIDs([]string{"SSH"})
+	src := tr.dial(t, s, dialOpts{clientToken: ct})
+	src.expectServiceIDs([]string{"SSH"})
+	tr.authz.waitConnected(t, "bh", store.ModeDestination, true)
+	// dst reads nothing from here on; small buffers on both sides of its
+	// connection so that the relay's writes to it block soon.
+	old := tr.currentPeer(t, "bh", store.ModeDestination)
+	if err := old.conn.SetSocketBuffers(8<<10, 8<<10); err != nil {
+		t.Fatal(err)
+	}
+	if err := dst.conn.SetSocketBuffers(8<<10, 8<<10); err != nil {
+		t.Fatal(err)
+	}
+	src.send(start(1, "SSH"))
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	defer func() { close(stop); src.conn.Close(); wg.Wait() }()
+	wg.Go(func() {
+		msg := frameBytes(t, data(1, "SSH", make([]byte, wire.MaxPayloadSize)))
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			src.conn.SetWriteDeadline(time.Now().Add(testTimeout))
+			if src.conn.WriteMessage(msg) != nil {
+				return
+			}
+		}
+	})
+	// The source's reader is blocked writing to dst: it holds dst's output.
+	var held int
+	waitFor(t, "a write to the stuck peer", func() bool {
+		if old.wmu.TryLock() {
+			old.wmu.Unlock()
+			held = 0
+		} else {
+			held++
+		}
+		time.Sleep(20 * time.Millisecond)
+		return held >= 10
+	})
+
+	dst2 := tr.dial(t, d, dialOpts{clientToken: ct})
+	begin := time.Now()
+	dst2.expectServiceIDs([]string{"SSH"})
+	// Without the fix this is at least 1 s (the close frame's deadline).
+	if wait := time.Since(begin); wait >= time.Second {
+		t.Errorf("SERVICE_IDS came %v after the handshake", wait)
+	}
+	// The source's reader, stuck writing to the old peer, is freed soon
+	// (replaceGrace) and relays to the new one. Without the cut this is
+	// at least 1 s too (the close frame's wait for the write lock).
+	if m := dst2.recv(); m.Type != wire.TypeData {
+		t.Errorf("new destination got %v, want DATA", m)
+	}
+	if wait := time.Since(begin); wait >= time.Second {
+		t.Errorf("first DATA came %v after the handshake", wait)
+	}
+	if m := src.recv(); m.Type != wire.TypeStreamReset || m.StreamID != 1 {
+		t.Errorf("source got %v, want STREAM_RESET 1", m)
+	}
+}
+
 func TestDisconnectResetsStreams(t *testing.T) {
 	for _, leaver := range []store.Mode{store.ModeSource, store.ModeDestination} {
 		t.Run(string(leaver), func(t *testing.T) {
