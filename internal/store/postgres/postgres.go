@@ -1,7 +1,6 @@
 package postgres
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -146,10 +145,7 @@ func (s *Store) FindByToken(ctx context.Context, tokenHash []byte) (*store.Tunne
 	if err != nil {
 		return nil, "", fmt.Errorf("postgres: find by token: %w", err)
 	}
-	if bytes.Equal(t.Source.TokenHash, tokenHash) {
-		return t, store.ModeSource, nil
-	}
-	return t, store.ModeDestination, nil
+	return t, rowcodec.ModeOf(t, tokenHash), nil
 }
 
 // List implements store.Store. A Limit <= 0 means no limit.
@@ -209,11 +205,8 @@ func (s *Store) Update(ctx context.Context, id string, fn func(*store.Tunnel) er
 	if err != nil {
 		return nil, fmt.Errorf("postgres: update %s: %w", id, err)
 	}
-	oldSrc, oldDst := t.Source.TokenHash, t.Destination.TokenHash
-	if err := fn(t); err != nil {
-		return nil, err
-	}
-	if err := rowcodec.CheckUpdate(id, t); err != nil {
+	oldSrc, oldDst, err := rowcodec.Apply(id, t, fn)
+	if err != nil {
 		return nil, err
 	}
 	if _, err := tx.Exec(ctx, `UPDATE tunnels SET (`+columns+`) = (`+placeholders+`) WHERE id = $23`,

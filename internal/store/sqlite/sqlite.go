@@ -1,7 +1,6 @@
 package sqlite
 
 import (
-	"bytes"
 	"context"
 	"database/sql"
 	"errors"
@@ -243,10 +242,7 @@ func (s *Store) FindByToken(ctx context.Context, tokenHash []byte) (*store.Tunne
 	if err != nil {
 		return nil, "", fmt.Errorf("sqlite: find by token: %w", err)
 	}
-	if bytes.Equal(t.Source.TokenHash, tokenHash) {
-		return t, store.ModeSource, nil
-	}
-	return t, store.ModeDestination, nil
+	return t, rowcodec.ModeOf(t, tokenHash), nil
 }
 
 // List implements store.Store. A Limit <= 0 means no limit.
@@ -305,11 +301,8 @@ func (s *Store) Update(ctx context.Context, id string, fn func(*store.Tunnel) er
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: update %s: %w", id, err)
 	}
-	oldSrc, oldDst := t.Source.TokenHash, t.Destination.TokenHash
-	if err := fn(t); err != nil {
-		return nil, err
-	}
-	if err := rowcodec.CheckUpdate(id, t); err != nil {
+	oldSrc, oldDst, err := rowcodec.Apply(id, t, fn)
+	if err != nil {
 		return nil, err
 	}
 	if _, err := tx.StmtContext(ctx, s.update).ExecContext(ctx, append(codec.Values(t), id)...); err != nil {

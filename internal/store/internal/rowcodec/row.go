@@ -121,13 +121,31 @@ func (c Codec[T]) ScanAll(rows Rows) ([]*store.Tunnel, error) {
 	return ts, rows.Err()
 }
 
-// CheckUpdate reports, wrapping store.ErrInvalidTunnel, why t, as changed
-// by an Update of tunnel id, cannot be written.
-func CheckUpdate(id string, t *store.Tunnel) error {
-	if t.ID != id {
-		return fmt.Errorf("%w: update %s changed the ID to %q", store.ErrInvalidTunnel, id, t.ID)
+// Apply runs an Update's fn on t, tunnel id as read (and locked) by the
+// update's transaction, and checks what fn made of it: an error from fn
+// is returned as it is; a changed ID or an invalid tunnel wraps
+// store.ErrInvalidTunnel. It returns the token hashes t's ends had before
+// fn, for TokenEdits.
+func Apply(id string, t *store.Tunnel, fn func(*store.Tunnel) error) (oldSrc, oldDst []byte, err error) {
+	oldSrc, oldDst = t.Source.TokenHash, t.Destination.TokenHash
+	if err := fn(t); err != nil {
+		return nil, nil, err
 	}
-	return Validate(t)
+	if t.ID != id {
+		return nil, nil, fmt.Errorf("%w: update %s changed the ID to %q", store.ErrInvalidTunnel, id, t.ID)
+	}
+	if err := Validate(t); err != nil {
+		return nil, nil, err
+	}
+	return oldSrc, oldDst, nil
+}
+
+// ModeOf returns the end of t that token hash h opens (t was found by h).
+func ModeOf(t *store.Tunnel, h []byte) store.Mode {
+	if bytes.Equal(t.Source.TokenHash, h) {
+		return store.ModeSource
+	}
+	return store.ModeDestination
 }
 
 // Page cuts the result of a List query that asked for limit+1 rows (limit

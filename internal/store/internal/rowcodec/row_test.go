@@ -144,17 +144,43 @@ func TestScanAll(t *testing.T) {
 	}
 }
 
-func TestCheckUpdate(t *testing.T) {
+func TestApply(t *testing.T) {
+	fnErr := errors.New("fn failed")
+	tests := []struct {
+		name    string
+		fn      func(*store.Tunnel) error
+		wantErr error
+	}{
+		{"ok", func(t *store.Tunnel) error { t.Source.TokenHash = slices.Repeat([]byte{9}, HashLen); return nil }, nil},
+		{"fn error as it is", func(*store.Tunnel) error { return fnErr }, fnErr},
+		{"changed ID", func(t *store.Tunnel) error { t.ID = "t0"; return nil }, store.ErrInvalidTunnel},
+		{"plaintext token", func(t *store.Tunnel) error { t.Source.TokenHash = []byte("plaintext"); return nil }, store.ErrInvalidTunnel},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tun := fullTunnel()
+			src, dst := tun.Source.TokenHash, tun.Destination.TokenHash
+			oldSrc, oldDst, err := Apply("t1", tun, tt.fn)
+			if tt.wantErr != nil {
+				if !errors.Is(err, tt.wantErr) {
+					t.Fatalf("Apply = %v, want %v", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || !slices.Equal(oldSrc, src) || !slices.Equal(oldDst, dst) {
+				t.Fatalf("Apply = %x, %x, %v; want the hashes from before fn", oldSrc, oldDst, err)
+			}
+		})
+	}
+}
+
+func TestModeOf(t *testing.T) {
 	tun := fullTunnel()
-	if err := CheckUpdate("t1", tun); err != nil {
-		t.Errorf("unchanged ID: %v", err)
+	if m := ModeOf(tun, tun.Source.TokenHash); m != store.ModeSource {
+		t.Errorf("source hash: %s", m)
 	}
-	if err := CheckUpdate("t0", tun); !errors.Is(err, store.ErrInvalidTunnel) {
-		t.Errorf("changed ID: %v, want ErrInvalidTunnel", err)
-	}
-	tun.Source.TokenHash = []byte("plaintext")
-	if err := CheckUpdate("t1", tun); !errors.Is(err, store.ErrInvalidTunnel) {
-		t.Errorf("invalid tunnel: %v, want ErrInvalidTunnel", err)
+	if m := ModeOf(tun, tun.Destination.TokenHash); m != store.ModeDestination {
+		t.Errorf("destination hash: %s", m)
 	}
 }
 
