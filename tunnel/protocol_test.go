@@ -161,6 +161,41 @@ func TestSourceV3Messages(t *testing.T) {
 	expectMsgs(t, dst, wire.Message{Type: tData, StreamID: 2, ServiceID: "HTTP1", ConnectionID: 1, Payload: []byte("h")})
 }
 
+// TestSourceV3KeepsStreamAfterRemoteReset: when the destination resets the
+// last connection of a service (its local service closed it), the stream
+// stays, as after a local close: the reference destination keeps the
+// stream and would drop a second STREAM_START for the service, so the next
+// connection must be a CONNECTION_START on the same stream.
+func TestSourceV3KeepsStreamAfterRemoteReset(t *testing.T) {
+	svc := fakeservice.Start(t, fakeservice.Options{Services: []string{"SSH1"}})
+	dst := rawPeer(t, svc, ModeDestination, 3)
+	src := connect(t, baseConfig(t, svc, ModeSource))
+
+	a, err := src.Dial(testCtx(t), "SSH1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	expectMsgs(t, dst, wire.Message{Type: tStart, StreamID: 1, ServiceID: "SSH1", ConnectionID: 1})
+	send(t, dst,
+		wire.Message{Type: tData, StreamID: 1, ServiceID: "SSH1", ConnectionID: 1, Payload: []byte("bye")},
+		wire.Message{Type: tCReset, StreamID: 1, ServiceID: "SSH1", ConnectionID: 1})
+	if got, err := readAll(t, a); string(got) != "bye" || err != nil {
+		t.Fatalf("after CONNECTION_RESET: %q, %v", got, err)
+	}
+	a.Close() // nothing to send: the peer ended it
+
+	b, err := src.Dial(testCtx(t), "SSH1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeAll(t, b, []byte("b"))
+	expectMsgs(t, dst,
+		wire.Message{Type: tCStart, StreamID: 1, ServiceID: "SSH1", ConnectionID: 2},
+		wire.Message{Type: tData, StreamID: 1, ServiceID: "SSH1", ConnectionID: 2, Payload: []byte("b")})
+	b.Close()
+	expectMsgs(t, dst, wire.Message{Type: tCReset, StreamID: 1, ServiceID: "SSH1", ConnectionID: 2})
+}
+
 func TestSourceUnknownService(t *testing.T) {
 	_, src, _ := pair(t, fakeservice.Options{Services: []string{"SSH1", "HTTP1"}}, nil)
 	if _, err := src.Dial(testCtx(t), "FTP"); !errors.Is(err, ErrUnknownService) {

@@ -689,10 +689,10 @@ func (s *Session) handle(l *link, m *wire.Message) error {
 			return nil
 		}
 		c.terminate(io.EOF, fmt.Errorf("%w: stream %d connection %d reset by the peer", ErrStreamReset, st.id, id))
+		// The stream stays even when this was its last connection, as
+		// after a local close (see finishLocalClose): the peer keeps it
+		// too, and the next connection is a CONNECTION_START on it.
 		s.removeConnLocked(st, c)
-		if s.cfg.Mode == ModeSource && len(st.conns) == 0 && s.streams[st.service] == st {
-			delete(s.streams, st.service) // the next Dial starts a fresh stream
-		}
 		s.ev.emit(ConnectionReset{ServiceID: st.service, StreamID: st.id, ConnectionID: id, Remote: true})
 	case wire.TypeSessionReset:
 		err := fmt.Errorf("%w: session reset by the service", ErrStreamReset)
