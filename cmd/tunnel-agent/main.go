@@ -11,13 +11,16 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/spf13/pflag"
 
 	"github.com/sectun/sectun/internal/agent"
+	"github.com/sectun/sectun/internal/localproxy/metrics"
 	"github.com/sectun/sectun/internal/version"
 	"github.com/sectun/sectun/tunnel"
 )
@@ -51,7 +54,8 @@ The configuration file is JSON:
    "ca": "/etc/sectun/AmazonRootCA1.pem", "cert": "/etc/sectun/device.pem.crt",
    "key": "/etc/sectun/private.pem.key", "services": {"SSH": "localhost:22"}}
 (keys: thingName clientId broker ca cert key alpn username passwordFile topicPrefix
-tunnelEndpoint tunnelCa tunnelInsecure services v1Service maxTunnels logLevel;
+tunnelEndpoint tunnelCa tunnelInsecure services v1Service maxTunnels logLevel
+metricsListen metricsAllowRemote;
 the AWS IoT Device Client's endpoint, cert, key, root-ca and thing-name too).
 Options given on the command line override the file; --map entries are
 added to the file's services, replacing those of the same service.
@@ -63,6 +67,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	o, err := parse(args, getenv, stdout, stderr)
 	if err != nil || o == nil {
 		return err
+	}
+	if o.metricsListen != "" {
+		srv, err := serveMetrics(o)
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
 	}
 	if o.token != "" {
 		return agent.RunToken(ctx, o.cfg, o.token)
@@ -78,6 +89,43 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 type options struct {
 	cfg   agent.Config
 	token string // single-session mode when set
+	// metricsListen is the metrics listener's address ("" = none).
+	metricsListen string
+	metricsRemote bool
+}
+
+// serveMetrics starts the metrics listener (see package metrics) and hooks
+// its registry into o.cfg's events: the tunnel metrics of every session,
+// plus the running sessions and whether the broker subscription is up.
+func serveMetrics(o *options) (*metrics.Server, error) {
+	ln, err := metrics.Listen(o.metricsListen, o.metricsRemote)
+	if err != nil {
+		return nil, fmt.Errorf("--metrics-listen: %w", err)
+	}
+	reg := metrics.New()
+	var sessions, subscribed atomic.Int64
+	reg.AddGauge("sectun_agent_sessions", "Destination sessions running.", func() float64 { return float64(sessions.Load()) })
+	reg.AddGauge("sectun_agent_broker_subscribed", "1 while the agent is connected to its MQTT broker and subscribed.", func() float64 { return float64(subscribed.Load()) })
+	next := o.cfg.OnEvent
+	o.cfg.OnEvent = func(ev agent.Event) {
+		switch e := ev.(type) {
+		case agent.SessionStarted:
+			sessions.Add(1)
+		case agent.SessionEnded:
+			if e.Started {
+				sessions.Add(-1)
+			}
+		case agent.Subscribed:
+			subscribed.Store(1)
+		case agent.BrokerLost:
+			subscribed.Store(0)
+		}
+		if next != nil {
+			next(ev)
+		}
+	}
+	o.cfg.OnTunnelEvent = reg.Observe
+	return metrics.Serve(ln, reg, o.cfg.Logger), nil
 }
 
 // parse reads the flags and the configuration file. It returns nil
@@ -107,6 +155,8 @@ func parse(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 	region := fs.String("region", "", "with --token and no --tunnel-endpoint: use the AWS endpoint of this `region`")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error (default info)")
 	logFormat := fs.String("log-format", "text", "text or json")
+	metricsListen := fs.String("metrics-listen", "", "serve Prometheus metrics (goroutines, sessions, tunnel connected, reconnects, connections per service) on http://`ADDRESS`/metrics, e.g. 127.0.0.1:9090 (port 0: any free port; the bound address is logged); loopback only unless --metrics-allow-remote; off by default")
+	metricsRemote := fs.Bool("metrics-allow-remote", false, "allow a non-loopback --metrics-listen address (the metrics hold no secret but tell service IDs and activity)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, usageHead, tokenEnv)
@@ -202,6 +252,18 @@ func parse(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 		}
 	}
 
+	ml := set("metrics-listen", *metricsListen, file.MetricsListen)
+	mr := *metricsRemote || (!fs.Changed("metrics-allow-remote") && file.MetricsAllowRemote)
+	if ml != "" {
+		if _, _, err := net.SplitHostPort(ml); err != nil {
+			return nil, fmt.Errorf("--metrics-listen %q: want HOST:PORT, e.g. 127.0.0.1:9090", ml)
+		}
+	}
+	withMetrics := func(o *options) *options {
+		o.metricsListen, o.metricsRemote = ml, mr
+		return o
+	}
+
 	accessToken := *tok
 	if accessToken == "" && cfg.BrokerURL == "" {
 		accessToken = getenv(tokenEnv)
@@ -210,12 +272,12 @@ func parse(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 		if cfg.BrokerURL != "" {
 			logger.Info("--token given: running one session, not subscribing to the broker")
 		}
-		return &options{cfg: cfg, token: accessToken}, nil
+		return withMetrics(&options{cfg: cfg, token: accessToken}), nil
 	}
 	if cfg.ThingName == "" || cfg.BrokerURL == "" {
 		return nil, errors.New("set --thing and --broker (or thingName and broker in --config), or --token for a single tunnel; see --help")
 	}
-	return &options{cfg: cfg}, nil
+	return withMetrics(&options{cfg: cfg}), nil
 }
 
 func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {

@@ -2,12 +2,17 @@ package main
 
 import (
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/sectun/sectun/internal/agent"
+	"github.com/sectun/sectun/tunnel"
 )
 
 func TestParse(t *testing.T) {
@@ -99,5 +104,71 @@ func TestHelpAndVersion(t *testing.T) {
 	out.Reset()
 	if o, err := parse([]string{"--version"}, nil, &out, io.Discard); err != nil || o != nil || !strings.HasPrefix(out.String(), "tunnel-agent ") {
 		t.Fatalf("--version: %v, %q", err, out.String())
+	}
+}
+
+// TestMetricsOptions: --metrics-listen and metricsListen in the file; the
+// flag wins; a non-loopback address needs --metrics-allow-remote; the
+// listener serves the agent's gauges.
+func TestMetricsOptions(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "agent.json")
+	os.WriteFile(conf, []byte(`{"thingName":"t","broker":"tcp://b:1883","metricsListen":"127.0.0.1:9100"}`), 0o600)
+	noenv := func(string) string { return "" }
+	for _, tc := range []struct {
+		args   []string
+		listen string
+		remote bool
+		err    string
+	}{
+		{[]string{"--thing", "t", "--broker", "tcp://b:1883"}, "", false, ""},
+		{[]string{"--config", conf}, "127.0.0.1:9100", false, ""},
+		{[]string{"--config", conf, "--metrics-listen", "127.0.0.1:0"}, "127.0.0.1:0", false, ""},
+		{[]string{"--config", conf, "--metrics-listen", "0.0.0.0:0", "--metrics-allow-remote"}, "0.0.0.0:0", true, ""},
+		{[]string{"--config", conf, "--metrics-listen", "9090"}, "", false, "HOST:PORT"},
+	} {
+		o, err := parse(tc.args, noenv, io.Discard, io.Discard)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%q: %v, want %q", tc.args, err, tc.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%q: %v", tc.args, err)
+		}
+		if o.metricsListen != tc.listen || o.metricsRemote != tc.remote {
+			t.Errorf("%q: %q %v, want %q %v", tc.args, o.metricsListen, o.metricsRemote, tc.listen, tc.remote)
+		}
+	}
+
+	o, err := parse([]string{"--thing", "t", "--broker", "tcp://b:1883", "--metrics-listen", "0.0.0.0:0"}, noenv, io.Discard, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := serveMetrics(o); err == nil || !strings.Contains(err.Error(), "loopback") {
+		t.Errorf("0.0.0.0 without --metrics-allow-remote: %v", err)
+	}
+	o.metricsListen = "127.0.0.1:0"
+	srv, err := serveMetrics(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	o.cfg.OnEvent(agent.Subscribed{})
+	o.cfg.OnEvent(agent.SessionStarted{Session: "s1"})
+	o.cfg.OnTunnelEvent("s1", tunnel.Connected{})
+	o.cfg.OnTunnelEvent("s1", tunnel.StreamStarted{ServiceID: "SSH", StreamID: 1, ConnectionID: 1})
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := c.Get("http://" + srv.Addr().String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, w := range []string{"\nsectun_agent_sessions 1\n", "\nsectun_agent_broker_subscribed 1\n", "\nsectun_tunnel_connected 1\n", "\nsectun_tunnel_connections{service_id=\"SSH\"} 1\n", "\ngo_goroutines "} {
+		if !strings.Contains(string(body), w) {
+			t.Errorf("no %q in:\n%s", w, body)
+		}
 	}
 }

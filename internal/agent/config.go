@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/sectun/sectun/internal/notify"
+	"github.com/sectun/sectun/tunnel"
 )
 
 // DefaultServices are the local addresses of the services a configuration
@@ -126,6 +127,11 @@ type Config struct {
 	// OnEvent, if set, is called with every Event. It is called from
 	// several goroutines, never with a lock held; it must be quick.
 	OnEvent func(Event)
+	// OnTunnelEvent, if set, receives every tunnel.Event of every session,
+	// with the session's id (token.Short of its access token). A session's
+	// events come in order from one goroutine (tunnel.Config.OnEvent);
+	// different sessions call it concurrently. It must be quick.
+	OnTunnelEvent func(session string, ev tunnel.Event)
 }
 
 // brokerDefaultPorts are the ports implied by the broker URL's scheme.
@@ -373,6 +379,10 @@ type File struct {
 	MaxTunnels int `json:"maxTunnels,omitempty"`
 	// LogLevel is debug, info, warn or error (for the command).
 	LogLevel string `json:"logLevel,omitempty"`
+	// MetricsListen and MetricsAllowRemote are the command's
+	// --metrics-listen and --metrics-allow-remote.
+	MetricsListen      string `json:"metricsListen,omitempty"`
+	MetricsAllowRemote bool   `json:"metricsAllowRemote,omitempty"`
 
 	// AWS IoT Device Client spellings.
 	DCEndpoint  string `json:"endpoint,omitempty"`

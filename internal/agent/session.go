@@ -36,6 +36,9 @@ func runSession(ctx context.Context, cfg *Config, p sessionParams) (started bool
 		MaxConns:    cfg.MaxConnsPerTunnel,
 		Logger:      log,
 	}
+	if f := cfg.OnTunnelEvent; f != nil {
+		tcfg.OnEvent = func(ev tunnel.Event) { f(p.id, ev) }
+	}
 	if tcfg.Endpoint == "" && tcfg.Region == "" {
 		tcfg.Region = cfg.TunnelRegion
 	}

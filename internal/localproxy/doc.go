@@ -5,6 +5,12 @@
 // Source listening on local ports, or a Destination dialing local
 // services) until the process is told to stop or the tunnel ends.
 //
+// With --metrics-listen (Config.MetricsListen; off by default, so the
+// drop-in behaviour is unchanged) Run also serves Prometheus metrics
+// (package metrics): goroutines, whether the tunnel is connected, its
+// reconnects, the connections per service and the open local TCP
+// connections, from before the first connection until it returns.
+//
 // NewLogger writes the reference's log format and verbosity levels (0 off
 // .. 6 trace); ExitCode and Exit give the reference's exit codes: 0 for a
 // normal stop, a tunnel closed by the service and an access token refused

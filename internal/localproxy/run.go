@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"sync/atomic"
 	"time"
 
 	"github.com/sectun/sectun/internal/localproxy/config"
+	"github.com/sectun/sectun/internal/localproxy/metrics"
 	"github.com/sectun/sectun/internal/proxy"
 	"github.com/sectun/sectun/internal/token"
 	"github.com/sectun/sectun/tunnel"
@@ -91,6 +93,28 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return err
 	}
 	tc.OnEvent = eventLogger(log)
+	var active atomic.Pointer[func() int] // the Source's or Destination's Active, once started
+	if cfg.MetricsListen != "" {
+		ln, err := metrics.Listen(cfg.MetricsListen, cfg.MetricsAllowRemote)
+		if err != nil {
+			return fmt.Errorf("--metrics-listen: %w", err)
+		}
+		reg := metrics.New()
+		reg.AddGauge("sectun_tcp_connections", "Open local TCP connections carried by the tunnel.", func() float64 {
+			if f := active.Load(); f != nil {
+				return float64((*f)())
+			}
+			return 0
+		})
+		logEvent := tc.OnEvent
+		tc.OnEvent = func(ev tunnel.Event) {
+			reg.Observe("", ev)
+			logEvent(ev)
+		}
+		// Served from before the first connection, so that a scrape can
+		// tell "still connecting" (sectun_tunnel_connected 0).
+		defer metrics.Serve(ln, reg, log).Close()
+	}
 	if cfg.Mode == config.ModeDestination && cfg.DestinationClientType != "" {
 		log.Debug("-y is for source mode: a destination answers in the format the source uses")
 	}
@@ -141,6 +165,8 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			return err
 		}
 		defer closeWithin(log, "listeners", src)
+		f := src.Active
+		active.Store(&f)
 		done, failed = src.Done(), src.Err
 	} else {
 		svcs := make([]proxy.Service, len(mappings))
@@ -159,6 +185,8 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			return err
 		}
 		defer closeWithin(log, "connections", dst)
+		f := dst.Active
+		active.Store(&f)
 		done, failed = dst.Done(), dst.Err
 	}
 

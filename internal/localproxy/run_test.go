@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"regexp"
@@ -18,6 +19,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/sectun/sectun/internal/localproxy/config"
+	"github.com/sectun/sectun/internal/localproxy/metrics"
 	"github.com/sectun/sectun/internal/server/relay"
 	"github.com/sectun/sectun/internal/store"
 	"github.com/sectun/sectun/tunnel"
@@ -466,4 +468,71 @@ func mustURL(t *testing.T, s string) *url.URL {
 		t.Fatal(err)
 	}
 	return u
+}
+
+// TestRunMetrics: --metrics-listen serves the session's metrics from
+// start-up; an open connection shows per service and as a TCP connection;
+// a non-loopback address is refused without --metrics-allow-remote.
+func TestRunMetrics(t *testing.T) {
+	svc := newService(t)
+	_, src, dst := svc.open("SSH", "HTTP")
+	a, b := echoServer(t), echoServer(t)
+	d := run(t, "-t", dst, "-e", svc.url, "-d", "SSH="+a+",HTTP="+b)
+	d.log.wait(t, `Use port mapping`)
+	s := run(t, "-t", src, "-e", svc.url, "-s", "SSH=0,HTTP=0", "--metrics-listen", "127.0.0.1:0")
+	murl := s.log.wait(t, `metrics on (http://127\.0\.0\.1:\d+/metrics)`)[1]
+	sshAddr := s.log.wait(t, `Listening for SSH on (\S+)`)[1]
+	s.log.wait(t, `Listening for HTTP on (\S+)`)
+	if strings.Contains(d.log.String(), "metrics on") {
+		t.Error("metrics served without --metrics-listen")
+	}
+
+	c, err := net.DialTimeout("tcp", sshAddr, testTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(testTimeout))
+	io.WriteString(c, "x")
+	io.ReadFull(c, make([]byte, 1)) // the tunnel connection is up
+	body := scrape(t, murl)
+	for _, w := range []string{"sectun_tunnel_connected 1", "sectun_tunnel_reconnects_total 0", "sectun_tcp_connections 1",
+		`sectun_tunnel_connections{service_id="SSH"} 1`, `sectun_tunnel_connections_started_total{service_id="SSH"} 1`} {
+		if !strings.Contains(body, "\n"+w+"\n") {
+			t.Errorf("no %q in:\n%s", w, body)
+		}
+	}
+	if !strings.Contains(body, "\ngo_goroutines ") {
+		t.Errorf("no go_goroutines in:\n%s", body)
+	}
+	c.Close()
+	deadline := time.Now().Add(testTimeout)
+	for !strings.Contains(scrape(t, murl), "\nsectun_tcp_connections 0\n") {
+		if time.Now().After(deadline) {
+			t.Fatalf("connection still counted:\n%s", scrape(t, murl))
+		}
+		time.Sleep(10 * time.Millisecond) // polling the gauge
+	}
+	s.cancel()
+	s.wait(t)
+	if _, err := http.Get(murl); err == nil {
+		t.Error("metrics still served after Run returned")
+	}
+
+	r := run(t, "-t", src, "-e", svc.url, "-s", "0", "--metrics-listen", "0.0.0.0:0")
+	if err := r.wait(t); !errors.Is(err, metrics.ErrNotLoopback) || ExitCode(err) != 1 {
+		t.Errorf("non-loopback metrics address: %v", err)
+	}
+}
+
+func scrape(t *testing.T, url string) string {
+	t.Helper()
+	c := &http.Client{Timeout: testTimeout, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
 }

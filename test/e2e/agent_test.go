@@ -177,7 +177,7 @@ func startTunneldTLS(t *testing.T, extra ...string) (*tunneld, string) {
 // startAgent starts tunnel-agent and waits until it is subscribed.
 func startAgent(t *testing.T, args ...string) *proc {
 	t.Helper()
-	p := start(t, "tunnel-agent", nil, args...)
+	p := start(t, "tunnel-agent", nil, withMetrics(args)...)
 	p.waitLine(`msg="subscribed to tunnel notifications".*reconnect=false`, agentWait)
 	return p
 }

@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -111,6 +112,63 @@ func (d *tunneld) goroutines(t *testing.T) int {
 	return int(d.metric(t, "go_goroutines"))
 }
 
+// withMetrics adds --metrics-listen 127.0.0.1:0 to a localproxy's or
+// tunnel-agent's arguments (unless they have it), so that the leak checks
+// can read the process's goroutines.
+func withMetrics(args []string) []string {
+	if hasFlag(args, "--metrics-listen") {
+		return args
+	}
+	return append(slices.Clone(args), "--metrics-listen", "127.0.0.1:0")
+}
+
+var metricsLine = regexp.MustCompile(`metrics on (http://\S+/metrics)`)
+
+// metricsURL returns the URL of the process's metrics listener (from the
+// line it logged at start), or "" if it has none.
+func (p *proc) metricsURL() string {
+	if m := metricsLine.FindStringSubmatch(p.output()); m != nil {
+		return m[1]
+	}
+	return ""
+}
+
+// scrape returns a sample of the metrics at url (name with labels as
+// printed, e.g. `go_goroutines`).
+func scrape(t *testing.T, url, name string) float64 {
+	t.Helper()
+	resp, err := metricsClient.Get(url)
+	if err != nil {
+		t.Fatalf("%s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if rest, ok := strings.CutPrefix(line, name+" "); ok {
+			v, err := strconv.ParseFloat(strings.TrimSpace(rest), 64)
+			if err != nil {
+				t.Fatalf("%s: %q: %v", url, line, err)
+			}
+			return v
+		}
+	}
+	t.Fatalf("%s has no %s", url, name)
+	return 0
+}
+
+// goroutines returns the process's goroutine count from its metrics
+// listener, or -1 if it has none.
+func (p *proc) goroutines(t *testing.T) int {
+	t.Helper()
+	u := p.metricsURL()
+	if u == "" {
+		return -1
+	}
+	return int(scrape(t, u, "go_goroutines"))
+}
+
 // leakWatch holds the baseline of every process of a test.
 type leakWatch struct {
 	t     *testing.T
@@ -118,10 +176,14 @@ type leakWatch struct {
 	baseG int
 	procs []*proc
 	base  []resources
+	// baseGs are the procs' goroutines (-1: no metrics listener).
+	baseGs []int
 }
 
-// watchLeaks records the baseline: tunneld's goroutines (d may be nil) and
-// each process's file descriptors, once they are steady.
+// watchLeaks records the baseline: tunneld's goroutines (d may be nil),
+// each process's file descriptors and, for the processes with a metrics
+// listener (localproxy and tunnel-agent started with --metrics-listen),
+// their goroutines, once they are steady.
 func watchLeaks(t *testing.T, d *tunneld, procs ...*proc) *leakWatch {
 	t.Helper()
 	w := &leakWatch{t: t, d: d, procs: procs}
@@ -130,14 +192,15 @@ func watchLeaks(t *testing.T, d *tunneld, procs ...*proc) *leakWatch {
 	deadline := time.Now().Add(10 * time.Second)
 	var prev string
 	for {
-		w.baseG, w.base = 0, w.base[:0]
+		w.baseG, w.base, w.baseGs = 0, w.base[:0], w.baseGs[:0]
 		if d != nil {
 			w.baseG = d.goroutines(t)
 		}
 		for _, p := range procs {
 			w.base = append(w.base, p.resources(t))
+			w.baseGs = append(w.baseGs, p.goroutines(t))
 		}
-		cur := fmt.Sprint(w.baseG, w.fdsOf(w.base))
+		cur := fmt.Sprint(w.baseG, w.fdsOf(w.base), w.baseGs)
 		if cur == prev || time.Now().After(deadline) {
 			break
 		}
@@ -157,7 +220,8 @@ func (w *leakWatch) fdsOf(rs []resources) []int {
 
 // check waits (up to timeout) for every count to be back at its baseline:
 // the same file descriptors in each process, no more goroutines in
-// tunneld. It fails the test with the counts otherwise, and logs them.
+// tunneld and in the processes with a metrics listener. It fails the test
+// with the counts otherwise, and logs them.
 func (w *leakWatch) check(timeout time.Duration) {
 	w.t.Helper()
 	deadline := time.Now().Add(timeout)
@@ -167,11 +231,17 @@ func (w *leakWatch) check(timeout time.Duration) {
 			g = w.d.goroutines(w.t)
 		}
 		var now []resources
+		var gs []int
 		ok := g <= w.baseG
 		for i, p := range w.procs {
 			r := p.resources(w.t)
 			now = append(now, r)
 			if r.fds != w.base[i].fds {
+				ok = false
+			}
+			pg := p.goroutines(w.t)
+			gs = append(gs, pg)
+			if pg > w.baseGs[i] {
 				ok = false
 			}
 		}
@@ -182,6 +252,9 @@ func (w *leakWatch) check(timeout time.Duration) {
 			}
 			for i, p := range w.procs {
 				fmt.Fprintf(&b, "; %s[%d]: %v -> %v", p.name, p.cmd.Process.Pid, w.base[i], now[i])
+				if w.baseGs[i] >= 0 {
+					fmt.Fprintf(&b, ", goroutines %d -> %d", w.baseGs[i], gs[i])
+				}
 			}
 			if !ok {
 				w.t.Fatalf("leak: not back to the baseline after %v: %s", timeout, b.String())

@@ -405,6 +405,7 @@ func TestFaultTunneldKillAgent(t *testing.T) {
 	d := startTunneld(t)
 	broker := d.brokerAddr(t)
 	ag := startAgent(t, "--thing", "kill-dev", "--broker", "tcp://"+broker, "--tunnel-endpoint", d.wsURL, "--map", "ECHO="+echo)
+	leaks := watchLeaks(t, nil, ag)
 	ag.drain()
 
 	t0 := time.Now()
@@ -418,10 +419,18 @@ func TestFaultTunneldKillAgent(t *testing.T) {
 
 	tun := d2.openTunnel(t, "kill-dev", "ECHO")
 	ag.waitLine(`msg="tunnel session started"`, lpWait)
-	_, addrs := startSource(t, d2.wsURL, tun.SourceAccessToken, "ECHO=0", 1)
+	src, addrs := startSource(t, d2.wsURL, tun.SourceAccessToken, "ECHO=0", 1)
 	if _, err := echoUntil(addrs["ECHO"], lpWait); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("FIGURE tunneld (embedded broker) SIGKILL under tunnel-agent: resubscribed %v after the kill; the next tunnel served, echo after %v",
 		ms(resubscribed), ms(time.Since(t0)))
+	// Once the tunnel is closed, the agent is back to its baseline: one
+	// broker connection, no session left behind.
+	if code := d2.call(t, "CloseTunnel", map[string]any{"tunnelId": tun.TunnelID}, nil); code != 200 {
+		t.Fatalf("CloseTunnel: HTTP %d", code)
+	}
+	ag.waitLine(`tunnel closed: session ended`, lpWait)
+	src.waitExit(lpWait)
+	leaks.check(10 * time.Second)
 }

@@ -49,7 +49,7 @@ func tokenEnv(tok string) []string { return []string{"AWSIOT_TUNNEL_ACCESS_TOKEN
 // mappings.
 func startDestination(t *testing.T, endpoint, tok, mapping string, extra ...string) *proc {
 	t.Helper()
-	args := append([]string{"-e", endpoint, "-d", mapping}, extra...)
+	args := append([]string{"-e", endpoint, "-d", mapping}, withMetrics(extra)...)
 	p := start(t, "localproxy", tokenEnv(tok), args...)
 	p.waitLine(`Use port mapping`, lpWait)
 	return p
@@ -60,7 +60,7 @@ func startDestination(t *testing.T, endpoint, tok, mapping string, extra ...stri
 // without service IDs).
 func startSource(t *testing.T, endpoint, tok, mapping string, n int, extra ...string) (*proc, map[string]string) {
 	t.Helper()
-	args := append([]string{"-e", endpoint, "-s", mapping}, extra...)
+	args := append([]string{"-e", endpoint, "-s", mapping}, withMetrics(extra)...)
 	p := start(t, "localproxy", tokenEnv(tok), args...)
 	return p, listenAddrs(p, n)
 }

@@ -136,6 +136,12 @@ type Config struct {
 	// none), with scheme http or https, host:port and optional user info.
 	// NO_PROXY does not apply, as in the reference.
 	Proxy *url.URL
+	// MetricsListen is the address of the metrics listener
+	// (--metrics-listen, else the settings' metrics.listen); "" = none.
+	MetricsListen string
+	// MetricsAllowRemote permits a non-loopback MetricsListen
+	// (--metrics-allow-remote).
+	MetricsAllowRemote bool
 	// Origins says where each option's value came from, keyed by long
 	// option name: "-r/--region", "--config file F line N" or an
 	// environment variable name. For debug logs.
@@ -303,7 +309,7 @@ func (c *Config) build(values map[string]sourced, env Environment) error {
 		return v, ok
 	}
 	// Options that need a non-empty value.
-	for _, name := range []string{optEndpoint, optRegion, optBindAddress, optCAPath, optSettingsJSON, optMode, optClientType, optConfigDir, optVerbose} {
+	for _, name := range []string{optEndpoint, optRegion, optBindAddress, optCAPath, optSettingsJSON, optMode, optClientType, optConfigDir, optVerbose, optMetricsListen} {
 		if v, ok := get(name); ok && strings.TrimSpace(v.value) == "" {
 			return errorf(ErrUsage, "%s is empty: give a value or leave the option out", v.where(name))
 		}
@@ -411,6 +417,20 @@ func (c *Config) build(values map[string]sourced, env Environment) error {
 		case "V3":
 		default:
 			return errorf(ErrClientType, "%s %q: use V1 or V2 for an older destination, or leave it out for V3", v.where(optClientType), v.value)
+		}
+	}
+
+	c.MetricsListen = c.Settings.MetricsListen
+	from := "tunneling.proxy.metrics.listen in " + c.SettingsFile
+	if v, ok := get(optMetricsListen); ok {
+		c.MetricsListen, from = strings.TrimSpace(v.value), v.where(optMetricsListen)
+	}
+	if v, ok := get(optMetricsRemote); ok {
+		c.MetricsAllowRemote = v.value == "true"
+	}
+	if c.MetricsListen != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
+			return errorf(ErrUsage, "%s %q: want HOST:PORT, e.g. 127.0.0.1:9090", from, c.MetricsListen)
 		}
 	}
 

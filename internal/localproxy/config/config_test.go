@@ -715,3 +715,43 @@ func BenchmarkParse(b *testing.B) {
 		}
 	}
 }
+
+// TestMetricsOptions: --metrics-listen and --metrics-allow-remote from the
+// command line, the --config file and the settings JSON (metrics.listen);
+// the command line wins; reference prefixes are unaffected.
+func TestMetricsOptions(t *testing.T) {
+	dir := t.TempDir()
+	settings := writeFile(t, dir, "s.json", `{"tunneling":{"proxy":{"metrics":{"listen":"127.0.0.1:9100"}}}}`)
+	conf := writeFile(t, dir, "lp.ini", "metrics-listen = 127.0.0.1:9200\nmetrics-allow-remote = true\n")
+	base := []string{"-r", "us-east-1", "-t", "tok", "-s", "5555"}
+	for _, tc := range []struct {
+		name   string
+		args   []string
+		listen string
+		remote bool
+	}{
+		{"off by default", nil, "", false},
+		{"command line", []string{"--metrics-listen", "127.0.0.1:0"}, "127.0.0.1:0", false},
+		{"allow remote", []string{"--metrics-listen=0.0.0.0:9090", "--metrics-allow-remote"}, "0.0.0.0:9090", true},
+		{"settings", []string{"--settings-json", settings}, "127.0.0.1:9100", false},
+		{"config file over settings", []string{"--settings-json", settings, "--config", conf}, "127.0.0.1:9200", true},
+		{"command line over both", []string{"--settings-json", settings, "--config", conf, "--metrics-listen", "[::1]:0"}, "[::1]:0", true},
+	} {
+		c := mustParse(t, append(slicesClone(base), tc.args...), testEnv(t, nil, nil))
+		if c.MetricsListen != tc.listen || c.MetricsAllowRemote != tc.remote {
+			t.Errorf("%s: listen %q remote %v, want %q %v", tc.name, c.MetricsListen, c.MetricsAllowRemote, tc.listen, tc.remote)
+		}
+	}
+	for _, args := range [][]string{{"--metrics-listen", "9090"}, {"--metrics-listen", " "}} {
+		if _, _, err := Parse(append(slicesClone(base), args...), testEnv(t, nil, nil)); !errors.Is(err, ErrUsage) {
+			t.Errorf("%q: %v, want ErrUsage", args, err)
+		}
+	}
+	// "--m" is still --mode's prefix, as in the reference.
+	c := mustParse(t, []string{"-r", "us-east-1", "-t", "tok", "--m", "src"}, testEnv(t, nil, nil))
+	if c.Mode != ModeSource || c.MetricsListen != "" {
+		t.Errorf("--m src: mode %v, metrics %q", c.Mode, c.MetricsListen)
+	}
+}
+
+func slicesClone(s []string) []string { return append([]string(nil), s...) }

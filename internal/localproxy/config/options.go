@@ -19,6 +19,10 @@ type optionDef struct {
 	// notInFile: the reference reads it only from the command line; in a
 	// --config file it is ignored with a warning.
 	notInFile bool
+	// sectunOnly: not an option of the reference. Such options are never
+	// the target of a long-name prefix ("--m" stays --mode's alone), so
+	// that reference command lines parse as they did.
+	sectunOnly bool
 }
 
 // Long option names.
@@ -41,6 +45,8 @@ const (
 	optMode          = "mode"
 	optClientType    = "destination-client-type"
 	optConfigDir     = "config-dir"
+	optMetricsListen = "metrics-listen"
+	optMetricsRemote = "metrics-allow-remote"
 	envAccessToken   = "AWSIOT_TUNNEL_ACCESS_TOKEN"
 	envEndpoint      = "AWSIOT_TUNNEL_ENDPOINT"
 	envRegion        = "AWSIOT_TUNNEL_REGION"
@@ -84,6 +90,10 @@ var optionDefs = []optionDef{
 		help: "protocol of an older destination proxy this source talks to (V3 when not given)"},
 	{long: optConfigDir, arg: "DIR",
 		help: "directory of files with `SERVICE_ID = PORT` lines (default: ./config)"},
+	{long: optMetricsListen, arg: "ADDRESS", sectunOnly: true,
+		help: "sectun: serve Prometheus metrics (goroutines, tunnel connected, reconnects, connections per service) on http://ADDRESS/metrics, e.g. 127.0.0.1:9090 (port 0: any free port; the bound address is logged); loopback only unless --metrics-allow-remote; off by default"},
+	{long: optMetricsRemote, sectunOnly: true,
+		help: "sectun: allow a non-loopback --metrics-listen address (the metrics hold no secret but tell service IDs and activity)"},
 }
 
 func lookupLong(name string) *optionDef {
@@ -175,7 +185,7 @@ func expandLongPrefixes(args []string) ([]string, error) {
 			if def == nil && name != "" {
 				var matches []*optionDef
 				for j := range optionDefs {
-					if strings.HasPrefix(optionDefs[j].long, name) {
+					if !optionDefs[j].sectunOnly && strings.HasPrefix(optionDefs[j].long, name) {
 						matches = append(matches, &optionDefs[j])
 					}
 				}

@@ -81,6 +81,11 @@ type Settings struct {
 	WebSocketWriteBufferSize int
 	// WebSocketReadBufferSize (websocket.read_buffer_size). Default 131076.
 	WebSocketReadBufferSize int
+
+	// MetricsListen (metrics.listen; sectun only, never exported): the
+	// address of the metrics listener, as --metrics-listen, which wins.
+	// Default "" (none).
+	MetricsListen string
 }
 
 // DefaultSettings returns the reference local proxy's (v3.3.1) defaults.
@@ -158,6 +163,7 @@ var settingsTable = []setting{
 	{path: "websocket.max_frame_size", kind: kindInt, min: 1, max: maxSize, exported: true, num: func(s *Settings) *int { return &s.WebSocketMaxFrameSize }},
 	{path: "websocket.write_buffer_size", kind: kindInt, min: 1, max: maxSize, exported: true, num: func(s *Settings) *int { return &s.WebSocketWriteBufferSize }},
 	{path: "websocket.read_buffer_size", kind: kindInt, min: 1, max: maxSize, exported: true, num: func(s *Settings) *int { return &s.WebSocketReadBufferSize }},
+	{path: "metrics.listen", kind: kindString, str: func(s *Settings) *string { return &s.MetricsListen }},
 }
 
 const overridesKey = "region_endpoint_overrides"
