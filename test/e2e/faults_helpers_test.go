@@ -523,6 +523,14 @@ func proxySettings(t *testing.T, pingMS, retryMS int) string {
 const (
 	rigPing  = 400
 	rigRetry = 200
+	// rigPingLoaded is the ping period of the tests that need no short
+	// keepalive (a reset is seen at once). Pings travel in-band, behind
+	// the bulk data already queued in socket buffers and the fault
+	// proxy; on a loaded machine (race detector, other test runs on 2
+	// cores) a bulk upload's queue took over 800 ms to drain, so a
+	// healthy tunnel was dropped by the 400 ms ping's liveness window
+	// before its transfer delivered a byte (the TestFaultReset flake).
+	rigPingLoaded = 2000
 )
 
 func newFaultRig(t *testing.T, pingMS int) *faultRig {

@@ -5,6 +5,7 @@ package e2e
 // figures as "FIGURE ..." lines (go test -v -run TestFault ./test/e2e/).
 
 import (
+	"context"
 	"database/sql"
 	"fmt"
 	"path/filepath"
@@ -37,13 +38,32 @@ func (r *faultRig) midTransfer(t *testing.T, fp *faultproxy.Proxy) *xfer {
 	s := fp.Stats()
 	x := startXfer(t, r.addrs["BULK"], bigXfer, bigXfer)
 	ctx := ctxTimeout(t, lpWait)
-	if err := fp.WaitForwarded(ctx, s.Up+s.Down+2<<20); err != nil {
+	// A transfer that ends before the fault fails the test at once, with
+	// what the local proxies logged, rather than after lpWait.
+	wctx, cancel := context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-x.readEnd:
+			cancel()
+		case <-wctx.Done():
+		}
+	}()
+	err := fp.WaitForwarded(wctx, s.Up+s.Down+2<<20)
+	cancel()
+	if err != nil {
+		select {
+		case <-x.readEnd:
+			t.Fatalf("the transfer ended before any fault after %v received (%v); fault proxy: %+v", x.received, x.rerr, fp.Stats())
+		default:
+		}
 		t.Fatal(err)
 	}
 	for x.progress.Load() < 512<<10 {
 		select {
 		case <-ctx.Done():
-			t.Fatalf("the client received only %d bytes", x.progress.Load())
+			t.Fatalf("the client received only %d bytes (fault proxy: %+v)", x.progress.Load(), fp.Stats())
+		case <-x.readEnd:
+			t.Fatalf("the transfer ended before any fault after %v received (%v); fault proxy: %+v", x.received, x.rerr, fp.Stats())
 		case <-time.After(2 * time.Millisecond): // progress polling
 		}
 	}
@@ -88,7 +108,7 @@ func TestFaultReset(t *testing.T) {
 	defer figs.log(t)
 	for _, side := range []string{"source", "destination"} {
 		t.Run(side, func(t *testing.T) {
-			r := newFaultRig(t, rigPing)
+			r := newFaultRig(t, rigPingLoaded)
 			fp, lp := r.sideOf(side)
 			leaks := watchLeaks(t, r.d, r.src, r.dst)
 			lp.drain()
