@@ -12,6 +12,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -340,12 +341,24 @@ func sqliteIntegrity(t *testing.T, dataDir string) {
 	}
 }
 
-// TestFaultTunneldKill: tunneld is killed with SIGKILL while both ends of
-// a tunnel are connected and a connection is open, and restarted on the
-// same data directory and address. The local connection ends at once; the
-// database is intact; the proxies reconnect with their client tokens; the
-// tunnels keep their states; the API answers as before.
+// TestFaultTunneldKill: tunneld is killed with SIGKILL, or stopped with
+// SIGTERM (a graceful restart), while both ends of a tunnel are connected
+// and a connection is open, and restarted on the same data directory and
+// address. The local connection ends at once; the database is intact; the
+// proxies reconnect with their client tokens (a graceful stop drops the
+// WebSockets without a close frame, so no proxy takes it for a closed
+// tunnel); the tunnels keep their states; the API answers as before.
 func TestFaultTunneldKill(t *testing.T) {
+	for _, graceful := range []bool{false, true} {
+		name := "SIGKILL"
+		if graceful {
+			name = "SIGTERM"
+		}
+		t.Run(name, func(t *testing.T) { testTunneldRestart(t, graceful) })
+	}
+}
+
+func testTunneldRestart(t *testing.T, graceful bool) {
 	d := startTunneldLP(t)
 	a := d.openTunnel(t, "thing1", "ECHO")
 	b := d.openTunnel(t, "thing2", "SSH")
@@ -373,10 +386,19 @@ func TestFaultTunneldKill(t *testing.T) {
 	dst.drain()
 
 	t0 := time.Now()
-	d.cmd.Process.Kill()
-	d.waitExit(10 * time.Second)
+	how := "SIGKILL"
+	if graceful {
+		how = "SIGTERM (graceful)"
+		d.cmd.Process.Signal(syscall.SIGTERM)
+	} else {
+		d.cmd.Process.Kill()
+	}
 	expectClosed(t, conn, 5*time.Second)
 	closed := time.Since(t0)
+	if code := d.waitExit(10 * time.Second); graceful && code != 0 {
+		t.Fatalf("tunneld exited with %d after SIGTERM", code)
+	}
+	exited := time.Since(t0)
 	sqliteIntegrity(t, d.dataDir)
 
 	t1 := time.Now()
@@ -393,8 +415,13 @@ func TestFaultTunneldKill(t *testing.T) {
 	if _, err := echoUntil(addrs["ECHO"], lpWait); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("FIGURE tunneld SIGKILL: local connection closed %v after the kill; restarted in %v; both proxies reconnected %v after the restart began; echo after %v",
-		ms(closed), ms(started), ms(reconnected), ms(time.Since(t1)))
+	for _, p := range []*proc{src, dst} {
+		if n := p.countLines(`tunnel was closed|exiting`); n > 0 {
+			t.Errorf("%s took the %s stop for a closed tunnel", p.name, how)
+		}
+	}
+	t.Logf("FIGURE tunneld %s: local connection closed %v after the signal; tunneld exited after %v; restarted in %v; both proxies reconnected %v after the restart began; echo after %v; %v from the signal to the echo",
+		how, ms(closed), ms(exited), ms(started), ms(reconnected), ms(time.Since(t1)), ms(time.Since(t0)))
 	for id, states := range want {
 		d2.waitStates(t, id, states, lpWait)
 	}
