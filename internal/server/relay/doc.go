@@ -111,6 +111,22 @@
 // local proxy exit instead of reconnecting. When a peer leaves or is replaced, the other gets
 // STREAM_RESET for each stream still active.
 //
+// # Keepalive while the other end is stuck
+//
+// A reader blocked writing to a peer that does not read (or waiting for
+// the bandwidth limit) does not read its own peer either, so that peer's
+// pings wait unanswered until the write completes, or until WriteTimeout
+// (default 30 s) drops the stuck end; answering them would need reading
+// past the data frames queued before them, which backpressure forbids.
+// Instead, once a reader has been held up for 1 s, the relay pings its
+// peer every second until it reads again. A client that counts any frame
+// from the service as a sign of life (the tunnel library; read deadlines
+// extended by pings, as with gorilla/websocket) keeps its connection with
+// any liveness window over about a second; one that requires a pong to
+// its own ping within less than WriteTimeout may still give up on the
+// healthy end. The reference local proxy never times out a ping. Such a
+// client must not itself be blocked writing (its pongs would wait).
+//
 // Writing from the readers (no writer goroutine) keeps two goroutines per
 // tunnel and about 15 KiB per idle peer (measured: TestMemoryPerPeer), and
 // makes backpressure exact: there is no queue between the two sockets

@@ -420,3 +420,36 @@ func data(stream int32, service string, payload []byte) *wire.Message {
 func start(stream int32, service string) *wire.Message {
 	return &wire.Message{Type: wire.TypeStreamStart, StreamID: stream, ServiceID: service, ConnectionID: 1}
 }
+
+// waitWriteBlocked waits until a write to p has been in progress for a
+// while: its output lock, held by the writer, stays taken for 200 ms.
+func waitWriteBlocked(t testing.TB, p *peer) {
+	t.Helper()
+	var held int
+	waitFor(t, "a write to the peer to block", func() bool {
+		if p.wmu.TryLock() {
+			p.wmu.Unlock()
+			held = 0
+		} else {
+			held++
+		}
+		time.Sleep(20 * time.Millisecond)
+		return held >= 10
+	})
+}
+
+// currentPeer returns the relay's peer for one end of a tunnel.
+func (tr *testRelay) currentPeer(t testing.TB, tunnelID string, mode store.Mode) *peer {
+	t.Helper()
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	tun := tr.tunnels[tunnelID]
+	if tun == nil {
+		t.Fatalf("no tunnel %s", tunnelID)
+	}
+	p := tun.peers[modeIndex(mode)].Load()
+	if p == nil {
+		t.Fatalf("no %s peer", mode)
+	}
+	return p
+}

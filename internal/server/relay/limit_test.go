@@ -264,3 +264,46 @@ func TestStuckReceiverBlocksSender(t *testing.T) {
 		}
 	}
 }
+
+// While the relay is blocked writing one end's frames to the other end,
+// which does not read, it does not read the first end either: that end's
+// pings wait unanswered. The relay pings it every stallPing meanwhile, so
+// a client with a liveness window shorter than PingInterval (20 s here)
+// keeps the healthy connection.
+func TestStuckReceiverSenderKeptAlive(t *testing.T) {
+	tr := newTestRelay(t, Config{})
+	src, dst := tr.dialPair(t, "alive")
+	stuck := tr.currentPeer(t, "alive", store.ModeDestination)
+	if err := stuck.conn.SetSocketBuffers(8<<10, 8<<10); err != nil {
+		t.Fatal(err)
+	}
+	if err := dst.conn.SetSocketBuffers(8<<10, 8<<10); err != nil {
+		t.Fatal(err)
+	}
+	// dst reads nothing. src sends until its writes block too, for at most
+	// 1 s: then its connection refuses writes at once, and its pongs fail
+	// without holding up its reader (a blocked writer would hold them for
+	// wsconn's 5 s pong deadline).
+	msg := frameBytes(t, data(1, "", make([]byte, wire.MaxPayloadSize)), data(1, "", make([]byte, wire.MaxPayloadSize)))
+	src.conn.SetWriteDeadline(time.Now().Add(time.Second))
+	for range 32 {
+		if src.conn.WriteMessage(msg) != nil {
+			break
+		}
+	}
+	waitWriteBlocked(t, stuck)
+	const window = 3 * time.Second
+	src.conn.SetLiveness(window)
+	done := make(chan error, 1)
+	go func() {
+		_, err := src.conn.Read(make([]byte, 1024))
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("the sender's connection ended while the receiver was stuck: %v", err)
+	case <-time.After(window + window/2):
+	}
+	src.conn.Close()
+	<-done
+}

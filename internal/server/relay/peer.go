@@ -82,6 +82,10 @@ type peer struct {
 	ctx       context.Context // ends when the peer is closed
 	cancel    context.CancelFunc
 	ping      *time.Timer
+	// stall pings the peer while its reader is held up (blocked writing to
+	// the other peer, or throttled): see holdStart. nil without pings.
+	stall *time.Timer
+	held  atomic.Bool
 
 	// closed is set when frames from and to this peer must no longer be
 	// relayed: from install (replaced, under t.mu) or close.
@@ -165,8 +169,46 @@ func (r *Relay) newPeer(conn *wsconn.Conn, g Grant, hs HandshakeRequest) *peer {
 		// Armed only once assigned: pingTick reads p.ping.
 		p.ping = time.AfterFunc(math.MaxInt64, p.pingTick)
 		p.ping.Reset(d)
+		p.stall = time.AfterFunc(math.MaxInt64, p.stallTick)
+		p.stall.Stop()
 	}
 	return p
+}
+
+// stallPing is how often a peer whose reader is held up gets a ping.
+const stallPing = time.Second
+
+// holdStart and holdEnd bracket what can keep the reader from reading its
+// connection for long: a write to the other peer (which may not be
+// reading) and a bandwidth wait. Meanwhile the pings p's client sends wait
+// unread, unanswered; if the hold lasts, the relay pings the client every
+// stallPing instead, so that a client counting any frame from the service
+// as a sign of life (the tunnel library, read deadlines with gorilla) does
+// not give up on a healthy connection while the other end is stuck. Reader
+// goroutine only; two timer calls per write.
+func (p *peer) holdStart() {
+	if p.stall != nil {
+		p.held.Store(true)
+		p.stall.Reset(stallPing)
+	}
+}
+
+func (p *peer) holdEnd() {
+	if p.stall != nil {
+		p.held.Store(false)
+		p.stall.Stop()
+	}
+}
+
+func (p *peer) stallTick() {
+	if !p.held.Load() || p.closed.Load() {
+		return
+	}
+	p.conn.Ping(nil)
+	// A Reset racing holdEnd's Stop at worst fires once more, idle.
+	if p.held.Load() {
+		p.stall.Reset(stallPing)
+	}
 }
 
 func (p *peer) pingTick() {
@@ -195,6 +237,7 @@ func (p *peer) close(code int, reason string) {
 		p.cancel()
 		if p.ping != nil {
 			p.ping.Stop()
+			p.stall.Stop()
 		}
 		if err := p.conn.SendClose(code, reason); isTimeout(err) {
 			// The close frame did not go out in time: a write to a peer
@@ -231,6 +274,7 @@ func (p *peer) stopReading() {
 	p.cancel()
 	if p.ping != nil {
 		p.ping.Stop()
+		p.stall.Stop()
 	}
 	p.conn.NetConn().SetReadDeadline(time.Now())
 }
@@ -248,6 +292,7 @@ func (p *peer) drop(reason string) {
 		p.cancel()
 		if p.ping != nil {
 			p.ping.Stop()
+			p.stall.Stop()
 		}
 		cut(p.conn)
 	})
@@ -361,6 +406,8 @@ func (p *peer) beforeRead() error {
 	if lim != nil && p.consumed > 0 {
 		n := p.consumed
 		p.consumed = 0
+		p.holdStart()
+		defer p.holdEnd()
 		for n > 0 {
 			k := min(n, limiterBurst)
 			if err := lim.WaitN(p.ctx, k); err != nil {
@@ -487,7 +534,14 @@ func (p *peer) enqueue(dst *peer, frame []byte) {
 		o.dst = dst
 		dst.out = o
 	}
-	err := o.fw.WriteFrame(frame)
+	var err error
+	if o.fw.Available() < wire.FrameHeaderSize+len(frame) {
+		p.holdStart() // the output is written first
+		err = o.fw.WriteFrame(frame)
+		p.holdEnd()
+	} else {
+		err = o.fw.WriteFrame(frame)
+	}
 	dst.wmu.Unlock()
 	if err != nil {
 		p.cnt.dropped.Add(1)
@@ -506,7 +560,10 @@ func (p *peer) flushPending() {
 		return
 	}
 	p.pending = nil
-	if err := dst.flushOut(); err != nil {
+	p.holdStart()
+	err := dst.flushOut()
+	p.holdEnd()
+	if err != nil {
 		dst.writeFailed(err)
 	}
 }

@@ -111,7 +111,8 @@ type Config struct {
 	IdleTimeout time.Duration
 	// PingInterval is how often the relay pings each peer, so peers that
 	// do not ping themselves still answer within IdleTimeout; default 20 s;
-	// negative disables.
+	// negative disables these and the pings every second to a peer whose
+	// frames are held up (see the package documentation).
 	PingInterval time.Duration
 	// WriteTimeout closes a peer that accepts no data for this long while
 	// the relay has some for it; default 30 s.
