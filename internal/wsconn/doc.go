@@ -5,9 +5,21 @@
 // stream, whole binary messages out, pings with a liveness deadline, and
 // close frames with a code and reason.
 //
-// Concurrency: one goroutine may read (Reader) and one may write
-// (WriteMessage) at a time; Ping, Close and CloseWith may be called from any
-// goroutine.
+// Client messages are framed by wsconn itself (masked while copied, one
+// write call per message); gorilla frames the server's and reads both.
+//
+// Kernel queues: every stream of a tunnel shares one WebSocket, and the
+// kernel's socket buffers are FIFO queues that nothing above can reorder.
+// On Linux, Dial and Accept therefore give the TCP connection short ones
+// (TCP_NOTSENT_LOWAT, and SO_SNDBUF/SO_RCVBUF sized for the link's round
+// trip on links under ~8 ms) so that bulk data waits in the per-stream
+// buffers above, where writers interleave streams; KeepSocketBuffers in
+// the options turns this off. Elsewhere the kernel's defaults stay.
+//
+// Concurrency: one goroutine may read (Read) and one may write
+// (WriteMessage, SetWriteDeadline) at a time; Ping, SendClose, Close and
+// CloseWith may be called from any goroutine. Control frames written while
+// a message write is blocked wait for it up to their own deadline.
 //
 // Errors: a text message from the peer ends the stream with ErrTextMessage
 // (close 1003), a message over MaxMessageSize with ErrMessageTooBig (close

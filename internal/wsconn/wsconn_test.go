@@ -176,13 +176,38 @@ func TestProxyFromEnvironment(t *testing.T) {
 // basic authentication taken from the proxy URL.
 func TestDialThroughConnectProxy(t *testing.T) {
 	u := serve(t, func(c *Conn) { c.WriteMessage([]byte("via proxy")); c.Close() })
+	proxyURL, auth := connectProxy(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, _, err := Dial(ctx, u, DialOptions{Proxy: func(*url.URL) (*url.URL, error) { return proxyURL, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetLiveness(5 * time.Second)
+	b, _ := io.ReadAll(io.LimitReader(c, 9))
+	if string(b) != "via proxy" {
+		t.Fatalf("read %q", b)
+	}
+	if a := <-auth; a != "Basic YWxpY2U6c2VjcmV0" {
+		t.Fatalf("Proxy-Authorization %q", a)
+	}
+}
+
+// connectProxy starts an HTTP CONNECT proxy for one connection; its URL
+// carries user information, and the Proxy-Authorization header received
+// is sent on the channel.
+func connectProxy(t *testing.T) (*url.URL, <-chan string) {
+	t.Helper()
 	auth := make(chan string, 1)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	go func() {
+	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait)
+	t.Cleanup(func() { ln.Close() })
+	wg.Go(func() {
 		conn, err := ln.Accept()
 		if err != nil {
 			return
@@ -200,25 +225,11 @@ func TestDialThroughConnectProxy(t *testing.T) {
 		}
 		defer up.Close()
 		io.WriteString(conn, "HTTP/1.1 200 Connection established\r\n\r\n")
-		go io.Copy(up, br)
+		go func() { io.Copy(up, br); up.(*net.TCPConn).CloseWrite() }()
 		io.Copy(conn, up)
-	}()
+	})
 	proxyURL, _ := url.Parse("http://alice:secret@" + ln.Addr().String())
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	c, _, err := Dial(ctx, u, DialOptions{Proxy: func(*url.URL) (*url.URL, error) { return proxyURL, nil }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetLiveness(5 * time.Second)
-	b, _ := io.ReadAll(io.LimitReader(c, 9))
-	if string(b) != "via proxy" {
-		t.Fatalf("read %q", b)
-	}
-	if a := <-auth; a != "Basic YWxpY2U6c2VjcmV0" {
-		t.Fatalf("Proxy-Authorization %q", a)
-	}
+	return proxyURL, auth
 }
 
 // A dial that fails because ctx's deadline passed returns with ctx done:

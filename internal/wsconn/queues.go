@@ -1,0 +1,98 @@
+package wsconn
+
+import (
+	"crypto/tls"
+	"fmt"
+	"net"
+	"time"
+)
+
+// The short-queue policy that Dial and Accept apply to the TCP connection
+// under a WebSocket (Linux; DialOptions.KeepSocketBuffers and
+// AcceptOptions.KeepSocketBuffers turn it off). Every stream of a tunnel
+// shares that connection, and what sits in its kernel queues can no longer
+// be reordered: on loopback and LANs autotuning grows each buffer to
+// megabytes, and a round trip beside a bulk transfer waited 50-200 ms
+// behind them. Short kernel queues leave the waiting to the per-stream
+// buffers above, where the writers interleave streams.
+var (
+	// queueRate is the rate, in bytes per second, that the buffers of a
+	// short link are sized for: twice the bandwidth-delay product at
+	// 2 Gbit/s and the connection's lowest round-trip time so far.
+	queueRate = 2.5e8
+	// minSocketBuffer is the smallest SO_SNDBUF/SO_RCVBUF set (Linux
+	// doubles the value for its bookkeeping).
+	minSocketBuffer = 32 << 10
+	// maxSocketBuffer is the largest size set: a link that needs more (a
+	// round trip above about 8 ms) keeps the kernel's autotuning, which
+	// sizes the buffers for its path.
+	maxSocketBuffer = 4 << 20
+	// notsentLowat bounds the unsent bytes in the send queue
+	// (TCP_NOTSENT_LOWAT): the writer blocks rather than queueing more,
+	// on every link (it does not limit what is in flight).
+	notsentLowat = 32 << 10
+	// maxSegment caps the segment size of dialed connections (0: no cap).
+	// Loopback uses 64 KiB segments; with buffers of a few of them the
+	// window updates come late and a transfer stalls. Real links have
+	// smaller segments anyway.
+	maxSegment = 16 << 10
+)
+
+// tcpConn returns the TCP connection under c (under TLS too).
+func (c *Conn) tcpConn() (*net.TCPConn, error) {
+	nc := c.ws.NetConn()
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
+	tcp, ok := nc.(*net.TCPConn)
+	if !ok {
+		return nil, fmt.Errorf("wsconn: %T is not a TCP connection", nc)
+	}
+	return tcp, nil
+}
+
+// shortenQueues applies the short-queue policy to c's TCP connection:
+// TCP_NOTSENT_LOWAT always, and, if sizeBuffers and twice the
+// bandwidth-delay product is at most maxSocketBuffer, SO_SNDBUF and
+// SO_RCVBUF of that size (at least minSocketBuffer, and two segments). It
+// returns the buffer size set, 0 if it left the buffers to autotuning.
+// Where the options do not exist (not Linux, not TCP) it changes nothing
+// and reports why.
+func (c *Conn) shortenQueues(sizeBuffers bool) (int, error) {
+	tcp, err := c.tcpConn()
+	if err != nil {
+		return 0, err
+	}
+	if notsentLowat > 0 {
+		if err := setNotsentLowat(tcp, notsentLowat); err != nil {
+			return 0, err
+		}
+	}
+	if !sizeBuffers {
+		return 0, nil
+	}
+	rtt, err := tcpMinRTT(tcp)
+	if err != nil {
+		return 0, err
+	}
+	size := bufferSize(rtt)
+	if size == 0 {
+		return 0, nil
+	}
+	// A peer that did not cap its segments (not dialed by wsconn) may use
+	// 64 KiB ones on loopback: a buffer of a segment or two stalls.
+	if mss, err := tcpMSS(tcp); err == nil {
+		size = max(size, 2*mss)
+	}
+	return size, c.SetSocketBuffers(size, size)
+}
+
+// bufferSize is the socket buffer size for a link with round-trip time
+// rtt, 0 for one that keeps autotuning.
+func bufferSize(rtt time.Duration) int {
+	size := max(minSocketBuffer, int(2*queueRate*rtt.Seconds()))
+	if size > maxSocketBuffer {
+		return 0
+	}
+	return size
+}
