@@ -89,9 +89,23 @@ func TestRelayBothWays(t *testing.T) {
 	}
 	src.send(start(7, "HTTP"))
 	dst.recv()
-	for range 20 {
-		src.sendRaw(full)
-	}
+	// Sent while dst reads: 2.6 MB need not fit in the kernel's buffers.
+	sent := make(chan error, 1)
+	src.conn.SetWriteDeadline(time.Now().Add(testTimeout))
+	go func() {
+		var err error
+		for range 20 {
+			if err = src.conn.WriteMessage(full); err != nil {
+				break
+			}
+		}
+		sent <- err
+	}()
+	defer func() {
+		if err := <-sent; err != nil {
+			t.Errorf("send: %v", err)
+		}
+	}()
 	for i := range 40 {
 		if m := dst.recv(); m.StreamID != 7 || !bytes.Equal(m.Payload, big) {
 			t.Fatalf("big frame %d: %v", i, m)
