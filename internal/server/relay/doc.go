@@ -77,11 +77,13 @@
 //
 // Each peer has one goroutine, started by ServeHTTP (which then returns, so
 // net/http frees its per-connection state): it reads tunnel frames from its
-// WebSocket, validates them and appends their encoded bytes
-// to the other peer's output buffer (one WebSocket message of at most
-// 131076 bytes, pooled while empty). The buffer is flushed, by the same
-// goroutine, before each read from the network that could block, and
-// whenever the next frame would not fit. A slow receiver therefore blocks
+// WebSocket into a read buffer (196 KiB, pooled between bursts), validates
+// them and queues them for the other peer as they are: a run of frames for
+// one peer is one range of the read buffer, sent as one WebSocket message
+// of at most 131076 bytes without being copied. The range is written, by
+// the same goroutine, before each read from the network that could block
+// (so before the buffer is reused), and whenever the next frame would not
+// fit or does not follow. A slow receiver therefore blocks
 // the sender's reader, which stops reading its socket: TCP backpressure,
 // with at most one message buffered per peer. The per-tunnel bandwidth limit
 // is applied at the same point, before reading more. Frames for an end that

@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -27,12 +28,20 @@ const (
 	acceptWriteBuffer = 4 << 10
 )
 
-// frameReaders holds FrameReaders (64 KiB each) between bursts, so an idle
-// peer holds none.
-var frameReaders = sync.Pool{New: func() any { return wire.NewFrameReader(nil) }}
+// inBufSize holds a partial tunnel frame kept from the previous read and
+// then the rest of the largest WebSocket message, which is all one read
+// returns.
+const inBufSize = wire.FrameHeaderSize + wire.MaxMessageSize + wire.MaxWebSocketMessageSize
 
-// outBuf is a FrameWriter (up to 131076 bytes) lent to a peer while frames
-// wait for it.
+// inBufs holds read buffers between bursts, so an idle peer holds none.
+// Frames are forwarded from them without a copy: see peer.out.
+var inBufs = sync.Pool{New: func() any {
+	b := make([]byte, inBufSize)
+	return &b
+}}
+
+// outBuf is a FrameWriter (up to 131076 bytes) lent to sendNow for the
+// messages the service itself sends.
 type outBuf struct {
 	fw  *wire.FrameWriter
 	dst *peer // nil: discard what is written
@@ -96,38 +105,23 @@ type peer struct {
 	dropped     bool        // written in closeOnce: cut without a close frame
 	linger      *time.Timer // cuts the connection after close; nil if dropped
 
-	// wmu guards out, the frames waiting for this peer. Other peers'
-	// readers append to it and flush it.
-	wmu sync.Mutex
-	out *outBuf
+	// wmu guards out and outFrom. out holds the frames waiting for this
+	// peer, whole tunnel frames as they arrived: a range of the read
+	// buffer of outFrom, the other peer's reader, which forwards them
+	// without copying and sends them (flushPending) before it reads into
+	// that buffer again or releases it. sendNow writes under wmu too.
+	wmu     sync.Mutex
+	out     []byte
+	outFrom *peer
 
 	// Owned by the peer's own reader goroutine.
-	wake     wakeReader
+	idle     [16]byte // the first bytes of a burst, read without a buffer
 	msg      wire.Message
-	pending  *peer     // peer whose out holds frames this reader appended
+	pending  *peer     // peer whose out holds frames from this reader's buffer
+	pendEnd  int       // where they end in that buffer
 	consumed int       // frame bytes read since the last bandwidth wait
 	lastLive time.Time // when the liveness deadline was last restarted
 	cnt      counters
-}
-
-// wakeReader feeds a FrameReader: first the bytes read while idle, then
-// the connection, flushing pending output before each network read.
-type wakeReader struct {
-	p        *peer
-	buf      [16]byte
-	off, end int
-}
-
-func (w *wakeReader) Read(b []byte) (int, error) {
-	if w.off < w.end {
-		n := copy(b, w.buf[w.off:w.end])
-		w.off += n
-		return n, nil
-	}
-	if err := w.p.beforeRead(); err != nil {
-		return 0, err
-	}
-	return w.p.netRead(b)
 }
 
 // netRead reads from the WebSocket. Time the reader spent writing to the
@@ -163,7 +157,6 @@ func (r *Relay) newPeer(conn *wsconn.Conn, g Grant, hs HandshakeRequest) *peer {
 	if hs.Mode == store.ModeDestination {
 		p.role = wire.RoleDestination
 	}
-	p.wake.p = p
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	if d := r.cfg.PingInterval; d > 0 {
 		// Armed only once assigned: pingTick reads p.ping.
@@ -313,7 +306,7 @@ func (p *peer) abort(code int, reason string) {
 // or until the connection is cut.
 func (p *peer) discard() {
 	for {
-		if _, err := p.conn.Read(p.wake.buf[:]); err != nil {
+		if _, err := p.conn.Read(p.idle[:]); err != nil {
 			return
 		}
 	}
@@ -355,42 +348,59 @@ func (p *peer) loop() error {
 		if err := p.beforeRead(); err != nil {
 			return err
 		}
-		// Wait for the next bytes without holding a frame buffer.
-		n, err := p.netRead(p.wake.buf[:])
+		// Wait for the next bytes without holding a read buffer.
+		n, err := p.netRead(p.idle[:])
 		if err != nil {
 			return err
 		}
-		p.wake.off, p.wake.end = 0, n
-		fr := frameReaders.Get().(*wire.FrameReader)
-		fr.Reset(&p.wake)
-		err = p.drain(fr)
-		fr.Reset(nil)
-		frameReaders.Put(fr)
+		bp := inBufs.Get().(*[]byte)
+		err = p.burst(*bp, copy(*bp, p.idle[:n]))
+		p.flushPending() // the other peer's out must not outlive the buffer
+		inBufs.Put(bp)
 		if err != nil {
 			return err
 		}
 	}
 }
 
-// drain handles frames until fr has nothing buffered.
-func (p *peer) drain(fr *wire.FrameReader) error {
+// burst handles the tunnel frames in buf[:w], reading more while the last
+// one is incomplete, until the buffer ends between frames.
+func (p *peer) burst(buf []byte, w int) error {
+	r := 0
 	for {
-		frame, err := fr.NextFrame()
-		if err != nil {
-			if errors.Is(err, wire.ErrMalformed) {
-				return p.violation(wsconn.CloseProtocolError, "malformed tunnel frame: empty", err)
+		for w-r >= wire.FrameHeaderSize {
+			n := int(binary.BigEndian.Uint16(buf[r:]))
+			if n == 0 {
+				return p.violation(wsconn.CloseProtocolError, "malformed tunnel frame: empty", wire.ErrMalformed)
 			}
-			return err
+			end := r + wire.FrameHeaderSize + n
+			if end > w {
+				break
+			}
+			if p.closed.Load() {
+				return errClosed
+			}
+			if err := p.handle(buf, r, end); err != nil {
+				return err
+			}
+			r = end
 		}
-		if p.closed.Load() {
-			return errClosed
-		}
-		if err := p.handle(frame); err != nil {
-			return err
-		}
-		if fr.Buffered() == 0 && p.wake.off == p.wake.end {
+		if r == w {
 			return nil
 		}
+		// Frames forwarded from the buffer go out before their bytes move.
+		if err := p.beforeRead(); err != nil {
+			return err
+		}
+		if r > 0 {
+			w = copy(buf, buf[r:w])
+			r = 0
+		}
+		k, err := p.netRead(buf[w:])
+		if err != nil {
+			return err
+		}
+		w += k
 	}
 }
 
@@ -419,8 +429,10 @@ func (p *peer) beforeRead() error {
 	return nil
 }
 
-// handle checks one frame from this peer and relays it.
-func (p *peer) handle(frame []byte) error {
+// handle checks the tunnel frame buf[start:end] (length prefix included)
+// from this peer and relays it.
+func (p *peer) handle(buf []byte, start, end int) error {
+	frame := buf[start+wire.FrameHeaderSize : end]
 	m := &p.msg
 	if err := m.Unmarshal(frame); err != nil {
 		return p.violation(wsconn.CloseProtocolError, "malformed tunnel frame", err)
@@ -437,7 +449,7 @@ func (p *peer) handle(frame []byte) error {
 	if !t.hasService(m.ServiceID) {
 		return p.violation(wsconn.ClosePolicyViolation, "service ID is not one of the tunnel's", fmt.Errorf("service ID %q", m.ServiceID))
 	}
-	p.consumed += wire.FrameHeaderSize + len(frame)
+	p.consumed += end - start
 	switch m.Type {
 	case wire.TypeData:
 		if id := t.anon.Load(); id != 0 && id == m.StreamID && m.ServiceID != "" {
@@ -448,31 +460,31 @@ func (p *peer) handle(frame []byte) error {
 				return p.violation(wsconn.ClosePolicyViolation, "service ID on a stream started without one", nil)
 			}
 		}
-		p.forward(frame)
+		p.forward(buf, start, end)
 		return nil
 	case wire.TypeStreamStart, wire.TypeStreamReset, wire.TypeConnectionStart, wire.TypeConnectionReset:
-		return p.forwardControl(frame, m)
+		return p.forwardControl(buf, start, end, m)
 	}
 	// An unknown type marked ignorable: the other peer may know it.
-	p.forward(frame)
+	p.forward(buf, start, end)
 	return nil
 }
 
 // forward relays a frame that does not change stream state.
-func (p *peer) forward(frame []byte) {
+func (p *peer) forward(buf []byte, start, end int) {
 	dst := p.t.peers[1-p.idx].Load()
 	if dst == nil {
 		p.cnt.dropped.Add(1)
 		return
 	}
-	p.enqueue(dst, frame)
+	p.enqueue(dst, buf, start, end)
 }
 
 // forwardControl relays a stream control frame, updating the tunnel's
 // stream state in the same critical section that picks the receiver, so
 // that a replacement or departure resets exactly the streams the receiver
 // saw started.
-func (p *peer) forwardControl(frame []byte, m *wire.Message) error {
+func (p *peer) forwardControl(buf []byte, start, end int, m *wire.Message) error {
 	t := p.t
 	t.mu.Lock()
 	if p.closed.Load() {
@@ -512,13 +524,16 @@ func (p *peer) forwardControl(frame []byte, m *wire.Message) error {
 		}
 	}
 	t.mu.Unlock()
-	p.enqueue(dst, frame)
+	p.enqueue(dst, buf, start, end)
 	return nil
 }
 
-// enqueue appends an encoded frame to dst's output. If the output is full
-// it is written first, blocking this reader: that is the backpressure.
-func (p *peer) enqueue(dst *peer, frame []byte) {
+// enqueue queues the tunnel frame buf[start:end] of this reader's buffer
+// for dst: it extends dst.out when the frame follows the frames already
+// there (the common case: a batch of frames to one peer), up to the
+// largest WebSocket message; otherwise dst.out is written first, blocking
+// this reader: that is the backpressure.
+func (p *peer) enqueue(dst *peer, buf []byte, start, end int) {
 	if p.pending != nil && p.pending != dst {
 		p.flushPending()
 	}
@@ -528,19 +543,18 @@ func (p *peer) enqueue(dst *peer, frame []byte) {
 		p.cnt.dropped.Add(1)
 		return
 	}
-	o := dst.out
-	if o == nil {
-		o = outBufs.Get().(*outBuf)
-		o.dst = dst
-		dst.out = o
-	}
 	var err error
-	if o.fw.Available() < wire.FrameHeaderSize+len(frame) {
-		p.holdStart() // the output is written first
-		err = o.fw.WriteFrame(frame)
-		p.holdEnd()
+	if len(dst.out) > 0 && dst.outFrom == p && p.pendEnd == start && len(dst.out)+end-start <= wire.MaxWebSocketMessageSize {
+		dst.out = dst.out[:len(dst.out)+end-start] // the buffer goes on: same memory
 	} else {
-		err = o.fw.WriteFrame(frame)
+		if len(dst.out) > 0 {
+			p.holdStart() // the output is written first
+			err = dst.writeOutLocked()
+			p.holdEnd()
+		}
+		if err == nil {
+			dst.out, dst.outFrom = buf[start:end], p
+		}
 	}
 	dst.wmu.Unlock()
 	if err != nil {
@@ -548,12 +562,12 @@ func (p *peer) enqueue(dst *peer, frame []byte) {
 		dst.writeFailed(err)
 		return
 	}
-	p.pending = dst
+	p.pending, p.pendEnd = dst, end
 	p.cnt.frames.Add(1)
-	p.cnt.bytes.Add(int64(wire.FrameHeaderSize + len(frame)))
+	p.cnt.bytes.Add(int64(end - start))
 }
 
-// flushPending writes out what this reader appended to another peer.
+// flushPending writes out what this reader queued for another peer.
 func (p *peer) flushPending() {
 	dst := p.pending
 	if dst == nil {
@@ -568,50 +582,49 @@ func (p *peer) flushPending() {
 	}
 }
 
-// flushOut writes p's waiting frames and returns the buffer to the pool.
+// flushOut writes p's waiting frames (nothing once p is closed).
 func (p *peer) flushOut() error {
 	p.wmu.Lock()
 	defer p.wmu.Unlock()
-	o := p.out
-	if o == nil {
-		return nil
-	}
-	p.out = nil
-	if p.closed.Load() {
-		o.dst = nil
-	}
-	err := o.fw.Flush()
-	o.dst = nil
-	outBufs.Put(o)
-	return err
+	return p.writeOutLocked()
 }
 
-// sendNow writes service-generated messages to p at once.
+// writeOutLocked writes out as one WebSocket message and empties it; a
+// closed peer's frames are dropped. p.wmu is held.
+func (p *peer) writeOutLocked() error {
+	b := p.out
+	p.out, p.outFrom = nil, nil
+	if len(b) == 0 || p.closed.Load() {
+		return nil
+	}
+	p.conn.SetWriteDeadline(time.Now().Add(p.r.cfg.WriteTimeout))
+	return p.conn.WriteMessage(b)
+}
+
+// sendNow writes service-generated messages to p at once, after the
+// frames already waiting for it.
 func (p *peer) sendNow(msgs ...*wire.Message) {
 	p.wmu.Lock()
 	if p.closed.Load() {
 		p.wmu.Unlock()
 		return
 	}
-	o := p.out
-	if o == nil {
-		o = outBufs.Get().(*outBuf)
-		o.dst = p
-		p.out = o
-	}
-	var err error
-	for _, m := range msgs {
-		if err = o.fw.Write(m); err != nil {
-			break
-		}
-	}
+	err := p.writeOutLocked()
 	if err == nil {
-		err = o.fw.Flush()
+		o := outBufs.Get().(*outBuf)
+		o.dst = p
+		for _, m := range msgs {
+			if err = o.fw.Write(m); err != nil {
+				break
+			}
+		}
+		if err == nil {
+			err = o.fw.Flush()
+		}
+		o.dst = nil
+		o.fw.Flush() // after an error: drop what is left
+		outBufs.Put(o)
 	}
-	p.out = nil
-	o.dst = nil
-	o.fw.Flush() // after an error: drop what is left
-	outBufs.Put(o)
 	p.wmu.Unlock()
 	if err != nil {
 		p.writeFailed(err)
