@@ -13,24 +13,42 @@ type chunk [chunkSize]byte
 
 var chunkPool = sync.Pool{New: func() any { return new(chunk) }}
 
-// bufq is a FIFO byte queue made of pooled chunks. It is not safe for
-// concurrent use; Conn guards it with its mutex.
-type bufq struct {
-	chunks []*chunk
-	head   int // read offset in chunks[0]
-	tail   int // write offset in the last chunk
-	n      int // bytes queued
+// seg is the filled part c[lo:hi] of a chunk; each chunk belongs to one
+// segment.
+type seg struct {
+	c      *chunk
+	lo, hi int
 }
 
-// write appends all of p.
+// bufq is a FIFO byte queue made of pooled chunks. It is not safe for
+// concurrent use; Conn guards it with its mutex. Two operations let one
+// side work on the memory outside the lock, without a copy through a
+// buffer of its own: reserve/commit (the producer reads from a socket
+// straight into the last chunk, past the queued bytes) and
+// peekv/unpin (the consumer writes queued bytes to a socket, then
+// discards them). reset during either drops the chunks involved instead
+// of pooling them, and the gen check makes the late commit or unpin a
+// no-op.
+type bufq struct {
+	segs []seg
+	n    int    // bytes queued
+	resv bool   // the last chunk past hi is being filled outside the lock
+	pin  bool   // queued bytes are being read outside the lock
+	gen  uint32 // incremented by reset
+}
+
+func (q *bufq) last() *seg { return &q.segs[len(q.segs)-1] }
+
+// write appends all of p. It must not be called while a reservation is
+// open.
 func (q *bufq) write(p []byte) {
 	for len(p) > 0 {
-		if len(q.chunks) == 0 || q.tail == chunkSize {
-			q.chunks = append(q.chunks, chunkPool.Get().(*chunk))
-			q.tail = 0
+		if len(q.segs) == 0 || q.last().hi == chunkSize {
+			q.segs = append(q.segs, seg{c: chunkPool.Get().(*chunk)})
 		}
-		k := copy(q.chunks[len(q.chunks)-1][q.tail:], p)
-		q.tail += k
+		s := q.last()
+		k := copy(s.c[s.hi:], p)
+		s.hi += k
 		q.n += k
 		p = p[k:]
 	}
@@ -42,35 +60,41 @@ func (q *bufq) peek(max int) []byte {
 	if q.n == 0 {
 		return nil
 	}
-	end := chunkSize
-	if len(q.chunks) == 1 {
-		end = q.tail
-	}
-	b := q.chunks[0][q.head:end]
+	s := &q.segs[0]
+	b := s.c[s.lo:s.hi]
 	if len(b) > max {
 		b = b[:max]
 	}
 	return b
 }
 
-// discard consumes n bytes (n <= q.n), returning emptied chunks to the pool.
+// discard consumes n bytes (n <= q.n), returning emptied chunks to the
+// pool.
 func (q *bufq) discard(n int) {
 	q.n -= n
 	for n > 0 {
-		end := chunkSize
-		if len(q.chunks) == 1 {
-			end = q.tail
-		}
-		k := min(n, end-q.head)
-		q.head += k
+		s := &q.segs[0]
+		k := min(n, s.hi-s.lo)
+		s.lo += k
 		n -= k
-		if q.head == end {
-			q.popChunk()
+		if s.lo == s.hi {
+			q.popFront()
 		}
 	}
-	if q.n == 0 && len(q.chunks) > 0 {
-		q.popChunk()
+}
+
+// popFront drops the first segment, which is empty, unless it is the last
+// one and reserved: its chunk is being filled.
+func (q *bufq) popFront() {
+	if len(q.segs) == 1 && q.resv {
+		return
 	}
+	if !q.pin {
+		chunkPool.Put(q.segs[0].c)
+	}
+	copy(q.segs, q.segs[1:])
+	q.segs[len(q.segs)-1] = seg{}
+	q.segs = q.segs[:len(q.segs)-1]
 }
 
 // read moves queued bytes into p.
@@ -86,25 +110,99 @@ func (q *bufq) read(p []byte) int {
 	return total
 }
 
-func (q *bufq) popChunk() {
-	chunkPool.Put(q.chunks[0])
-	copy(q.chunks, q.chunks[1:])
-	q.chunks[len(q.chunks)-1] = nil
-	q.chunks = q.chunks[:len(q.chunks)-1]
-	q.head = 0
-	if len(q.chunks) == 0 {
-		q.tail = 0
+// reservation is space past the queued bytes handed out by reserve.
+type reservation struct {
+	c   *chunk
+	gen uint32
+}
+
+// reserve returns free space after the queued bytes, at least minFree
+// bytes (minFree <= chunkSize) or what remains of the last chunk if that
+// is more, for the caller to fill outside the lock and then commit. No
+// write or other reservation may happen until commit.
+func (q *bufq) reserve(minFree int) ([]byte, reservation) {
+	if len(q.segs) > 0 {
+		if s := q.last(); s.lo == s.hi {
+			s.lo, s.hi = 0, 0 // left empty by the last reservation: all free
+		}
+	}
+	if len(q.segs) == 0 || chunkSize-q.last().hi < minFree {
+		q.segs = append(q.segs, seg{c: chunkPool.Get().(*chunk)})
+	}
+	q.resv = true
+	s := q.last()
+	return s.c[s.hi:], reservation{s.c, q.gen}
+}
+
+// commit queues the first n bytes of the reserved space. It reports false
+// if the queue was reset meanwhile: nothing is queued then, and the chunk
+// went back to the pool.
+func (q *bufq) commit(r reservation, n int) bool {
+	q.resv = false
+	if q.gen != r.gen {
+		chunkPool.Put(r.c) // reset dropped it rather than pool it under the reader
+		return false
+	}
+	s := q.last()
+	s.hi += n
+	q.n += n
+	if s.lo == s.hi {
+		// Nothing came and nothing waits: hold no empty chunk. (Only the
+		// last segment may be empty, and only while reserved.)
+		chunkPool.Put(s.c)
+		*s = seg{}
+		q.segs = q.segs[:len(q.segs)-1]
+	}
+	return true
+}
+
+// peekv returns up to max queued bytes, as slices of the chunks, into
+// bufs, and pins them: until unpin, reset does not pool the chunks, so
+// the caller may read them outside the lock. It returns the generation for
+// unpin.
+func (q *bufq) peekv(max int, bufs [][]byte) ([][]byte, uint32) {
+	bufs = bufs[:0]
+	for i := range q.segs {
+		if max <= 0 {
+			break
+		}
+		s := &q.segs[i]
+		b := s.c[s.lo:s.hi]
+		if len(b) > max {
+			b = b[:max]
+		}
+		if len(b) > 0 {
+			bufs = append(bufs, b)
+			max -= len(b)
+		}
+	}
+	q.pin = true
+	return bufs, q.gen
+}
+
+// unpin ends a peekv and consumes the n bytes the caller used, unless the
+// queue was reset meanwhile.
+func (q *bufq) unpin(gen uint32, n int) {
+	q.pin = false
+	if q.gen == gen && n > 0 {
+		q.discard(n)
 	}
 }
 
-// reset drops everything queued.
+// reset drops everything queued. Chunks being filled (reserve) or read
+// (peekv) outside the lock are left to the garbage collector or, for a
+// reservation, to commit.
 func (q *bufq) reset() {
-	for _, c := range q.chunks {
-		chunkPool.Put(c)
+	for i, s := range q.segs {
+		if q.pin || (q.resv && i == len(q.segs)-1) {
+			continue
+		}
+		chunkPool.Put(s.c)
 	}
-	clear(q.chunks)
-	q.chunks = q.chunks[:0]
-	q.head, q.tail, q.n = 0, 0, 0
+	clear(q.segs)
+	q.segs = q.segs[:0]
+	q.n = 0
+	q.gen++
 }
 
 // deadline is a settable deadline whose wait channel is closed when it

@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"io"
 	"net"
 	"os"
 	"strconv"
@@ -32,6 +33,10 @@ type Conn struct {
 	id       uint32  // connection ID: 1 for the first of a stream
 	service  string
 	streamID int32
+
+	// rmu serializes Read and WriteTo, wmu Write and ReadFrom: WriteTo
+	// and ReadFrom work on the buffers outside mu.
+	rmu, wmu sync.Mutex
 
 	mu       sync.Mutex
 	rq, sq   bufq
@@ -90,6 +95,8 @@ func (c *Conn) RemoteAddr() net.Addr { return c.LocalAddr() }
 
 // Read reads received data. See Conn for what it returns at the end.
 func (c *Conn) Read(p []byte) (int, error) {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
 	for {
 		c.mu.Lock()
 		if c.closed {
@@ -134,7 +141,10 @@ func (c *Conn) Read(p []byte) (int, error) {
 }
 
 // Write queues p for sending, blocking while the send buffer is full.
+// Concurrent writes do not interleave.
 func (c *Conn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
 	total := 0
 	for {
 		c.mu.Lock()
@@ -174,6 +184,149 @@ func (c *Conn) Write(p []byte) (int, error) {
 		select {
 		case <-c.wwake:
 		case <-dl:
+		}
+	}
+}
+
+// writeToMax bounds the bytes WriteTo hands to one Write call.
+const writeToMax = 4 * chunkSize
+
+// WriteTo writes received data to w until the connection ends, without a
+// copy through a buffer of its own: it implements io.WriterTo, which
+// io.Copy uses. It returns nil at the peer's end of file, else what Read
+// would return (the read deadline applies to the wait for data, not to w)
+// or w's error. Received data is consumed only once w took it. WriteTo
+// and Read exclude each other.
+func (c *Conn) WriteTo(w io.Writer) (int64, error) {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	var total int64
+	var vec [][]byte
+	for {
+		c.mu.Lock()
+		if c.closed {
+			c.mu.Unlock()
+			return total, net.ErrClosed
+		}
+		dl := c.rdl.wait()
+		if isClosed(dl) {
+			c.mu.Unlock()
+			return total, os.ErrDeadlineExceeded
+		}
+		if c.rq.n > 0 {
+			var gen uint32
+			vec, gen = c.rq.peekv(writeToMax, vec)
+			c.mu.Unlock()
+			var n int
+			var err error
+			for _, b := range vec {
+				var k int
+				k, err = w.Write(b)
+				n += k
+				if err != nil {
+					break
+				}
+			}
+			c.mu.Lock()
+			c.rq.unpin(gen, n)
+			wakeReader := c.dwait
+			c.dwait = false
+			c.mu.Unlock()
+			if wakeReader {
+				signal(c.dwake)
+			}
+			total += int64(n)
+			if err != nil {
+				return total, err
+			}
+			continue
+		}
+		if err := c.rerr; err != nil {
+			c.mu.Unlock()
+			signal(c.rwake)
+			if err == io.EOF {
+				err = nil
+			}
+			return total, err
+		}
+		c.mu.Unlock()
+		select {
+		case <-c.rwake:
+		case <-dl:
+		}
+	}
+}
+
+// readFromMin is the least free space ReadFrom reads into: less would
+// mean more, smaller reads.
+const readFromMin = 8 << 10
+
+// ReadFrom reads from r until io.EOF or an error and queues the data for
+// sending, reading straight into the send buffer rather than through a
+// buffer of its own: it implements io.ReaderFrom, which io.Copy uses. It
+// blocks while the send buffer is full (the write deadline applies to that
+// wait, not to r). It returns nil at r's EOF, r's other errors, or what
+// Write would return. Data read after the connection ended is dropped. A
+// Close or reset while ReadFrom waits for room ends it at once; while it
+// waits in r.Read, when that Read returns (close r or set a deadline on
+// it to end it sooner). ReadFrom and Write exclude each other.
+func (c *Conn) ReadFrom(r io.Reader) (int64, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	var total int64
+	want := min(readFromMin, c.s.cfg.SendBuffer)
+	for {
+		c.mu.Lock()
+		if c.closed {
+			c.mu.Unlock()
+			return total, net.ErrClosed
+		}
+		if c.werr != nil {
+			err := c.werr
+			c.mu.Unlock()
+			signal(c.wwake)
+			return total, err
+		}
+		dl := c.wdl.wait()
+		if isClosed(dl) {
+			c.mu.Unlock()
+			return total, os.ErrDeadlineExceeded
+		}
+		room := c.s.cfg.SendBuffer - c.sq.n
+		if room < want {
+			c.mu.Unlock()
+			select {
+			case <-c.wwake:
+			case <-dl:
+			}
+			continue
+		}
+		b, res := c.sq.reserve(min(want, chunkSize))
+		c.mu.Unlock()
+		n, rerr := r.Read(b[:min(len(b), room)])
+		c.mu.Lock()
+		ok := c.sq.commit(res, n)
+		if ok && c.gone {
+			// Terminated, or closed and its reset already sent while r
+			// was read: nothing more goes out.
+			c.sq.reset()
+			ok = false
+		}
+		push := false
+		if ok && n > 0 {
+			total += int64(n)
+			push = !c.queued
+			c.queued = true
+		}
+		c.mu.Unlock()
+		if push {
+			c.l.pushReady(c)
+		}
+		if rerr != nil {
+			if rerr == io.EOF {
+				rerr = nil
+			}
+			return total, rerr
 		}
 	}
 }

@@ -97,6 +97,15 @@
 // the kernel's and the service's buffers is first in, first out: on a
 // single WebSocket that is the floor of the latency beside bulk traffic.)
 //
+// Conn also implements io.ReaderFrom and io.WriterTo, which io.Copy uses:
+// ReadFrom reads from its reader straight into the send buffer and WriteTo
+// writes to its writer straight from the receive buffer, with no copy
+// buffer in between (a reset or Close meanwhile drops the chunks involved
+// instead of reusing them). ReadFrom returns when its reader's Read does:
+// a Close or reset while it waits there takes effect at the next read, so
+// a caller unblocks it by closing the reader or setting a deadline on it,
+// as the local proxy does.
+//
 // The reader copies each DATA payload once, into the connection's receive
 // buffer (Config.ReceiveBuffer, default 256 KiB). The protocol has no flow
 // control, so when a receive buffer is full the reader waits for the

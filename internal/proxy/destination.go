@@ -29,7 +29,8 @@ type DestinationConfig struct {
 	// DialTimeout bounds each dial attempt (default 10 s).
 	DialTimeout time.Duration
 	// BufferSize is the size of each copy buffer (default 32 KiB; 4 KiB to
-	// 256 KiB).
+	// 256 KiB), for tunnel connections without io.ReaderFrom/io.WriterTo
+	// (a *tunnel.Conn has both and needs none).
 	BufferSize int
 	// Logger receives a line per connection; nil discards.
 	Logger *slog.Logger

@@ -11,7 +11,11 @@
 //
 // # Copying
 //
-// Each joined pair runs two copy loops with pooled buffers (Config
+// Each joined pair runs two copy loops. With a tunnel connection that
+// implements io.ReaderFrom and io.WriterTo (*tunnel.Conn does), the loops
+// read from the local socket straight into the connection's send buffer
+// and write to it straight from the receive buffer, with no buffer of
+// their own; otherwise they copy through pooled buffers (Config
 // BufferSize, default 32 KiB). The tunnel protocol has no half-close, so:
 //
 //   - When the local side ends (FIN or error), the tunnel connection is

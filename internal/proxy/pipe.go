@@ -32,6 +32,12 @@ func join(local, tun net.Conn, pool *bufPool) joinResult {
 	)
 	go func() {
 		defer close(upDone)
+		if rf, ok := tun.(io.ReaderFrom); ok {
+			up = copyUp(local, rf, pool)
+			upClosed.Store(true)
+			tun.Close()
+			return
+		}
 		b := pool.get()
 		defer pool.put(b)
 		buf := *b
@@ -67,27 +73,40 @@ func join(local, tun net.Conn, pool *bufPool) joinResult {
 	}()
 
 	var res joinResult
-	b := pool.get()
-	buf := *b
 	localFailed := false
-	for {
-		n, err := tun.Read(buf)
-		if n > 0 {
-			if _, werr := local.Write(buf[:n]); werr != nil {
-				res.err = werr
-				localFailed = true
+	if wt, ok := tun.(io.WriterTo); ok {
+		lw := &localWriter{c: local}
+		n, err := wt.WriteTo(lw)
+		res.received = n
+		switch {
+		case lw.err != nil:
+			res.err = lw.err
+			localFailed = true
+		case err != nil && !errors.Is(err, io.EOF):
+			res.err = err
+		}
+	} else {
+		b := pool.get()
+		buf := *b
+		for {
+			n, err := tun.Read(buf)
+			if n > 0 {
+				if _, werr := local.Write(buf[:n]); werr != nil {
+					res.err = werr
+					localFailed = true
+					break
+				}
+				res.received += int64(n)
+			}
+			if err != nil {
+				if !errors.Is(err, io.EOF) {
+					res.err = err
+				}
 				break
 			}
-			res.received += int64(n)
 		}
-		if err != nil {
-			if !errors.Is(err, io.EOF) {
-				res.err = err
-			}
-			break
-		}
+		pool.put(b)
 	}
-	pool.put(b)
 	tunnelClosedByUs := !localFailed && upClosed.Load()
 	switch {
 	case localFailed:
@@ -116,4 +135,61 @@ func join(local, tun net.Conn, pool *bufPool) joinResult {
 		}
 	}
 	return res
+}
+
+// copyUp is the local -> tunnel loop for a tunnel connection that reads
+// from the local socket itself, straight into its send buffer (a
+// *tunnel.Conn): no copy through a buffer of ours. It behaves like the
+// buffered loop in join.
+func copyUp(local net.Conn, tun io.ReaderFrom, pool *bufPool) joinResult {
+	var up joinResult
+	lr := &localReader{c: local}
+	up.sent, _ = tun.ReadFrom(lr)
+	if lr.err != nil {
+		// The local side ended (or failed) first.
+		if !errors.Is(lr.err, io.EOF) {
+			up.err = lr.err
+		}
+		return up
+	}
+	// The tunnel side is gone: drain the local side as the buffered loop
+	// does, so that the final close does not turn into a reset.
+	local.SetWriteDeadline(time.Now().Add(drainTimeout))
+	b := pool.get()
+	for {
+		if _, err := local.Read(*b); err != nil {
+			break
+		}
+	}
+	pool.put(b)
+	return up
+}
+
+// localReader and localWriter remember the local socket's error, so that
+// join knows which side ended a ReadFrom or WriteTo of the tunnel
+// connection.
+type localReader struct {
+	c   net.Conn
+	err error
+}
+
+func (r *localReader) Read(p []byte) (int, error) {
+	n, err := r.c.Read(p)
+	if err != nil {
+		r.err = err
+	}
+	return n, err
+}
+
+type localWriter struct {
+	c   net.Conn
+	err error
+}
+
+func (w *localWriter) Write(p []byte) (int, error) {
+	n, err := w.c.Write(p)
+	if err != nil {
+		w.err = err
+	}
+	return n, err
 }

@@ -34,7 +34,8 @@ type SourceConfig struct {
 	// ListenRetryDelay is the pause between those attempts (default 2.5 s).
 	ListenRetryDelay time.Duration
 	// BufferSize is the size of each copy buffer (default 32 KiB; 4 KiB to
-	// 256 KiB).
+	// 256 KiB), for tunnel connections without io.ReaderFrom/io.WriterTo
+	// (a *tunnel.Conn has both and needs none).
 	BufferSize int
 	// Logger receives a line per listener and per connection; nil
 	// discards.
