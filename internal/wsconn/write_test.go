@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -234,17 +235,9 @@ func TestControlWriteDoesNotCutMessageWrite(t *testing.T) {
 		}
 		werr <- nil
 	}()
-	// Pings with a short deadline until one times out: the writer is then
-	// blocked on the peer.
-	for start := time.Now(); ; {
-		err := c.writeControl(websocket.PingMessage, nil, time.Now().Add(50*time.Millisecond))
-		if isTemporary(err) {
-			t.Logf("ping timed out after %v: %v", time.Since(start), err)
-			break
-		}
-		if err != nil || time.Since(start) > 5*time.Second {
-			t.Fatalf("ping while message writes block: %v after %v", err, time.Since(start))
-		}
+	waitWriteBlocked(t, c)
+	if err := c.writeControl(websocket.PingMessage, nil, time.Now().Add(200*time.Millisecond)); !isTemporary(err) {
+		t.Fatalf("ping while a message write blocks: %v, want a timeout", err)
 	}
 	select {
 	case err := <-werr:
@@ -268,5 +261,132 @@ func TestControlWriteDoesNotCutMessageWrite(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("server did not finish")
+	}
+}
+
+// A ping that arrives while a message write is blocked (the peer does not
+// read) does not stop the reader until the write ends: the pong is sent
+// by the writer right after its message. On both sides: the relay's
+// server connections too, where a blocked forward to a slow peer froze
+// the other direction for the 5 s pong deadline (docs/faults.md).
+func TestPongDoesNotWaitForBlockedWrite(t *testing.T) {
+	for _, side := range []string{"client", "server"} {
+		t.Run(side, func(t *testing.T) {
+			done := make(chan struct{})
+			ours := make(chan *Conn, 1)
+			theirs := make(chan *websocket.Conn, 1)
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			if side == "client" {
+				u := rawServer(t, func(ws *websocket.Conn) { theirs <- ws; <-done })
+				t.Cleanup(func() { close(done) })
+				c, _, err := Dial(ctx, u, DialOptions{Proxy: noProxy})
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { c.Close() })
+				ours <- c
+			} else {
+				u := serve(t, func(c *Conn) { ours <- c; <-done; c.Close() })
+				t.Cleanup(func() { close(done) })
+				ws, _, err := websocket.DefaultDialer.DialContext(ctx, u, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { ws.Close() })
+				theirs <- ws
+			}
+			var c *Conn
+			var ws *websocket.Conn
+			for c == nil || ws == nil {
+				select {
+				case c = <-ours:
+				case ws = <-theirs:
+				case <-ctx.Done():
+					t.Fatal("no connection")
+				}
+			}
+			if err := c.SetSocketBuffers(16<<10, 16<<10); err != nil {
+				t.Fatal(err)
+			}
+			if err := ws.NetConn().(*net.TCPConn).SetReadBuffer(16 << 10); err != nil {
+				t.Fatal(err)
+			}
+			const msgs = 20 // far more than the socket buffers hold
+			werr := make(chan error, 1)
+			go func() {
+				big := make([]byte, MaxMessageSize)
+				for range msgs {
+					if err := c.WriteMessage(big); err != nil {
+						werr <- err
+						return
+					}
+				}
+				werr <- c.WriteMessage([]byte("end"))
+			}()
+			waitWriteBlocked(t, c)
+			if err := ws.WriteControl(websocket.PingMessage, []byte("p1"), time.Now().Add(5*time.Second)); err != nil {
+				t.Fatal(err)
+			}
+			if err := ws.WriteMessage(websocket.BinaryMessage, []byte("after")); err != nil {
+				t.Fatal(err)
+			}
+			c.SetLiveness(10 * time.Second)
+			start := time.Now()
+			buf := make([]byte, 16)
+			n, err := c.Read(buf)
+			if err != nil || string(buf[:n]) != "after" {
+				t.Fatalf("read %q, %v", buf[:n], err)
+			}
+			if d := time.Since(start); d > 2*time.Second {
+				t.Fatalf("the message after the ping came %v later: the reader waited for the blocked write", d)
+			}
+			// Now the peer reads: every message, and the pong among them.
+			pongs := make(chan string, 8)
+			ws.SetPongHandler(func(d string) error { pongs <- d; return nil })
+			ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+			for i := 0; ; i++ {
+				_, b, err := ws.ReadMessage()
+				if err != nil {
+					t.Fatalf("peer read, message %d: %v", i, err)
+				}
+				if string(b) == "end" {
+					if i != msgs {
+						t.Fatalf("%d messages before the end, want %d", i, msgs)
+					}
+					break
+				}
+			}
+			if err := <-werr; err != nil {
+				t.Fatal(err)
+			}
+			for {
+				select {
+				case p := <-pongs:
+					if p == "p1" {
+						return
+					}
+				default:
+					t.Fatal("no pong for the ping")
+				}
+			}
+		})
+	}
+}
+
+// waitWriteBlocked waits until a message write has held c's write lock
+// for 200 ms (the peer does not read), for at most 10 s.
+func waitWriteBlocked(t *testing.T, c *Conn) {
+	t.Helper()
+	held := 0
+	for start := time.Now(); held < 10; time.Sleep(20 * time.Millisecond) {
+		if len(c.wlock) == 1 {
+			held++
+		} else {
+			held = 0
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Fatal("message writes never blocked")
+		}
 	}
 }

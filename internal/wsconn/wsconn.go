@@ -87,11 +87,18 @@ type Conn struct {
 	client    bool
 	wdeadline time.Time   // for writeMasked; the writer's goroutine only
 	closeSent atomic.Bool // no data message may follow a close frame
-	// wlock serializes writeMasked with the control frames wsconn writes
-	// (pongs, pings, close), as gorilla's own write lock does for its
-	// writes: a control write sets the socket's write deadline, which must
-	// not cut a data write in progress short.
+	// wlock serializes message writes with the control frames wsconn
+	// writes (pongs, pings, close), as gorilla's own write lock does for
+	// its writes: a control write sets the socket's write deadline, which
+	// must not cut a message write in progress short.
 	wlock chan struct{}
+	// werr is the first failed write under wlock: a write that failed
+	// (a deadline, too) may have sent part of a frame, and nothing may
+	// follow it on the wire, as gorilla does for its own writes.
+	werr error
+	// pendingPong is a pong left by the reader for the message writer
+	// holding wlock, which sends it right after its message.
+	pendingPong atomic.Pointer[[]byte]
 }
 
 // writePools holds one pool of write buffers per buffer size: gorilla takes
@@ -114,7 +121,7 @@ func newConn(ws *websocket.Conn) *Conn {
 	ws.SetPongHandler(func(string) error { c.extendDeadline(); return nil })
 	ws.SetPingHandler(func(data string) error {
 		c.extendDeadline()
-		err := c.writeControl(websocket.PongMessage, []byte(data), time.Now().Add(5*time.Second))
+		err := c.pong([]byte(data))
 		if errors.Is(err, websocket.ErrCloseSent) || isTemporary(err) {
 			return nil
 		}
@@ -374,7 +381,58 @@ func (c *Conn) WriteMessage(p []byte) error {
 	if c.client && len(p) <= MaxMessageSize {
 		return c.writeMasked(p)
 	}
-	return c.ws.WriteMessage(websocket.BinaryMessage, p)
+	c.wlock <- struct{}{}
+	err := c.ws.WriteMessage(websocket.BinaryMessage, p)
+	c.unlockWrite(err)
+	return err
+}
+
+// unlockWrite ends a message write that returned err: it sends the pong
+// the reader left meanwhile, if any and if the write succeeded (after a
+// failed one the connection is lost), then releases wlock.
+func (c *Conn) unlockWrite(err error) {
+	if p := c.pendingPong.Swap(nil); p != nil && err == nil {
+		// An error here is the connection's: the next write reports it.
+		c.noteWriteErr(c.ws.WriteControl(websocket.PongMessage, *p, time.Now().Add(5*time.Second)))
+	}
+	<-c.wlock
+}
+
+// pong answers a ping. It does not wait for a message write in progress,
+// which can be blocked for long by a peer that reads slowly (the reader,
+// and so the whole other direction, would stop meanwhile): the pong is
+// then left for that writer, which sends it right after its message. Only
+// the latest ping needs an answer (RFC 6455 section 5.5.3).
+func (c *Conn) pong(data []byte) error {
+	select {
+	case c.wlock <- struct{}{}:
+		c.pendingPong.Store(nil) // superseded
+	default:
+		c.pendingPong.Store(&data)
+		// The writer may have released the lock before seeing it.
+		select {
+		case c.wlock <- struct{}{}:
+		default:
+			return nil
+		}
+		p := c.pendingPong.Swap(nil)
+		if p == nil { // the writer sent it
+			<-c.wlock
+			return nil
+		}
+		data = *p
+	}
+	defer func() { <-c.wlock }()
+	return c.noteWriteErr(c.ws.WriteControl(websocket.PongMessage, data, time.Now().Add(5*time.Second)))
+}
+
+// noteWriteErr records the first error of a write made under wlock and
+// returns err.
+func (c *Conn) noteWriteErr(err error) error {
+	if err != nil && c.werr == nil && !errors.Is(err, websocket.ErrCloseSent) {
+		c.werr = err
+	}
+	return err
 }
 
 // maxClientHeader is the largest header of a client frame: two bytes, an
@@ -393,11 +451,14 @@ var maskBufs = sync.Pool{New: func() any {
 // own (a close frame after a protocol error in the reader) are single
 // write calls too, and net.Conn and tls.Conn never interleave the bytes of
 // two calls, so frames stay whole.
-func (c *Conn) writeMasked(p []byte) error {
+func (c *Conn) writeMasked(p []byte) (err error) {
 	c.wlock <- struct{}{}
-	defer func() { <-c.wlock }()
+	defer func() { c.unlockWrite(err) }()
 	if c.closeSent.Load() {
 		return websocket.ErrCloseSent
+	}
+	if c.werr != nil {
+		return c.werr
 	}
 	bp := maskBufs.Get().(*[]byte)
 	defer maskBufs.Put(bp)
@@ -423,10 +484,10 @@ func (c *Conn) writeMasked(p []byte) error {
 	nc := c.ws.NetConn()
 	// Control writes move the socket's deadline: set ours every time.
 	if err := nc.SetWriteDeadline(c.wdeadline); err != nil {
-		return err
+		return c.noteWriteErr(err)
 	}
-	_, err := nc.Write(b[:n+len(p)])
-	return err
+	_, err = nc.Write(b[:n+len(p)])
+	return c.noteWriteErr(err)
 }
 
 // writeControl writes a control frame once wsconn's write lock is free
@@ -440,7 +501,7 @@ func (c *Conn) writeControl(typ int, data []byte, deadline time.Time) error {
 		return errWriteTimeout
 	}
 	defer func() { <-c.wlock }()
-	return c.ws.WriteControl(typ, data, deadline)
+	return c.noteWriteErr(c.ws.WriteControl(typ, data, deadline))
 }
 
 // errWriteTimeout is a control frame that could not be written before its
