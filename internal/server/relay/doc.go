@@ -83,7 +83,13 @@
 // of at most 131076 bytes without being copied. The range is written, by
 // the same goroutine, before each read from the network that could block
 // (so before the buffer is reused), and whenever the next frame would not
-// fit or does not follow. A slow receiver therefore blocks
+// fit or does not follow. A read cannot block when the kernel already
+// holds a TLS record's worth of bytes (SIOCINQ on Linux, when the TCP
+// socket is reachable through the net.Conn wrappers: TLS, or a NetConn
+// method): then the reader reads on, so that over TLS, where a read
+// returns one 16 KiB record, a message carries more than one record's
+// frames; queued frames wait only for reads of data already received.
+// A slow receiver therefore blocks
 // the sender's reader, which stops reading its socket: TCP backpressure,
 // with at most one message buffered per peer. The per-tunnel bandwidth limit
 // is applied at the same point, before reading more. Frames for an end that

@@ -12,6 +12,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/sectun/sectun/internal/store"
@@ -115,6 +116,9 @@ type peer struct {
 	outFrom *peer
 
 	// Owned by the peer's own reader goroutine.
+	raw      syscall.RawConn // the TCP socket, for unread; nil if unknown
+	inqFn    func(uintptr)   // sets inq from the socket (allocated once)
+	inq      int
 	idle     [16]byte // the first bytes of a burst, read without a buffer
 	msg      wire.Message
 	pending  *peer     // peer whose out holds frames from this reader's buffer
@@ -158,6 +162,7 @@ func (r *Relay) newPeer(conn *wsconn.Conn, g Grant, hs HandshakeRequest) *peer {
 		p.role = wire.RoleDestination
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
+	p.kernelUnread()
 	if d := r.cfg.PingInterval; d > 0 {
 		// Armed only once assigned: pingTick reads p.ping.
 		p.ping = time.AfterFunc(math.MaxInt64, p.pingTick)
@@ -385,16 +390,19 @@ func (p *peer) burst(buf []byte, w int) error {
 			}
 			r = end
 		}
-		if r == w {
-			return nil
-		}
-		// Frames forwarded from the buffer go out before their bytes move.
-		if err := p.beforeRead(); err != nil {
-			return err
-		}
-		if r > 0 {
-			w = copy(buf, buf[r:w])
-			r = 0
+		if !p.readAhead(buf, r) {
+			if r == w {
+				return nil
+			}
+			// Frames forwarded from the buffer go out before their bytes
+			// move.
+			if err := p.beforeRead(); err != nil {
+				return err
+			}
+			if r > 0 {
+				w = copy(buf, buf[r:w])
+				r = 0
+			}
 		}
 		k, err := p.netRead(buf[w:])
 		if err != nil {
@@ -402,6 +410,26 @@ func (p *peer) burst(buf []byte, w int) error {
 		}
 		w += k
 	}
+}
+
+// readAheadMin is what the kernel must hold for a read to be sure not to
+// block: a whole TLS record (16 KiB of data plus its overhead) and
+// WebSocket frame headers.
+const readAheadMin = 16<<10 + 1<<10
+
+// readAhead reports whether the reader may read on without first sending
+// the frames it queued (beforeRead): when the next read cannot block,
+// because the kernel already holds at least readAheadMin bytes, and the
+// frame at buf[r:] fits in the buffer without moving it. The frames
+// queued then wait only for reads of data already received, and go out
+// when the outgoing message is full (131076 bytes) or the next read could
+// block. Over TLS a read returns one 16 KiB record: without this, each
+// WebSocket message sent would carry one record's worth of frames.
+// Not under a bandwidth limit, whose wait is in beforeRead.
+func (p *peer) readAhead(buf []byte, r int) bool {
+	return p.pending != nil && p.raw != nil && p.t.limiters[p.idx] == nil &&
+		len(buf)-r >= wire.FrameHeaderSize+wire.MaxMessageSize &&
+		p.unread() >= readAheadMin
 }
 
 // beforeRead runs before every network read: frames waiting for the other
