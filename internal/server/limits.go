@@ -164,6 +164,11 @@ func (l *connLimiter) pendingCount() int {
 	return len(l.byAddr)
 }
 
+// NetConn returns the accepted connection, so that code tuning the TCP
+// socket under a WebSocket (wsconn's short queues, the relay's read-ahead)
+// can reach it through this wrapper as it does through TLS.
+func (c *limitedConn) NetConn() net.Conn { return c.Conn }
+
 func (c *limitedConn) Close() error {
 	err := c.Conn.Close()
 	c.closeOnce.Do(func() {

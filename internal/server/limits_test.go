@@ -508,3 +508,32 @@ func TestTLSVersionsAndSuites(t *testing.T) {
 		})
 	}
 }
+
+// TestLimitedConnNetConn: the limiter's wrapper exposes the TCP connection,
+// as tls.Conn does, so that wsconn's short kernel queues and the relay's
+// read-ahead reach the socket of every tunneld WebSocket.
+func TestLimitedConnNetConn(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := newConnLimiter(ln, 4, 4, nil)
+	t.Cleanup(func() { l.Close() })
+	client, err := net.DialTimeout("tcp", ln.Addr().String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	c, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	w, ok := c.(interface{ NetConn() net.Conn })
+	if !ok {
+		t.Fatalf("%T has no NetConn method", c)
+	}
+	if _, ok := w.NetConn().(*net.TCPConn); !ok {
+		t.Fatalf("NetConn() = %T, want *net.TCPConn", w.NetConn())
+	}
+}
