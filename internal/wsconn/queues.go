@@ -1,7 +1,6 @@
 package wsconn
 
 import (
-	"crypto/tls"
 	"fmt"
 	"net"
 	"time"
@@ -38,17 +37,22 @@ var (
 	maxSegment = 16 << 10
 )
 
-// tcpConn returns the TCP connection under c (under TLS too).
+// tcpConn returns the TCP connection under c: through TLS and through any
+// wrapper with a NetConn method (tls.Conn has one; so does tunneld's
+// connection limiter), at most a few levels deep.
 func (c *Conn) tcpConn() (*net.TCPConn, error) {
 	nc := c.ws.NetConn()
-	if tc, ok := nc.(*tls.Conn); ok {
-		nc = tc.NetConn()
+	for range 8 {
+		if tcp, ok := nc.(*net.TCPConn); ok {
+			return tcp, nil
+		}
+		u, ok := nc.(interface{ NetConn() net.Conn })
+		if !ok {
+			break
+		}
+		nc = u.NetConn()
 	}
-	tcp, ok := nc.(*net.TCPConn)
-	if !ok {
-		return nil, fmt.Errorf("wsconn: %T is not a TCP connection", nc)
-	}
-	return tcp, nil
+	return nil, fmt.Errorf("wsconn: %T is not a TCP connection", nc)
 }
 
 // shortenQueues applies the short-queue policy to c's TCP connection:

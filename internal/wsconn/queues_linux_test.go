@@ -3,6 +3,7 @@ package wsconn
 import (
 	"context"
 	"crypto/tls"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -51,12 +52,15 @@ func TestShortQueues(t *testing.T) {
 		name  string
 		tls   bool
 		keep  bool
+		wrap  bool // the server's connections are wrapped (NetConn method)
 		short bool
 	}{
-		{"ws", false, false, true},
-		{"wss", true, false, true},
-		{"ws/keep", false, true, false},
-		{"wss/keep", true, true, false},
+		{"ws", false, false, false, true},
+		{"wss", true, false, false, true},
+		{"ws/keep", false, true, false, false},
+		{"wss/keep", true, true, false, false},
+		{"ws/wrapped", false, false, true, true},
+		{"wss/wrapped", true, false, true, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			server := make(chan queueOpts, 1)
@@ -70,13 +74,16 @@ func TestShortQueues(t *testing.T) {
 				c.Read(make([]byte, 1)) // until the client closes
 				c.Close()
 			})
-			var srv *httptest.Server
+			srv := httptest.NewUnstartedServer(h)
+			if tc.wrap {
+				srv.Listener = wrappingListener{srv.Listener}
+			}
 			var cfg *tls.Config
 			if tc.tls {
-				srv = httptest.NewTLSServer(h)
+				srv.StartTLS()
 				cfg = &tls.Config{InsecureSkipVerify: true}
 			} else {
-				srv = httptest.NewServer(h)
+				srv.Start()
 			}
 			t.Cleanup(srv.Close)
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -104,6 +111,22 @@ func TestShortQueues(t *testing.T) {
 			}
 		})
 	}
+}
+
+// wrappingListener wraps each accepted connection in a type that exposes
+// it only through a NetConn method, as tunneld's connection limiter does.
+type wrappingListener struct{ net.Listener }
+
+type wrappedConn struct{ net.Conn }
+
+func (c wrappedConn) NetConn() net.Conn { return c.Conn }
+
+func (l wrappingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return wrappedConn{c}, nil
 }
 
 // tcpMinRTT reads the round trip of a loopback connection: tens of
