@@ -428,7 +428,9 @@ func (s *Server) MQTTOnTLSPort() bool { return s.mux != nil }
 func (s *Server) CredentialsPath() string { return s.credPath }
 
 // Run serves until ctx ends, then shuts down: the listener closes, API
-// requests in flight finish, WebSockets get a going-away close frame.
+// requests in flight finish, and the relay drops every WebSocket without a
+// close frame once what it relayed has gone out (tunnels outlive a restart;
+// clients reconnect as after a crash, see relay.Shutdown).
 func (s *Server) Run(ctx context.Context) error {
 	s.printBanner()
 	errc := make(chan error, 3)

@@ -22,6 +22,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -110,6 +111,17 @@ func (d *tunneld) goroutines(t *testing.T) int {
 	t.Helper()
 	d.client.CloseIdleConnections()
 	return int(d.metric(t, "go_goroutines"))
+}
+
+// dumpStacks makes a Go process print every goroutine's stack and exit
+// (SIGQUIT), so that a leak check's failure shows what was left running
+// in the process's output.
+func (p *proc) dumpStacks() {
+	p.cmd.Process.Signal(syscall.SIGQUIT)
+	select {
+	case <-p.done:
+	case <-time.After(5 * time.Second):
+	}
 }
 
 // withMetrics adds --metrics-listen 127.0.0.1:0 to a localproxy's or

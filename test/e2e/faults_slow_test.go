@@ -155,7 +155,8 @@ func waitGoroutines(t *testing.T, d *tunneld, base int, timeout time.Duration) i
 			return g
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("tunneld has %d goroutines, %d before", g, base)
+			d.dumpStacks()
+			t.Fatalf("tunneld has %d goroutines, %d before (stacks in its output)", g, base)
 		}
 		time.Sleep(100 * time.Millisecond) // sampling
 	}

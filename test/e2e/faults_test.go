@@ -437,7 +437,8 @@ func testTunneldRestart(t *testing.T, graceful bool) {
 	deadline := time.Now().Add(10 * time.Second)
 	for g := d2.goroutines(t); g > baseG; g = d2.goroutines(t) {
 		if time.Now().After(deadline) {
-			t.Fatalf("tunneld has %d goroutines after the restart, %d before the kill", g, baseG)
+			d2.dumpStacks()
+			t.Fatalf("tunneld has %d goroutines after the restart, %d before the kill (stacks in its output)", g, baseG)
 		}
 		time.Sleep(100 * time.Millisecond) // sampling
 	}
