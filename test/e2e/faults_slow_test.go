@@ -136,8 +136,11 @@ func TestSlowlorisHTTP(t *testing.T) {
 			t.Fatalf("slow connections still open %v after they started", time.Since(start))
 		}
 	}
-	// Without the timeout flag they would live 10 s (the default).
-	if longest > slowHeaderTimeout+3*time.Second {
+	// Without the timeout flag they would live 10 s (the default): any
+	// bound below that shows the flag took effect. The slack above the
+	// 2 s timeout is for a loaded machine (5.5 s seen at load average 20,
+	// where the 100 connections are accepted and served slowly).
+	if longest > slowHeaderTimeout+6*time.Second {
 		t.Errorf("a slow connection lived %v", longest)
 	}
 	after := waitGoroutines(t, d, baseG, 10*time.Second)
