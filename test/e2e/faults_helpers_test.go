@@ -27,45 +27,15 @@ import (
 	"time"
 
 	"github.com/sectun/sectun/internal/faultproxy"
+	"github.com/sectun/sectun/internal/procstat"
 )
 
 // ---- process resources ----------------------------------------------------
 
 // resources are a process's counts from /proc.
-type resources struct {
-	fds, threads int
-	rssKB        int
-}
+type resources = procstat.Usage
 
-func (r resources) String() string {
-	return fmt.Sprintf("%d fds, %d threads, %d KiB RSS", r.fds, r.threads, r.rssKB)
-}
-
-func procResources(pid int) (resources, error) {
-	var r resources
-	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	if err != nil {
-		return r, err
-	}
-	r.fds = len(ents)
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return r, err
-	}
-	for _, line := range strings.Split(string(status), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 2 {
-			continue
-		}
-		switch f[0] {
-		case "Threads:":
-			r.threads, _ = strconv.Atoi(f[1])
-		case "VmRSS:":
-			r.rssKB, _ = strconv.Atoi(f[1])
-		}
-	}
-	return r, nil
-}
+func procResources(pid int) (resources, error) { return procstat.Read(pid) }
 
 func (p *proc) resources(t *testing.T) resources {
 	t.Helper()
@@ -225,7 +195,7 @@ func watchLeaks(t *testing.T, d *tunneld, procs ...*proc) *leakWatch {
 func (w *leakWatch) fdsOf(rs []resources) []int {
 	var fds []int
 	for _, r := range rs {
-		fds = append(fds, r.fds)
+		fds = append(fds, r.FDs)
 	}
 	return fds
 }
@@ -248,7 +218,7 @@ func (w *leakWatch) check(timeout time.Duration) {
 		for i, p := range w.procs {
 			r := p.resources(w.t)
 			now = append(now, r)
-			if r.fds != w.base[i].fds {
+			if r.FDs != w.base[i].FDs {
 				ok = false
 			}
 			pg := p.goroutines(w.t)

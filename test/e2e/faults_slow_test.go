@@ -97,7 +97,7 @@ func TestSlowlorisHTTP(t *testing.T) {
 	d := startTunneldSlow(t)
 	addr := strings.TrimPrefix(d.url, "http://")
 	baseG := d.goroutines(t)
-	baseRSS := d.resources(t).rssKB
+	baseRSS := d.resources(t).RSSKB
 	const n = 100
 	start := time.Now()
 	api := slowloris(t, addr, "POST / HTTP/1.1\r\nHost: tunneld\r\nX-Amz-Target: IoTSecuredTunneling.ListTunnels\r\n", n/2, slowTrickle)
@@ -116,7 +116,7 @@ func TestSlowlorisHTTP(t *testing.T) {
 		prev = g
 		time.Sleep(50 * time.Millisecond) // sampling while the connections are accepted
 	}
-	rss := d.resources(t).rssKB
+	rss := d.resources(t).RSSKB
 	d.listTunnels(t)
 	if g > baseG+2*n+10 {
 		t.Errorf("%d goroutines for %d slow connections (baseline %d)", g, n, baseG)
@@ -211,9 +211,9 @@ func TestPeerStopsReading(t *testing.T) {
 		d := startTunneldLP(t)
 		tun := d.openTunnel(t, "thing1", "ECHO")
 		src, addrs := startSource(t, d.wsURL, tun.SourceAccessToken, "ECHO=0", 1)
-		baseRSS := d.resources(t).rssKB
+		baseRSS := d.resources(t).RSSKB
 		leaks := watchLeaks(t, d, src)
-		srcRSS := src.resources(t).rssKB
+		srcRSS := src.resources(t).RSSKB
 
 		h := http.Header{}
 		h.Set("access-token", tun.DestinationAccessToken)
@@ -231,7 +231,7 @@ func TestPeerStopsReading(t *testing.T) {
 		c := dialTCP(t, addrs["ECHO"])
 		pushed := pushUntilBlocked(c, time.Second)
 		g := d.goroutines(t)
-		grow, srcGrow := d.resources(t).rssKB-baseRSS, src.resources(t).rssKB-srcRSS
+		grow, srcGrow := d.resources(t).RSSKB-baseRSS, src.resources(t).RSSKB-srcRSS
 		if grow > 32<<10 || srcGrow > 32<<10 {
 			t.Errorf("RSS grew by %d KiB in tunneld, %d KiB in localproxy, for a peer that reads nothing", grow, srcGrow)
 		}
@@ -260,7 +260,7 @@ func TestPeerStopsReading(t *testing.T) {
 		names := []string{"source localproxy", "destination localproxy", "tunneld"}
 		var base []int
 		for _, p := range procs {
-			base = append(base, p.resources(t).rssKB)
+			base = append(base, p.resources(t).RSSKB)
 		}
 
 		c := dialTCP(t, addrs["PUSH"])
@@ -270,7 +270,7 @@ func TestPeerStopsReading(t *testing.T) {
 		time.Sleep(2 * time.Second) // the stuck reader: the point of the test
 		var b strings.Builder
 		for i, p := range procs {
-			grow := p.resources(t).rssKB - base[i]
+			grow := p.resources(t).RSSKB - base[i]
 			fmt.Fprintf(&b, "%s +%d KiB; ", names[i], grow)
 			if grow > 32<<10 {
 				t.Errorf("%s RSS grew by %d KiB behind a client that stopped reading", names[i], grow)

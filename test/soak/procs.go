@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/sectun/sectun/internal/procstat"
+
 	"bufio"
 	"bytes"
 	"context"
@@ -162,35 +164,9 @@ func (p *proc) exitCode(timeout time.Duration) (int, error) {
 }
 
 // usage is a process's resource counts from /proc.
-type usage struct {
-	fds, threads, rssKB int
-}
+type usage = procstat.Usage
 
-func procUsage(pid int) (usage, error) {
-	var u usage
-	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	if err != nil {
-		return u, err
-	}
-	u.fds = len(ents)
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return u, err
-	}
-	for _, line := range strings.Split(string(status), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 2 {
-			continue
-		}
-		switch f[0] {
-		case "Threads:":
-			u.threads, _ = strconv.Atoi(f[1])
-		case "VmRSS:":
-			u.rssKB, _ = strconv.Atoi(f[1])
-		}
-	}
-	return u, nil
-}
+func procUsage(pid int) (usage, error) { return procstat.Read(pid) }
 
 // tunneld is the running service with a SigV4-signing API client.
 type tunneld struct {

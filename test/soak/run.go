@@ -461,7 +461,7 @@ func (sl *slot) settledUsage() ([]usage, error) {
 		if err != nil {
 			return nil, err
 		}
-		if prev != nil && cur[0].fds == prev[0].fds && cur[1].fds == prev[1].fds {
+		if prev != nil && cur[0].FDs == prev[0].FDs && cur[1].FDs == prev[1].FDs {
 			return cur, nil
 		}
 		prev = cur
@@ -479,12 +479,12 @@ func (sl *slot) settledUsageAtMost(base []usage, timeout time.Duration) ([]usage
 		if err != nil {
 			return nil, err
 		}
-		if cur[0].fds <= base[0].fds && cur[1].fds <= base[1].fds {
+		if cur[0].FDs <= base[0].FDs && cur[1].FDs <= base[1].FDs {
 			return cur, nil
 		}
 		if time.Now().After(deadline) {
 			return cur, fmt.Errorf("descriptors: source %d (start %d), destination %d (start %d) after %v idle",
-				cur[0].fds, base[0].fds, cur[1].fds, base[1].fds, timeout)
+				cur[0].FDs, base[0].FDs, cur[1].FDs, base[1].FDs, timeout)
 		}
 		time.Sleep(200 * time.Millisecond) // sampling interval
 	}
@@ -605,12 +605,12 @@ func (s *soak) status(sm sample) string {
 	s.mu.Unlock()
 	var anchors string
 	if len(sm.anchors) == 2 {
-		anchors = fmt.Sprintf(" | anchor src %d fds %d MiB, dst %d fds %d MiB", sm.anchors[0].fds, sm.anchors[0].rssKB>>10, sm.anchors[1].fds, sm.anchors[1].rssKB>>10)
+		anchors = fmt.Sprintf(" | anchor src %d fds %d MiB, dst %d fds %d MiB", sm.anchors[0].FDs, sm.anchors[0].RSSKB>>10, sm.anchors[1].FDs, sm.anchors[1].RSSKB>>10)
 	}
 	return fmt.Sprintf("%6v tunnels %d/%d conns %d (bulk %d, echo %d, churn %d) %d MiB | faults %d, reconnects %d, injected errors %d, UNEXPECTED %d | tunneld %d goroutines, heap %d MiB, RSS %d MiB, %d fds%s",
 		sm.at.Round(time.Second), s.tunnelsOpened.Load(), s.tunnelsClosed.Load(), s.conns.Load(), s.bulks.Load(), s.echoes.Load(), s.churns.Load(), s.bytes.Load()>>20,
 		s.faults.Load(), s.reconnects.Load(), s.injected.Load(), unexp,
-		sm.goroutines, sm.heapKB>>10, sm.tunneld.rssKB>>10, sm.tunneld.fds, anchors)
+		sm.goroutines, sm.heapKB>>10, sm.tunneld.RSSKB>>10, sm.tunneld.FDs, anchors)
 }
 
 // checkGrowth compares the peak RSS of the first and last thirds of the
@@ -635,7 +635,7 @@ func (s *soak) checkGrowth() {
 		name string
 		f    func(sample) int
 	}{
-		{"tunneld RSS", func(x sample) int { return x.tunneld.rssKB }},
+		{"tunneld RSS", func(x sample) int { return x.tunneld.RSSKB }},
 		{"tunneld goroutines", func(x sample) int { return x.goroutines * 64 }}, // scaled: 64 KiB a goroutine, for the same rule
 		{"anchor source RSS", func(x sample) int { return anchorRSS(x, 0) }},
 		{"anchor destination RSS", func(x sample) int { return anchorRSS(x, 1) }},
@@ -659,7 +659,7 @@ func anchorRSS(x sample, i int) int {
 	if len(x.anchors) != 2 {
 		return 0
 	}
-	return x.anchors[i].rssKB
+	return x.anchors[i].RSSKB
 }
 
 func waitGoroutines(d *tunneld, base int, timeout time.Duration) (int, error) {
