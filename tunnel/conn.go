@@ -148,24 +148,13 @@ func (c *Conn) Write(p []byte) (int, error) {
 	total := 0
 	for {
 		c.mu.Lock()
-		if c.closed {
-			c.mu.Unlock()
-			return total, net.ErrClosed
-		}
-		if c.werr != nil {
-			err := c.werr
-			c.mu.Unlock()
-			signal(c.wwake)
+		dl, err := c.writableLocked()
+		if err != nil {
 			return total, err
 		}
 		if len(p) == 0 {
 			c.mu.Unlock()
 			return total, nil
-		}
-		dl := c.wdl.wait()
-		if isClosed(dl) {
-			c.mu.Unlock()
-			return total, os.ErrDeadlineExceeded
 		}
 		if room := c.s.cfg.SendBuffer - c.sq.n; room > 0 {
 			n := min(room, len(p))
@@ -178,6 +167,9 @@ func (c *Conn) Write(p []byte) (int, error) {
 			if push {
 				c.l.pushReady(c)
 			}
+			if len(p) == 0 {
+				return total, nil
+			}
 			continue
 		}
 		c.mu.Unlock()
@@ -186,6 +178,28 @@ func (c *Conn) Write(p []byte) (int, error) {
 		case <-dl:
 		}
 	}
+}
+
+// writableLocked, called with c.mu held, returns the write deadline's
+// channel, or why nothing more can be queued: the Conn is closed, the
+// session failed to write (passed on to the next waiting writer too), or
+// the deadline passed. On error it has released c.mu.
+func (c *Conn) writableLocked() (<-chan struct{}, error) {
+	if c.closed {
+		c.mu.Unlock()
+		return nil, net.ErrClosed
+	}
+	if err := c.werr; err != nil {
+		c.mu.Unlock()
+		signal(c.wwake)
+		return nil, err
+	}
+	dl := c.wdl.wait()
+	if isClosed(dl) {
+		c.mu.Unlock()
+		return nil, os.ErrDeadlineExceeded
+	}
+	return dl, nil
 }
 
 // writeToMax bounds the bytes WriteTo hands to one Write call.
@@ -277,20 +291,9 @@ func (c *Conn) ReadFrom(r io.Reader) (int64, error) {
 	want := min(readFromMin, c.s.cfg.SendBuffer)
 	for {
 		c.mu.Lock()
-		if c.closed {
-			c.mu.Unlock()
-			return total, net.ErrClosed
-		}
-		if c.werr != nil {
-			err := c.werr
-			c.mu.Unlock()
-			signal(c.wwake)
+		dl, err := c.writableLocked()
+		if err != nil {
 			return total, err
-		}
-		dl := c.wdl.wait()
-		if isClosed(dl) {
-			c.mu.Unlock()
-			return total, os.ErrDeadlineExceeded
 		}
 		room := c.s.cfg.SendBuffer - c.sq.n
 		if room < want {
