@@ -273,7 +273,8 @@ func TestStartError(t *testing.T) {
 }
 
 // TestConcurrentWaiters checks that concurrent WaitLine calls each take
-// distinct lines.
+// distinct lines. The waiter that takes "ready" stops the helper; the
+// others then end with ErrExited.
 func TestConcurrentWaiters(t *testing.T) {
 	t.Parallel()
 	const n = 200
@@ -284,9 +285,16 @@ func TestConcurrentWaiters(t *testing.T) {
 	for range 4 {
 		wg.Go(func() {
 			for {
-				m, err := p.WaitLine(context.Background(), regexp.MustCompile(`^line \d+$`), 200*time.Millisecond)
+				m, err := p.WaitLine(context.Background(), regexp.MustCompile(`^(line \d+|ready)$`), wait)
 				if err != nil {
+					if !errors.Is(err, ErrExited) {
+						t.Error(err)
+					}
 					return
+				}
+				if m[0] == "ready" {
+					p.Signal(syscall.SIGTERM)
+					continue
 				}
 				mu.Lock()
 				if seen[m[0]] {
