@@ -6,7 +6,9 @@
 // close frames with a code and reason.
 //
 // Client messages are framed by wsconn itself (masked while copied, one
-// write call per message); gorilla frames the server's and reads both.
+// write call per message), and so are server messages on plain TCP (one
+// writev, reaching the TCP socket through wrappers with a NetConn
+// method); gorilla frames the server's over TLS and reads both.
 //
 // Kernel queues: every stream of a tunnel shares one WebSocket, and the
 // kernel's socket buffers are FIFO queues that nothing above can reorder.

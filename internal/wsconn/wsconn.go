@@ -99,6 +99,16 @@ type Conn struct {
 	// pendingPong is a pong left by the reader for the message writer
 	// holding wlock, which sends it right after its message.
 	pendingPong atomic.Pointer[[]byte]
+
+	// Server connections (Accept) on plain TCP frame their binary messages
+	// here too: gorilla's server write copies the first write buffer's
+	// worth of the message and writes the rest with net.Buffers, which is
+	// two write calls (two syscalls) through a wrapper such as tunneld's
+	// connection limiter. See writeFrame.
+	tcp  *net.TCPConn // plain TCP under the WebSocket: header and payload in one writev
+	whdr [10]byte     // the frame header writev sends
+	wvec [2][]byte    // writev's vector, emptied after each write
+	wv   net.Buffers  // view of wvec that WriteTo consumes (a field: no allocation)
 }
 
 // writePools holds one pool of write buffers per buffer size: gorilla takes
@@ -292,6 +302,17 @@ func Accept(w http.ResponseWriter, r *http.Request, opts AcceptOptions) (*Conn, 
 		return nil, err
 	}
 	c := newConn(ws)
+	if tcp, ok := ws.NetConn().(*net.TCPConn); ok {
+		c.tcp = tcp
+	} else if _, ok := ws.NetConn().(*tls.Conn); !ok {
+		// A wrapper exposing its connection (NetConn) is taken as a view
+		// of it, as for the socket options: writes go to the TCP socket
+		// under it, since net.Buffers cannot reach writev through a
+		// wrapper.
+		if tcp, err := c.tcpConn(); err == nil {
+			c.tcp = tcp
+		}
+	}
 	if !opts.KeepSocketBuffers {
 		c.shortenQueues(true) // best effort: the kernel's defaults otherwise
 	}
@@ -373,13 +394,16 @@ func (c *Conn) mapErr(err error) error {
 	return err
 }
 
-// WriteMessage sends p as one binary message. On a client connection
-// (Dial) the message is one masked frame written with one write call,
-// without allocating; after a close frame has been sent or received it
-// returns websocket.ErrCloseSent.
+// WriteMessage sends p as one binary message of one frame, without
+// allocating: on a client connection (Dial) masked, with one write call;
+// on a server connection (Accept) over plain TCP with one writev. After a
+// close frame has been sent or received it returns websocket.ErrCloseSent.
 func (c *Conn) WriteMessage(p []byte) error {
-	if c.client && len(p) <= MaxMessageSize {
-		return c.writeMasked(p)
+	if len(p) <= MaxMessageSize {
+		if c.client {
+			return c.writeMasked(p)
+		}
+		return c.writeFrame(p)
 	}
 	c.wlock <- struct{}{}
 	err := c.ws.WriteMessage(websocket.BinaryMessage, p)
@@ -487,6 +511,54 @@ func (c *Conn) writeMasked(p []byte) (err error) {
 		return c.noteWriteErr(err)
 	}
 	_, err = nc.Write(b[:n+len(p)])
+	return c.noteWriteErr(err)
+}
+
+// frameHeader writes the header of an unmasked final binary frame of n
+// bytes into b and returns its length (2, 4 or 10).
+func frameHeader(b []byte, n int) int {
+	b[0] = 0x80 | websocket.BinaryMessage // FIN
+	switch {
+	case n <= 125:
+		b[1] = byte(n)
+		return 2
+	case n <= 0xffff:
+		b[1] = 126
+		binary.BigEndian.PutUint16(b[2:], uint16(n))
+		return 4
+	default:
+		b[1] = 127
+		binary.BigEndian.PutUint64(b[2:], uint64(n))
+		return 10
+	}
+}
+
+// writeFrame sends p as one unmasked binary frame (a server's) with one
+// writev, without a copy, on plain TCP. Elsewhere (TLS) gorilla frames
+// it: crypto/tls seals and sends each write call's data as records of up
+// to 16 KiB, one syscall each, so the record count is the same either way,
+// and gorilla serializes its writes with the close frame its reader writes
+// after a protocol error, which wsconn's own writes here would not be.
+func (c *Conn) writeFrame(p []byte) (err error) {
+	c.wlock <- struct{}{}
+	defer func() { c.unlockWrite(err) }()
+	if c.tcp == nil {
+		return c.ws.WriteMessage(websocket.BinaryMessage, p)
+	}
+	if c.closeSent.Load() {
+		return websocket.ErrCloseSent
+	}
+	if c.werr != nil {
+		return c.werr
+	}
+	if err := c.tcp.SetWriteDeadline(c.wdeadline); err != nil {
+		return c.noteWriteErr(err)
+	}
+	n := frameHeader(c.whdr[:], len(p))
+	c.wvec = [2][]byte{c.whdr[:n], p}
+	c.wv = c.wvec[:]
+	_, err = c.wv.WriteTo(c.tcp)
+	c.wvec, c.wv = [2][]byte{}, nil // p is the caller's again
 	return c.noteWriteErr(err)
 }
 

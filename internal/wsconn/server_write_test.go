@@ -1,0 +1,229 @@
+package wsconn
+
+import (
+	"bytes"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// serverVariant is a way tunneld's connections reach Accept: plain TCP,
+// plain TCP behind a wrapper with a NetConn method (tunneld's connection
+// limiter), and TLS over such a wrapper.
+type serverVariant struct {
+	name      string
+	tls, wrap bool
+}
+
+var serverVariants = []serverVariant{
+	{"ws", false, false},
+	{"ws-wrapped", false, true},
+	{"wss-wrapped", true, true},
+}
+
+// serveVariant starts a server of the variant that upgrades with Accept
+// and hands the Conn to fn; it returns the URL and the client TLS config.
+func serveVariant(t testing.TB, v serverVariant, fn func(*Conn)) (string, *tls.Config) {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := Accept(w, r, AcceptOptions{})
+		if err != nil {
+			return
+		}
+		fn(c)
+	}))
+	if v.wrap {
+		srv.Listener = wrappingListener{srv.Listener}
+	}
+	var cfg *tls.Config
+	if v.tls {
+		srv.StartTLS()
+		cfg = &tls.Config{InsecureSkipVerify: true}
+	} else {
+		srv.Start()
+	}
+	t.Cleanup(srv.Close)
+	return "ws" + strings.TrimPrefix(srv.URL, "http"), cfg
+}
+
+// Server messages are framed by wsconn (one frame, one writev or one TLS
+// write): a standard client reads every length class intact, with pings
+// answered meanwhile, and the plain paths write to the TCP socket under
+// a wrapper.
+func TestServerMessagesFramed(t *testing.T) {
+	sizes := []int{0, 1, 2, 125, 126, 127, 65535, 65536, 65537, 100000, MaxMessageSize}
+	for _, v := range serverVariants {
+		t.Run(v.name, func(t *testing.T) {
+			var want [][]byte
+			for round := range 3 {
+				for _, n := range sizes {
+					b := make([]byte, n)
+					for i := range b {
+						b[i] = byte(i*13 + n + round)
+					}
+					want = append(want, b)
+				}
+			}
+			done := make(chan error, 1)
+			u, cfg := serveVariant(t, v, func(c *Conn) {
+				if v.tls == (c.tcp != nil) {
+					done <- fmt.Errorf("TLS %v, but writev to the TCP socket %v", v.tls, c.tcp != nil)
+					c.Close()
+					return
+				}
+				// Pings from the client are answered by the reader.
+				go io.Copy(io.Discard, c)
+				for _, b := range want {
+					orig := bytes.Clone(b)
+					if err := c.WriteMessage(b); err != nil {
+						done <- err
+						c.Close()
+						return
+					}
+					if !bytes.Equal(b, orig) {
+						done <- fmt.Errorf("WriteMessage changed its argument (%d bytes)", len(b))
+						c.Close()
+						return
+					}
+				}
+				done <- nil
+				c.Close()
+			})
+			d := websocket.Dialer{TLSClientConfig: cfg, HandshakeTimeout: 5 * time.Second}
+			ws, _, err := d.Dial(u, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ws.Close()
+			ws.SetReadLimit(MaxMessageSize)
+			ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+			var wg sync.WaitGroup
+			stop := make(chan struct{})
+			defer wg.Wait()
+			defer close(stop)
+			wg.Go(func() {
+				for {
+					select {
+					case <-stop:
+						return
+					case <-time.After(200 * time.Microsecond):
+					}
+					if ws.WriteControl(websocket.PingMessage, []byte("p"), time.Now().Add(time.Second)) != nil {
+						return
+					}
+				}
+			})
+			for i, w := range want {
+				typ, b, err := ws.ReadMessage()
+				if err != nil {
+					t.Fatalf("message %d: %v", i, err)
+				}
+				if typ != websocket.BinaryMessage || !bytes.Equal(b, w) {
+					t.Fatalf("message %d: type %d, %d bytes, want binary %d bytes", i, typ, len(b), len(w))
+				}
+			}
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatal(err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("server did not finish")
+			}
+		})
+	}
+}
+
+// BenchmarkServerWriteMessage: 131076-byte server messages to a client
+// that drops the raw bytes, framed by wsconn and, for comparison, by
+// gorilla (the 4 KiB write buffer tunneld's relay uses).
+func BenchmarkServerWriteMessage(b *testing.B) {
+	for _, v := range serverVariants {
+		for _, via := range []string{"wsconn", "gorilla"} {
+			b.Run(v.name+"/"+via, func(b *testing.B) {
+				conns := make(chan *Conn, 1)
+				release := make(chan struct{})
+				u, cfg := serveVariant(b, v, func(c *Conn) {
+					conns <- c
+					<-release
+				})
+				d := websocket.Dialer{TLSClientConfig: cfg, HandshakeTimeout: 5 * time.Second}
+				ws, _, err := d.Dial(u, nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer ws.Close()
+				drained := make(chan struct{})
+				go func() { io.Copy(io.Discard, ws.NetConn()); close(drained) }()
+				c := <-conns
+				write := c.WriteMessage
+				if via == "gorilla" {
+					write = func(p []byte) error { return c.ws.WriteMessage(websocket.BinaryMessage, p) }
+				}
+				msg := make([]byte, MaxMessageSize)
+				b.SetBytes(int64(len(msg)))
+				b.ReportAllocs()
+				for b.Loop() {
+					if err := write(msg); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.StopTimer()
+				c.NetConn().Close()
+				ws.Close()
+				<-drained
+				close(release)
+			})
+		}
+	}
+}
+
+// Server writes on plain TCP do not allocate.
+func TestServerWriteAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector makes sync.Pool drop entries")
+	}
+	for _, v := range serverVariants {
+		if v.tls {
+			continue // gorilla's write: net.Buffers allocates
+		}
+		t.Run(v.name, func(t *testing.T) {
+			conns := make(chan *Conn, 1)
+			release := make(chan struct{})
+			u, cfg := serveVariant(t, v, func(c *Conn) {
+				conns <- c
+				<-release
+			})
+			d := websocket.Dialer{TLSClientConfig: cfg, HandshakeTimeout: 5 * time.Second}
+			ws, _, err := d.Dial(u, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ws.Close()
+			drained := make(chan struct{})
+			go func() { io.Copy(io.Discard, ws.NetConn()); close(drained) }()
+			c := <-conns
+			msg := make([]byte, 1000)
+			c.WriteMessage(msg) // warm the pools
+			if a := testing.AllocsPerRun(100, func() {
+				if err := c.WriteMessage(msg); err != nil {
+					t.Fatal(err)
+				}
+			}); a > 0 {
+				t.Errorf("%v allocations per server WriteMessage", a)
+			}
+			c.NetConn().Close()
+			ws.Close()
+			<-drained
+			close(release)
+		})
+	}
+}
