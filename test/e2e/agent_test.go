@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -20,6 +21,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/sectun/sectun/internal/certs"
+	"github.com/sectun/sectun/internal/proctest"
 	"github.com/sectun/sectun/internal/token"
 	"github.com/sectun/sectun/tunnel"
 )
@@ -131,19 +133,17 @@ func waitLines(t *testing.T, p *proc, timeout time.Duration, res ...string) {
 	for _, re := range res {
 		left[re] = regexp.MustCompile(re)
 	}
-	deadline := time.After(timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
 	for len(left) > 0 {
-		select {
-		case line := <-p.lines:
-			for k, rx := range left {
-				if rx.MatchString(line) {
-					delete(left, k)
-				}
+		line, err := p.NextLine(ctx, 0)
+		if err != nil {
+			t.Fatalf("%s: waiting for %v (within %v): %v", p.name, left, timeout, err)
+		}
+		for k, rx := range left {
+			if rx.MatchString(line) {
+				delete(left, k)
 			}
-		case <-p.done:
-			t.Fatalf("%s exited (%v) before printing %v", p.name, p.err, left)
-		case <-deadline:
-			t.Fatalf("%s did not print %v within %v", p.name, left, timeout)
 		}
 	}
 }
@@ -329,17 +329,17 @@ func (m *mosquittoBroker) start() {
 	for try := 0; ; try++ {
 		p := startPath(m.t, "mosquitto", "/usr/sbin/mosquitto", nil, "-c", m.conf)
 		ok := func() (ok bool) {
-			deadline := time.After(agentWait)
+			ctx, cancel := context.WithTimeout(context.Background(), agentWait)
+			defer cancel()
 			for {
-				select {
-				case line := <-p.lines:
-					if strings.Contains(line, " running") {
-						return true
-					}
-				case <-p.done:
+				line, err := p.NextLine(ctx, 0)
+				switch {
+				case errors.Is(err, proctest.ErrExited):
 					return false
-				case <-deadline:
+				case err != nil:
 					m.t.Fatalf("mosquitto not running after %v:\n%s", agentWait, p.output())
+				case strings.Contains(line, " running"):
+					return true
 				}
 			}
 		}()

@@ -250,15 +250,7 @@ func (w *leakWatch) check(timeout time.Duration) {
 
 // drain discards the output lines collected so far, so that the next
 // waitLine sees only what comes after.
-func (p *proc) drain() {
-	for {
-		select {
-		case <-p.lines:
-		default:
-			return
-		}
-	}
-}
+func (p *proc) drain() { p.Drain() }
 
 // countLines counts the collected output lines matching re.
 func (p *proc) countLines(re string) int {

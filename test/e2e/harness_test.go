@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -22,6 +21,8 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
+
+	"github.com/sectun/sectun/internal/proctest"
 )
 
 // binDir holds the binaries built once for the whole package.
@@ -48,18 +49,21 @@ func TestMain(m *testing.M) {
 
 func bin(name string) string { return filepath.Join(binDir, name) }
 
+// outputTail is how many output lines a proc keeps: far more than any test
+// here prints, so that assertions on the output see all of it (output
+// fails the test if lines were dropped).
+const outputTail = 1 << 16
+
 // proc is a started binary whose output is collected for assertions and
 // shown when the test fails.
 type proc struct {
+	*proctest.Proc
 	t    *testing.T
 	name string
 	cmd  *exec.Cmd
-	mu   sync.Mutex
-	out  bytes.Buffer
-	done chan struct{}
-	err  error
-	// lines receives every output line (dropped when nobody listens).
-	lines chan string
+	done <-chan struct{}
+
+	droppedOnce sync.Once
 }
 
 func start(t *testing.T, name string, env []string, args ...string) *proc {
@@ -71,35 +75,15 @@ func start(t *testing.T, name string, env []string, args ...string) *proc {
 // such as sshd) as a proc named name.
 func startPath(t *testing.T, name, path string, env []string, args ...string) *proc {
 	t.Helper()
-	p := &proc{t: t, name: name, done: make(chan struct{}), lines: make(chan string, 1024)}
-	p.cmd = exec.Command(path, args...)
-	p.cmd.Env = append(os.Environ(), env...)
-	pr, pw := io.Pipe()
-	p.cmd.Stdout, p.cmd.Stderr = pw, pw
-	if err := p.cmd.Start(); err != nil {
+	pp, err := proctest.Start(proctest.Config{
+		Name: name, Path: path, Args: args, Env: env,
+		Tail:       outputTail,
+		StopSignal: os.Interrupt,
+	})
+	if err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
-	scanned := make(chan struct{})
-	go func() {
-		defer close(scanned)
-		sc := bufio.NewScanner(pr)
-		for sc.Scan() {
-			line := sc.Text()
-			p.mu.Lock()
-			p.out.WriteString(line + "\n")
-			p.mu.Unlock()
-			select {
-			case p.lines <- line:
-			default:
-			}
-		}
-	}()
-	go func() {
-		p.err = p.cmd.Wait()
-		pw.Close()
-		<-scanned // so that output() holds every line once done is closed
-		close(p.done)
-	}()
+	p := &proc{Proc: pp, t: t, name: name, cmd: pp.Cmd, done: pp.Done()}
 	t.Cleanup(func() {
 		p.stop()
 		if t.Failed() || os.Getenv("SECTUN_E2E_OUTPUT") != "" {
@@ -109,67 +93,39 @@ func startPath(t *testing.T, name, path string, env []string, args ...string) *p
 	return p
 }
 
+// output returns everything the process printed so far.
 func (p *proc) output() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.String()
+	if n := p.Dropped(); n > 0 {
+		p.droppedOnce.Do(func() {
+			p.t.Errorf("%s printed more than %d lines (%d dropped): checks of its output are incomplete", p.name, outputTail, n)
+		})
+	}
+	return p.Output()
 }
 
-// stop sends SIGTERM and waits (killing after 10 s).
-func (p *proc) stop() {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	p.cmd.Process.Signal(os.Interrupt)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		p.cmd.Process.Kill()
-		<-p.done
-	}
-}
+// stop sends SIGINT and waits (killing after 10 s).
+func (p *proc) stop() { p.Stop(10 * time.Second) }
 
-// waitLine waits for an output line matching re and returns its submatches.
+// waitLine waits for an output line matching re and returns its
+// submatches. Lines taken by an earlier waitLine, or dropped by drain, do
+// not count.
 func (p *proc) waitLine(re string, timeout time.Duration) []string {
 	p.t.Helper()
-	rx := regexp.MustCompile(re)
-	deadline := time.After(timeout)
-	for {
-		select {
-		case line := <-p.lines:
-			if m := rx.FindStringSubmatch(line); m != nil {
-				return m
-			}
-		case <-p.done:
-			// Drain what is left.
-			for {
-				select {
-				case line := <-p.lines:
-					if m := rx.FindStringSubmatch(line); m != nil {
-						return m
-					}
-				default:
-					p.t.Fatalf("%s exited (%v) before printing %q", p.name, p.err, re)
-				}
-			}
-		case <-deadline:
-			p.t.Fatalf("%s did not print %q within %v", p.name, re, timeout)
-		}
+	m, err := p.WaitLine(context.Background(), regexp.MustCompile(re), timeout)
+	if err != nil {
+		p.t.Fatal(err)
 	}
+	return m
 }
 
 // waitExit waits for the process to end and returns its exit code.
 func (p *proc) waitExit(timeout time.Duration) int {
 	p.t.Helper()
-	select {
-	case <-p.done:
-		return p.cmd.ProcessState.ExitCode()
-	case <-time.After(timeout):
-		p.t.Fatalf("%s still running after %v", p.name, timeout)
-		return -1
+	code, err := p.WaitExit(context.Background(), timeout)
+	if err != nil {
+		p.t.Fatal(err)
 	}
+	return code
 }
 
 // tunneld is a running tunneld with an API client.

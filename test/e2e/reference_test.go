@@ -119,7 +119,7 @@ func (r *refRig) refProc(t *testing.T, name, tok string, args ...string) *proc {
 		// Runs before startPath's stop: says whether it ended on its own.
 		select {
 		case <-p.done:
-			t.Logf("%s had exited by itself: %v", name, p.err)
+			t.Logf("%s had exited by itself: %v", name, p.Err())
 		default:
 		}
 	})
@@ -467,7 +467,7 @@ func waitCount(p *proc, re string, n int, timeout time.Duration) error {
 		}
 		select {
 		case <-p.done:
-			return fmt.Errorf("%s exited (%v) before printing %q %d times", p.name, p.err, re, n)
+			return fmt.Errorf("%s exited (%v) before printing %q %d times", p.name, p.Err(), re, n)
 		case <-time.After(20 * time.Millisecond): // polling collected output
 		}
 	}

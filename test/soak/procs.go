@@ -1,8 +1,6 @@
 package main
 
 import (
-	"github.com/sectun/sectun/internal/procstat"
-
 	"bufio"
 	"bytes"
 	"context"
@@ -19,11 +17,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
+
+	"github.com/sectun/sectun/internal/procstat"
+	"github.com/sectun/sectun/internal/proctest"
 )
 
 // buildBinaries builds tunneld and localproxy into dir.
@@ -40,15 +40,21 @@ func buildBinaries(dir string) error {
 }
 
 // proc is a started binary; its output goes to a log file and, line by
-// line, to whoever waits for a line.
+// line, to lines for whoever counts events in it.
 type proc struct {
-	name  string
-	cmd   *exec.Cmd
-	log   *os.File
+	p    *proctest.Proc
+	name string
+	cmd  *exec.Cmd
+	log  *os.File
+	// lines receives every output line; a line is dropped when the
+	// channel is full, so the process never waits on it.
 	lines chan string
-	done  chan struct{}
-	err   error
+	done  <-chan struct{}
 }
+
+// procTail is how many output lines each process keeps in memory for
+// waitLine; the log file has them all.
+const procTail = 200
 
 func startProc(binDir, logDir, name string, env []string, args ...string) (*proc, error) {
 	f, err := os.CreateTemp(logDir, name+"-*.log")
@@ -56,111 +62,47 @@ func startProc(binDir, logDir, name string, env []string, args ...string) (*proc
 		return nil, err
 	}
 	fmt.Fprintf(f, "# %s %s\n", name, strings.Join(args, " "))
-	p := &proc{name: name, log: f, lines: make(chan string, 256), done: make(chan struct{})}
-	p.cmd = exec.Command(filepath.Join(binDir, name), args...)
-	p.cmd.Env = append(os.Environ(), env...)
-	pr, pw, err := os.Pipe()
+	lines := make(chan string, 256)
+	p, err := proctest.Start(proctest.Config{
+		Name: name, Path: filepath.Join(binDir, name), Args: args, Env: env,
+		Tail: procTail,
+		Log:  f,
+		OnLine: func(line string) {
+			select {
+			case lines <- line:
+			default:
+			}
+		},
+	})
 	if err != nil {
 		f.Close()
 		return nil, err
 	}
-	p.cmd.Stdout, p.cmd.Stderr = pw, pw
-	if err := p.cmd.Start(); err != nil {
-		pr.Close()
-		pw.Close()
-		f.Close()
-		return nil, err
-	}
-	pw.Close()
-	scanned := make(chan struct{})
 	go func() {
-		defer close(scanned)
-		sc := bufio.NewScanner(pr)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for sc.Scan() {
-			line := sc.Text()
-			fmt.Fprintln(f, line)
-			select {
-			case p.lines <- line:
-			default:
-			}
-		}
-		pr.Close()
-	}()
-	go func() {
-		p.err = p.cmd.Wait()
-		<-scanned
+		<-p.Done() // every line is written by then
 		f.Close()
-		close(p.done)
 	}()
-	return p, nil
+	return &proc{p: p, name: name, cmd: p.Cmd, log: f, lines: lines, done: p.Done()}, nil
 }
 
 // waitLine waits for an output line matching re.
 func (p *proc) waitLine(re string, timeout time.Duration) ([]string, error) {
-	rx := regexp.MustCompile(re)
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	for {
-		select {
-		case line := <-p.lines:
-			if m := rx.FindStringSubmatch(line); m != nil {
-				return m, nil
-			}
-		case <-p.done:
-			for {
-				select {
-				case line := <-p.lines:
-					if m := rx.FindStringSubmatch(line); m != nil {
-						return m, nil
-					}
-				default:
-					return nil, fmt.Errorf("%s exited (%v) before printing %q; see %s", p.name, p.err, re, p.log.Name())
-				}
-			}
-		case <-t.C:
-			return nil, fmt.Errorf("%s did not print %q within %v; see %s", p.name, re, timeout, p.log.Name())
-		}
+	m, err := p.p.WaitLine(context.Background(), regexp.MustCompile(re), timeout)
+	if err != nil {
+		return nil, fmt.Errorf("%w; see %s", err, p.log.Name())
 	}
+	return m, nil
 }
 
-// drainLines keeps the line channel empty so the process never waits on
-// it (it does not: lines are dropped when nobody reads) and old lines do
-// not satisfy later waits.
-func (p *proc) drainLines() {
-	for {
-		select {
-		case <-p.lines:
-		default:
-			return
-		}
-	}
-}
+// drainLines makes the next waitLine see only lines that come after.
+func (p *proc) drainLines() { p.p.Drain() }
 
 // stop sends SIGTERM and waits, killing after timeout.
-func (p *proc) stop(timeout time.Duration) {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(timeout):
-		p.cmd.Process.Kill()
-		<-p.done
-	}
-}
+func (p *proc) stop(timeout time.Duration) { p.p.Stop(timeout) }
 
 // exitCode waits up to timeout for the process to end.
 func (p *proc) exitCode(timeout time.Duration) (int, error) {
-	select {
-	case <-p.done:
-		return p.cmd.ProcessState.ExitCode(), nil
-	case <-time.After(timeout):
-		return -1, fmt.Errorf("%s still running after %v", p.name, timeout)
-	}
+	return p.p.WaitExit(context.Background(), timeout)
 }
 
 // usage is a process's resource counts from /proc.
