@@ -119,6 +119,7 @@ type peer struct {
 	raw      syscall.RawConn // the TCP socket, for unread; nil if unknown
 	inqFn    func(uintptr)   // sets inq from the socket (allocated once)
 	inq      int
+	ahead    int      // lower bound of the bytes readable without blocking: see readAhead
 	idle     [16]byte // the first bytes of a burst, read without a buffer
 	msg      wire.Message
 	pending  *peer     // peer whose out holds frames from this reader's buffer
@@ -358,6 +359,7 @@ func (p *peer) loop() error {
 		if err != nil {
 			return err
 		}
+		p.ahead = 0 // that read may have waited: ask the kernel again
 		bp := inBufs.Get().(*[]byte)
 		err = p.burst(*bp, copy(*bp, p.idle[:n]))
 		p.flushPending() // the other peer's out must not outlive the buffer
@@ -409,6 +411,7 @@ func (p *peer) burst(buf []byte, w int) error {
 			return err
 		}
 		w += k
+		p.ahead -= k + readSlack
 	}
 }
 
@@ -416,6 +419,12 @@ func (p *peer) burst(buf []byte, w int) error {
 // block: a whole TLS record (16 KiB of data plus its overhead) and
 // WebSocket frame headers.
 const readAheadMin = 16<<10 + 1<<10
+
+// readSlack bounds the bytes a read consumes besides the data it returns:
+// TLS record and WebSocket frame headers, control frames. Reading k bytes
+// lowers the estimate of what can still be read without blocking by
+// k + readSlack.
+const readSlack = 512
 
 // readAhead reports whether the reader may read on without first sending
 // the frames it queued (beforeRead): when the next read cannot block,
@@ -426,10 +435,21 @@ const readAheadMin = 16<<10 + 1<<10
 // block. Over TLS a read returns one 16 KiB record: without this, each
 // WebSocket message sent would carry one record's worth of frames.
 // Not under a bandwidth limit, whose wait is in beforeRead.
+//
+// The kernel is asked (an ioctl) only when the bytes it reported last,
+// less what was read since, no longer make readAheadMin: what it reported
+// can still be read without blocking, whether it is still in the socket
+// or already in the TLS connection's buffers. Over TLS that saves an
+// ioctl per 16 KiB record.
 func (p *peer) readAhead(buf []byte, r int) bool {
-	return p.pending != nil && p.raw != nil && p.t.limiters[p.idx] == nil &&
-		len(buf)-r >= wire.FrameHeaderSize+wire.MaxMessageSize &&
-		p.unread() >= readAheadMin
+	if p.pending == nil || p.raw == nil || p.t.limiters[p.idx] != nil ||
+		len(buf)-r < wire.FrameHeaderSize+wire.MaxMessageSize {
+		return false
+	}
+	if p.ahead < readAheadMin {
+		p.ahead = p.unread()
+	}
+	return p.ahead >= readAheadMin
 }
 
 // beforeRead runs before every network read: frames waiting for the other
