@@ -9,7 +9,6 @@ import (
 	"net/url"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -108,23 +107,31 @@ func tunnel(id string) *store.Tunnel {
 	}
 }
 
-// ddlState fingerprints the schema: the recorded version and every
-// relation's OID and column list, which any DDL would change.
-func ddlState(t *testing.T, admin *pgx.Conn, schema string) string {
+// ddlState returns the recorded schema version and a fingerprint of
+// every relation's OID and column list, which any DDL would change.
+func ddlState(t *testing.T, dsn string) (int, string) {
 	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatalf("connect to %s: %v", dsnEnv, err)
+	}
+	defer conn.Close(ctx)
+	schema := schemaOf(dsn)
 	var version int
-	if err := admin.QueryRow(context.Background(), `SELECT version FROM `+schema+`.schema_version`).Scan(&version); err != nil {
+	if err := conn.QueryRow(ctx, `SELECT version FROM `+schema+`.schema_version`).Scan(&version); err != nil {
 		t.Fatal(err)
 	}
 	var fp string
-	err := admin.QueryRow(context.Background(), `SELECT coalesce(string_agg(c.oid::text || ':' || c.relname || ':' || a.attname, ',' ORDER BY c.oid, a.attnum), '')
+	err = conn.QueryRow(ctx, `SELECT coalesce(string_agg(c.oid::text || ':' || c.relname || ':' || a.attname, ',' ORDER BY c.oid, a.attnum), '')
 		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 		LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0
 		WHERE n.nspname = $1`, schema).Scan(&fp)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return fmt.Sprintf("v%d %s", version, fp)
+	return version, fp
 }
 
 func schemaOf(dsn string) string {
@@ -137,63 +144,30 @@ func schemaOf(dsn string) string {
 }
 
 func TestReopen(t *testing.T) {
-	ctx := context.Background()
-	dsn, admin := freshSchema(t, testDSN(t))
-	schema := schemaOf(dsn)
-	s := openStore(t, dsn)
-	tun := tunnel("persist")
-	if err := s.Create(ctx, tun); err != nil {
-		t.Fatal(err)
-	}
-	s.Close()
-	before := ddlState(t, admin, schema)
-	if !strings.HasPrefix(before, fmt.Sprintf("v%d ", len(migrations))) {
-		t.Fatalf("schema state %q: want version %d", before, len(migrations))
-	}
-	for i := range 2 {
-		s := openStore(t, dsn)
-		if _, mode, err := s.FindByToken(ctx, tun.Source.TokenHash); err != nil || mode != store.ModeSource {
-			t.Errorf("reopen %d: FindByToken: %q %v", i, mode, err)
-		}
-		s.Close()
-		if after := ddlState(t, admin, schema); after != before {
-			t.Errorf("reopen %d changed the schema:\n%s\n%s", i, before, after)
-		}
-	}
-}
-
-func TestOpenConcurrently(t *testing.T) {
-	dsn, _ := freshSchema(t, testDSN(t))
-	var wg sync.WaitGroup
-	stores := make([]*Store, 4)
-	errs := make([]error, 4)
-	for i := range stores {
-		wg.Go(func() { stores[i], errs[i] = Open(context.Background(), dsn) })
-	}
-	wg.Wait()
-	for i, err := range errs {
-		if err != nil {
-			t.Errorf("Open %d: %v", i, err)
-			continue
-		}
-		stores[i].Close()
-	}
-}
-
-func TestNewerSchemaRefused(t *testing.T) {
-	dsn, admin := freshSchema(t, testDSN(t))
-	openStore(t, dsn).Close()
-	if _, err := admin.Exec(context.Background(), `UPDATE `+schemaOf(dsn)+`.schema_version SET version = $1`, len(migrations)+1); err != nil {
-		t.Fatal(err)
-	}
-	s, err := Open(context.Background(), dsn)
-	if err == nil {
-		s.Close()
-		t.Fatal("Open of a newer schema succeeded")
-	}
-	if !strings.Contains(err.Error(), "newer") {
-		t.Errorf("error does not say why: %v", err)
-	}
+	base := testDSN(t)
+	storetest.RunReopen(t, storetest.Reopener{
+		Fresh: func(t *testing.T) string {
+			dsn, _ := freshSchema(t, base)
+			return dsn
+		},
+		Open: func(ctx context.Context, dsn string) (store.Store, error) {
+			return Open(ctx, dsn)
+		},
+		Version: len(migrations),
+		Schema:  ddlState,
+		SetVersion: func(t *testing.T, dsn string, version int) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			conn, err := pgx.Connect(ctx, dsn)
+			if err != nil {
+				t.Fatalf("connect to %s: %v", dsnEnv, err)
+			}
+			defer conn.Close(ctx)
+			if _, err := conn.Exec(ctx, `UPDATE `+schemaOf(dsn)+`.schema_version SET version = $1`, version); err != nil {
+				t.Fatal(err)
+			}
+		},
+	})
 }
 
 func TestOpenErrorHidesPassword(t *testing.T) {

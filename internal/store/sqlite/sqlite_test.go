@@ -66,104 +66,50 @@ func rawDB(t *testing.T, path string) *sql.DB {
 }
 
 func TestReopen(t *testing.T) {
-	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "tunneld.db")
-	s := openFile(t, path)
-	tun, _, _ := tunnel("persist")
-	if err := s.Create(ctx, tun); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Update(ctx, "persist", func(t *store.Tunnel) error {
-		t.Source.Connected = true
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-
-	// SQLite's schema cookie changes with any DDL: reopening a current file
-	// must leave it (and the recorded version) alone.
-	cookie := func() (schemaCookie, version int) {
-		db := rawDB(t, path)
-		defer db.Close()
-		if err := db.QueryRow(`PRAGMA schema_version`).Scan(&schemaCookie); err != nil {
-			t.Fatal(err)
-		}
-		if err := db.QueryRow(`SELECT version FROM schema_version`).Scan(&version); err != nil {
-			t.Fatal(err)
-		}
-		return schemaCookie, version
-	}
-	cookie1, v1 := cookie()
-	if v1 != len(migrations) {
-		t.Fatalf("schema_version = %d, want %d", v1, len(migrations))
-	}
-	for i := range 3 {
-		s := openFile(t, path)
-		got, err := s.Get(ctx, "persist")
-		if err != nil {
-			t.Fatalf("reopen %d: Get: %v", i, err)
-		}
-		if !got.Source.Connected || !bytes.Equal(got.Source.TokenHash, tun.Source.TokenHash) {
-			t.Errorf("reopen %d: tunnel not persisted: %+v", i, got)
-		}
-		if _, mode, err := s.FindByToken(ctx, tun.Destination.TokenHash); err != nil || mode != store.ModeDestination {
-			t.Errorf("reopen %d: FindByToken: %q %v", i, mode, err)
-		}
-		if err := s.Close(); err != nil {
-			t.Fatal(err)
-		}
-		if c, v := cookie(); c != cookie1 || v != v1 {
-			t.Errorf("reopen %d changed the schema: cookie %d -> %d, version %d -> %d", i, cookie1, c, v1, v)
-		}
-	}
-	// WAL mode is persistent in the file.
-	var mode string
-	if err := rawDB(t, path).QueryRow(`PRAGMA journal_mode`).Scan(&mode); err != nil || mode != "wal" {
-		t.Errorf("journal_mode = %q, %v; want wal", mode, err)
-	}
+	storetest.RunReopen(t, storetest.Reopener{
+		Fresh: func(t *testing.T) string { return filepath.Join(t.TempDir(), "tunneld.db") },
+		Open: func(ctx context.Context, path string) (store.Store, error) {
+			return Open(ctx, path)
+		},
+		Version: len(migrations),
+		// SQLite's schema cookie changes with any DDL.
+		Schema: func(t *testing.T, path string) (version int, fingerprint string) {
+			db := rawDB(t, path)
+			defer db.Close()
+			var cookie int
+			if err := db.QueryRow(`PRAGMA schema_version`).Scan(&cookie); err != nil {
+				t.Fatal(err)
+			}
+			if err := db.QueryRow(`SELECT version FROM schema_version`).Scan(&version); err != nil {
+				t.Fatal(err)
+			}
+			return version, fmt.Sprintf("schema cookie %d", cookie)
+		},
+		SetVersion: func(t *testing.T, path string, version int) {
+			db, err := sql.Open("sqlite", path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			if _, err := db.Exec(`UPDATE schema_version SET version = ?`, version); err != nil {
+				t.Fatal(err)
+			}
+		},
+	})
 }
 
-func TestOpenConcurrently(t *testing.T) {
-	// Several processes (here: Stores) opening a new file at once apply
-	// the migrations exactly once.
+// TestJournalModeWAL: WAL mode is persistent in the file, so it holds for
+// readers that open the file directly.
+func TestJournalModeWAL(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "tunneld.db")
-	var wg sync.WaitGroup
-	errs := make([]error, 4)
-	stores := make([]*Store, 4)
-	for i := range stores {
-		wg.Go(func() { stores[i], errs[i] = Open(context.Background(), path) })
-	}
-	wg.Wait()
-	for i, err := range errs {
-		if err != nil {
-			t.Errorf("Open %d: %v", i, err)
-			continue
+	for range 2 { // a new file, then a reopened one
+		if err := openFile(t, path).Close(); err != nil {
+			t.Fatal(err)
 		}
-		stores[i].Close()
-	}
-}
-
-func TestNewerSchemaRefused(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "tunneld.db")
-	openFile(t, path).Close()
-	db, err := sql.Open("sqlite", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := db.Exec(`UPDATE schema_version SET version = ?`, len(migrations)+1); err != nil {
-		t.Fatal(err)
-	}
-	db.Close()
-	s, err := Open(context.Background(), path)
-	if err == nil {
-		s.Close()
-		t.Fatal("Open of a newer schema succeeded")
-	}
-	if !strings.Contains(err.Error(), "newer") {
-		t.Errorf("error does not say why: %v", err)
+		var mode string
+		if err := rawDB(t, path).QueryRow(`PRAGMA journal_mode`).Scan(&mode); err != nil || mode != "wal" {
+			t.Errorf("journal_mode = %q, %v; want wal", mode, err)
+		}
 	}
 }
 

@@ -3,7 +3,10 @@
 // empty store; Run gives each subtest its own store and closes it. Bench,
 // called the same way from a backend's benchmark, measures the hot paths
 // (FindByToken, alone and in parallel, and Update) on a store of 1000
-// tunnels, so backends are compared on the same workload.
+// tunnels, so backends are compared on the same workload. RunReopen, for
+// backends whose data outlives a Store, checks reopening: data and token
+// lookups kept, no DDL on a current schema, migrations applied once by
+// racing Opens, a newer schema refused.
 //
 // What it pins down beyond the interface comments: times come back in UTC
 // with at least millisecond precision (the zero time stays zero); empty
