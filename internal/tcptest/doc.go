@@ -2,7 +2,8 @@
 // proxies share: a Server on 127.0.0.1:0 serving each connection with a
 // handler (Echo, or BulkHandler), a deterministic data Stream, and
 // client-side checks that push a Stream through a connection and verify
-// what comes back (Echoed, EchoedToEOF, Bulk).
+// what comes back (Echoed, EchoedToEOF, Bulk), and one small exchange
+// with an echo service (RoundTrip, DialRoundTrip).
 //
 // Only tests import it. Everything is bounded: a Server is closed by
 // t.Cleanup, which closes its connections and waits for every goroutine it

@@ -205,3 +205,41 @@ func Bulk(ctx context.Context, c net.Conn, size int64, clientSeed, serverSeed by
 	}
 	return nil
 }
+
+// RoundTrip writes msg to c, reads len(msg) bytes back and checks they are
+// msg: one small exchange with an echo service behind c. It leaves c
+// open.
+func RoundTrip(ctx context.Context, c net.Conn, msg []byte) error {
+	stop := guard(ctx, c)
+	_, werr := c.Write(msg)
+	got := make([]byte, len(msg))
+	var rerr error
+	if werr == nil {
+		_, rerr = io.ReadFull(c, got)
+	}
+	ctxErr := stop()
+	if werr != nil {
+		return wrap(werr, ctxErr, "writing %q", msg)
+	}
+	if rerr != nil {
+		return wrap(rerr, ctxErr, "reading the echo of %q", msg)
+	}
+	if !bytes.Equal(got, msg) {
+		return fmt.Errorf("tcptest: echo %q, want %q", got, msg)
+	}
+	return nil
+}
+
+// DialRoundTrip dials addr, does one RoundTrip of msg and closes the
+// connection: is an echo service reachable at addr, and does it answer?
+func DialRoundTrip(ctx context.Context, addr string, msg []byte) error {
+	ctx, cancel := context.WithTimeout(ctx, Timeout) // the earlier deadline wins
+	defer cancel()
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return fmt.Errorf("tcptest: dial %s: %w", addr, err)
+	}
+	defer c.Close()
+	return RoundTrip(ctx, c, msg)
+}

@@ -174,6 +174,13 @@ func TestChecksFail(t *testing.T) {
 			defer cancel()
 			return Echoed(ctx, c, 10, 1)
 		}, "reading the echo after 0 of 10 bytes", true},
+		{"round trip corrupted", corrupt(2), func(ctx context.Context, c *net.TCPConn) error { return RoundTrip(ctx, c, []byte("hello")) },
+			`echo "he\xeclo", want "hello"`, false},
+		{"round trip: no echo, ctx ends", func(c net.Conn) { io.Copy(io.Discard, c) }, func(ctx context.Context, c *net.TCPConn) error {
+			ctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+			defer cancel()
+			return RoundTrip(ctx, c, []byte("hello"))
+		}, `reading the echo of "hello"`, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -186,6 +193,28 @@ func TestChecksFail(t *testing.T) {
 				t.Fatalf("err = %v: wraps DeadlineExceeded %v, want %v", err, !tt.wantCtx, tt.wantCtx)
 			}
 		})
+	}
+}
+
+func TestRoundTrip(t *testing.T) {
+	s := EchoServer(t)
+	c := Dial(t, s.Addr())
+	for _, msg := range []string{"one", "two", strings.Repeat("x", 100<<10)} {
+		if err := RoundTrip(t.Context(), c, []byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := DialRoundTrip(t.Context(), s.Addr(), []byte("again")); err != nil {
+		t.Fatal(err)
+	}
+	if s.Accepted() != 2 {
+		t.Fatalf("Accepted = %d, want 2", s.Accepted())
+	}
+	// Nothing listens on a closed server's port.
+	addr := s.Addr()
+	s.Close()
+	if err := DialRoundTrip(t.Context(), addr, []byte("x")); err == nil {
+		t.Fatal("DialRoundTrip to a closed server succeeded")
 	}
 }
 
