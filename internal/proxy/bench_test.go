@@ -7,6 +7,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/sectun/sectun/internal/tcptest"
 )
 
 // BenchmarkTransfer measures one connection's throughput, local socket to
@@ -15,7 +17,7 @@ import (
 func BenchmarkTransfer(b *testing.B) {
 	for _, size := range []int{8 << 10, 32 << 10, 128 << 10} {
 		b.Run(fmt.Sprintf("buffer=%dKiB", size>>10), func(b *testing.B) {
-			sink := newEchoServer(b, "tcp", "127.0.0.1:0", func(c net.Conn) {
+			sink := tcptest.NewServer(b, func(c net.Conn) {
 				// The protocol has no half-close: the size comes first.
 				var hdr [8]byte
 				if _, err := io.ReadFull(c, hdr[:]); err != nil {
@@ -28,7 +30,7 @@ func BenchmarkTransfer(b *testing.B) {
 			st, dt := w.open("S")
 			dst := w.connect(b, 2, dt, nil)
 			src := w.connect(b, 1, st, nil)
-			d, err := NewDestination(dst, DestinationConfig{Services: []Service{{ServiceID: "S", Address: sink.addr()}}, BufferSize: size})
+			d, err := NewDestination(dst, DestinationConfig{Services: []Service{{ServiceID: "S", Address: sink.Addr()}}, BufferSize: size})
 			if err != nil {
 				b.Fatal(err)
 			}

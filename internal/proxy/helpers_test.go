@@ -229,69 +229,14 @@ func (f *forwarder) cut() {
 	}
 }
 
-// echoServer is a local service that echoes what it reads.
-type echoServer struct {
-	ln    net.Listener
-	wg    sync.WaitGroup
-	mu    sync.Mutex
-	conns map[net.Conn]struct{}
-	count int // connections accepted
-	// handler, if set, serves connections instead of echoing.
-	handler func(net.Conn)
-}
-
-func newEchoServer(t testing.TB, network, addr string, handler func(net.Conn)) *echoServer {
+// listenAt listens on network/addr for a tcptest.Serve at a given address.
+func listenAt(t testing.TB, network, addr string) net.Listener {
 	t.Helper()
 	ln, err := net.Listen(network, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &echoServer{ln: ln, conns: map[net.Conn]struct{}{}, handler: handler}
-	e.wg.Add(1)
-	go func() {
-		defer e.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			e.mu.Lock()
-			e.conns[c] = struct{}{}
-			e.count++
-			e.mu.Unlock()
-			e.wg.Add(1)
-			go func() {
-				defer e.wg.Done()
-				if e.handler != nil {
-					e.handler(c)
-				} else {
-					io.Copy(c, c)
-				}
-				c.Close()
-				e.mu.Lock()
-				delete(e.conns, c)
-				e.mu.Unlock()
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		e.mu.Lock()
-		for c := range e.conns {
-			c.Close()
-		}
-		e.mu.Unlock()
-		e.wg.Wait()
-	})
-	return e
-}
-
-func (e *echoServer) addr() string { return e.ln.Addr().String() }
-
-func (e *echoServer) accepted() int {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.count
+	return ln
 }
 
 // waitFor polls cond until it holds (a bounded poll for a state that has no

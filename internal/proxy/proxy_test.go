@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sectun/sectun/internal/tcptest"
 	"github.com/sectun/sectun/tunnel"
 )
 
@@ -82,24 +84,17 @@ func newRig(t *testing.T, o rigOpts) *rig {
 // roundTrip writes msg and reads the echo.
 func roundTrip(t testing.TB, c net.Conn, msg []byte) {
 	t.Helper()
-	if _, err := c.Write(msg); err != nil {
-		t.Fatalf("write: %v", err)
-	}
-	got := make([]byte, len(msg))
-	if _, err := io.ReadFull(c, got); err != nil {
-		t.Fatalf("read echo: %v", err)
-	}
-	if !bytes.Equal(got, msg) {
-		t.Fatalf("echo mismatch")
+	if err := tcptest.RoundTrip(context.Background(), c, msg); err != nil {
+		t.Fatal(err)
 	}
 }
 
 func TestManyConnectionsTwoServices(t *testing.T) {
-	a := newEchoServer(t, "tcp", "127.0.0.1:0", nil)
-	b := newEchoServer(t, "tcp", "127.0.0.1:0", nil)
+	a := tcptest.EchoServer(t)
+	b := tcptest.EchoServer(t)
 	r := newRig(t, rigOpts{
 		services: []string{"A", "B"},
-		targets:  map[string]string{"A": a.addr(), "B": b.addr()},
+		targets:  map[string]string{"A": a.Addr(), "B": b.Addr()},
 	})
 	const perService = 12
 	var wg sync.WaitGroup
@@ -141,8 +136,8 @@ func TestManyConnectionsTwoServices(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	if a.accepted() != perService || b.accepted() != perService {
-		t.Errorf("services accepted %d and %d connections, want %d each", a.accepted(), b.accepted(), perService)
+	if a.Accepted() != perService || b.Accepted() != perService {
+		t.Errorf("services accepted %d and %d connections, want %d each", a.Accepted(), b.Accepted(), perService)
 	}
 	waitFor(t, "connections to end", func() bool { return r.source.Active() == 0 && r.dest.Active() == 0 })
 }
@@ -154,7 +149,7 @@ func TestLargeTransferBothWays(t *testing.T) {
 	reply := make([]byte, size)
 	rand.Read(reply)
 	replySum := sha256.Sum256(reply)
-	svc := newEchoServer(t, "tcp", "127.0.0.1:0", func(c net.Conn) {
+	svc := tcptest.NewServer(t, func(c net.Conn) {
 		// Send and receive at once: both directions loaded together.
 		done := make(chan struct{})
 		go func() {
@@ -167,7 +162,7 @@ func TestLargeTransferBothWays(t *testing.T) {
 		c.Write(h.Sum(nil))
 		io.Copy(io.Discard, c)
 	})
-	r := newRig(t, rigOpts{services: []string{"BULK", "OTHER"}, targets: map[string]string{"BULK": svc.addr(), "OTHER": svc.addr()}})
+	r := newRig(t, rigOpts{services: []string{"BULK", "OTHER"}, targets: map[string]string{"BULK": svc.Addr(), "OTHER": svc.Addr()}})
 	c := dialLocal(t, r.source, "BULK")
 	data := make([]byte, size)
 	rand.Read(data)
@@ -192,10 +187,10 @@ func TestLargeTransferBothWays(t *testing.T) {
 }
 
 func TestMaxConnsRefusesCleanly(t *testing.T) {
-	svc := newEchoServer(t, "tcp", "127.0.0.1:0", nil)
+	svc := tcptest.EchoServer(t)
 	r := newRig(t, rigOpts{
 		services: []string{"S"},
-		targets:  map[string]string{"S": svc.addr()},
+		targets:  map[string]string{"S": svc.Addr()},
 		srcCfg:   SourceConfig{MaxConns: 2},
 	})
 	c1 := dialLocal(t, r.source, "S")
@@ -254,7 +249,7 @@ func TestDestinationDialRetries(t *testing.T) {
 	case <-time.After(testTimeout):
 		t.Fatal("the destination did not retry")
 	}
-	newEchoServer(t, "tcp", addr, nil)
+	tcptest.Serve(t, listenAt(t, "tcp", addr), tcptest.Echo)
 	got := make([]byte, len("early data"))
 	if _, err := io.ReadFull(c, got); err != nil {
 		t.Fatalf("read: %v", err)
@@ -266,11 +261,11 @@ func TestDestinationDialRetries(t *testing.T) {
 
 func TestLocalCloseReachesService(t *testing.T) {
 	got := make(chan []byte, 1)
-	svc := newEchoServer(t, "tcp", "127.0.0.1:0", func(c net.Conn) {
+	svc := tcptest.NewServer(t, func(c net.Conn) {
 		b, _ := io.ReadAll(c) // ends at the reset that follows our FIN
 		got <- b
 	})
-	r := newRig(t, rigOpts{services: []string{"S"}, targets: map[string]string{"S": svc.addr()}})
+	r := newRig(t, rigOpts{services: []string{"S"}, targets: map[string]string{"S": svc.Addr()}})
 	c := dialLocal(t, r.source, "S")
 	msg := bytes.Repeat([]byte("half-close "), 50000)
 	if _, err := c.Write(msg); err != nil {
@@ -292,10 +287,10 @@ func TestLocalCloseReachesService(t *testing.T) {
 func TestServiceCloseFlushes(t *testing.T) {
 	payload := make([]byte, 3<<20)
 	rand.Read(payload)
-	svc := newEchoServer(t, "tcp", "127.0.0.1:0", func(c net.Conn) {
+	svc := tcptest.NewServer(t, func(c net.Conn) {
 		c.Write(payload)
 	})
-	r := newRig(t, rigOpts{services: []string{"S"}, targets: map[string]string{"S": svc.addr()}})
+	r := newRig(t, rigOpts{services: []string{"S"}, targets: map[string]string{"S": svc.Addr()}})
 	c := dialLocal(t, r.source, "S")
 	b, err := io.ReadAll(c)
 	if err != nil {
@@ -307,8 +302,8 @@ func TestServiceCloseFlushes(t *testing.T) {
 }
 
 func TestReconnectClosesConnectionsAndServesNewOnes(t *testing.T) {
-	svc := newEchoServer(t, "tcp", "127.0.0.1:0", nil)
-	r := newRig(t, rigOpts{services: []string{"S"}, targets: map[string]string{"S": svc.addr()}})
+	svc := tcptest.EchoServer(t)
+	r := newRig(t, rigOpts{services: []string{"S"}, targets: map[string]string{"S": svc.Addr()}})
 	c := dialLocal(t, r.source, "S")
 	roundTrip(t, c, []byte("before"))
 
@@ -336,18 +331,18 @@ func TestReconnectClosesConnectionsAndServesNewOnes(t *testing.T) {
 
 func TestUnixSocketDestination(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "svc.sock")
-	newEchoServer(t, "unix", path, nil)
+	tcptest.Serve(t, listenAt(t, "unix", path), tcptest.Echo)
 	r := newRig(t, rigOpts{services: []string{"U"}, dstSvcs: []Service{{ServiceID: "U", Network: "unix", Address: path}}})
 	c := dialLocal(t, r.source, "U")
 	roundTrip(t, c, []byte("over a unix socket"))
 }
 
 func TestUnixSocketSource(t *testing.T) {
-	svc := newEchoServer(t, "tcp", "127.0.0.1:0", nil)
+	svc := tcptest.EchoServer(t)
 	path := filepath.Join(t.TempDir(), "src.sock")
 	r := newRig(t, rigOpts{
 		services: []string{"U"},
-		targets:  map[string]string{"U": svc.addr()},
+		targets:  map[string]string{"U": svc.Addr()},
 		srcCfg:   SourceConfig{Services: []Service{{ServiceID: "U", Network: "unix", Address: path}}},
 	})
 	c := dialLocal(t, r.source, "U")
@@ -355,22 +350,22 @@ func TestUnixSocketSource(t *testing.T) {
 }
 
 func TestAnonymousTunnel(t *testing.T) {
-	svc := newEchoServer(t, "tcp", "127.0.0.1:0", nil)
-	r := newRig(t, rigOpts{targets: map[string]string{"": svc.addr()}})
+	svc := tcptest.EchoServer(t)
+	r := newRig(t, rigOpts{targets: map[string]string{"": svc.Addr()}})
 	c := dialLocal(t, r.source, "")
 	roundTrip(t, c, []byte("no service IDs"))
 }
 
 func TestSingleMappingServesNamedService(t *testing.T) {
-	svc := newEchoServer(t, "tcp", "127.0.0.1:0", nil)
-	r := newRig(t, rigOpts{services: []string{"SSH"}, targets: map[string]string{"": svc.addr()}})
+	svc := tcptest.EchoServer(t)
+	r := newRig(t, rigOpts{services: []string{"SSH"}, targets: map[string]string{"": svc.Addr()}})
 	c := dialLocal(t, r.source, "SSH")
 	roundTrip(t, c, []byte("anonymous mapping"))
 }
 
 func TestUnmappedServiceRejected(t *testing.T) {
-	a := newEchoServer(t, "tcp", "127.0.0.1:0", nil)
-	r := newRig(t, rigOpts{services: []string{"A", "B"}, targets: map[string]string{"A": a.addr()}})
+	a := tcptest.EchoServer(t)
+	r := newRig(t, rigOpts{services: []string{"A", "B"}, targets: map[string]string{"A": a.Addr()}})
 	c := dialLocal(t, r.source, "B")
 	c.Write([]byte("x"))
 	expectEOF(t, c, 5*time.Second)
@@ -379,8 +374,8 @@ func TestUnmappedServiceRejected(t *testing.T) {
 }
 
 func TestCloseEndsConnections(t *testing.T) {
-	svc := newEchoServer(t, "tcp", "127.0.0.1:0", nil)
-	r := newRig(t, rigOpts{services: []string{"S"}, targets: map[string]string{"S": svc.addr()}})
+	svc := tcptest.EchoServer(t)
+	r := newRig(t, rigOpts{services: []string{"S"}, targets: map[string]string{"S": svc.Addr()}})
 	c := dialLocal(t, r.source, "S")
 	roundTrip(t, c, []byte("x"))
 	addr := r.source.Addrs()["S"]
@@ -403,8 +398,8 @@ func TestCloseEndsConnections(t *testing.T) {
 }
 
 func TestDestinationEndsWithSession(t *testing.T) {
-	svc := newEchoServer(t, "tcp", "127.0.0.1:0", nil)
-	r := newRig(t, rigOpts{services: []string{"S"}, targets: map[string]string{"S": svc.addr()}})
+	svc := tcptest.EchoServer(t)
+	r := newRig(t, rigOpts{services: []string{"S"}, targets: map[string]string{"S": svc.Addr()}})
 	r.dst.Close()
 	select {
 	case <-r.dest.Done():
@@ -469,13 +464,13 @@ func TestConfigErrors(t *testing.T) {
 
 func TestBindAddress(t *testing.T) {
 	peer := make(chan string, 1)
-	svc := newEchoServer(t, "tcp", "127.0.0.1:0", func(c net.Conn) {
+	svc := tcptest.NewServer(t, func(c net.Conn) {
 		peer <- c.RemoteAddr().(*net.TCPAddr).IP.String()
 		io.Copy(c, c)
 	})
 	r := newRig(t, rigOpts{
 		services: []string{"S"},
-		targets:  map[string]string{"S": svc.addr()},
+		targets:  map[string]string{"S": svc.Addr()},
 		dstCfg:   DestinationConfig{BindAddress: "127.0.0.1"},
 	})
 	c := dialLocal(t, r.source, "S")
@@ -486,10 +481,10 @@ func TestBindAddress(t *testing.T) {
 }
 
 func TestV2PeerOneConnectionPerService(t *testing.T) {
-	svc := newEchoServer(t, "tcp", "127.0.0.1:0", nil)
+	svc := tcptest.EchoServer(t)
 	r := newRig(t, rigOpts{
 		services: []string{"S"},
-		targets:  map[string]string{"S": svc.addr()},
+		targets:  map[string]string{"S": svc.Addr()},
 		srcTweak: func(c *tunnel.Config) { c.PeerVersion = 2 },
 	})
 	c1 := dialLocal(t, r.source, "S")

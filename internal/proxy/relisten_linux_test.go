@@ -5,16 +5,18 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sectun/sectun/internal/tcptest"
 )
 
 // TestRelistenAfterListenerError breaks a listening socket (shutdown(2)
 // makes accept fail on Linux) and checks the Source listens again on the
 // same address.
 func TestRelistenAfterListenerError(t *testing.T) {
-	svc := newEchoServer(t, "tcp", "127.0.0.1:0", nil)
+	svc := tcptest.EchoServer(t)
 	r := newRig(t, rigOpts{
 		services: []string{"S"},
-		targets:  map[string]string{"S": svc.addr()},
+		targets:  map[string]string{"S": svc.Addr()},
 	})
 	addr := r.source.Addrs()["S"].String()
 
