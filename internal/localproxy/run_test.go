@@ -22,6 +22,7 @@ import (
 	"github.com/sectun/sectun/internal/localproxy/metrics"
 	"github.com/sectun/sectun/internal/server/relay"
 	"github.com/sectun/sectun/internal/store"
+	"github.com/sectun/sectun/internal/tcptest"
 	"github.com/sectun/sectun/tunnel"
 )
 
@@ -196,69 +197,18 @@ func (p *proc) wait(t *testing.T) error {
 	}
 }
 
-func echoServer(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	conns := map[net.Conn]bool{}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns[c] = true
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				io.Copy(c, c)
-				c.Close()
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	return ln.Addr().String()
-}
-
+// echoThrough checks that addr echoes msg, on a connection of its own.
 func echoThrough(t *testing.T, addr, msg string) {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, testTimeout)
-	if err != nil {
+	if err := tcptest.DialRoundTrip(t.Context(), addr, []byte(msg)); err != nil {
 		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(testTimeout))
-	if _, err := io.WriteString(c, msg); err != nil {
-		t.Fatal(err)
-	}
-	got := make([]byte, len(msg))
-	if _, err := io.ReadFull(c, got); err != nil {
-		t.Fatalf("echo: %v", err)
-	}
-	if string(got) != msg {
-		t.Fatalf("echo %q", got)
 	}
 }
 
 func TestRunSourceAndDestination(t *testing.T) {
 	svc := newService(t)
 	_, src, dst := svc.open("SSH", "HTTP")
-	a, b := echoServer(t), echoServer(t)
+	a, b := tcptest.EchoServer(t).Addr(), tcptest.EchoServer(t).Addr()
 	d := run(t, "-t", dst, "-e", svc.url, "-d", "SSH="+a+",HTTP="+b)
 	d.log.wait(t, `Use port mapping`)
 	s := run(t, "-t", src, "-e", svc.url, "-s", "SSH=0,HTTP=0", "-b", "127.0.0.1")
@@ -310,7 +260,7 @@ func TestRunTokenRejectedExitsZero(t *testing.T) {
 func TestRunTokenReuseRefused(t *testing.T) {
 	svc := newService(t)
 	_, _, dst := svc.open("SSH")
-	a := echoServer(t)
+	a := tcptest.EchoServer(t).Addr()
 	d1 := run(t, "-t", dst, "-e", svc.url, "-d", "SSH="+a)
 	d1.log.wait(t, `Use port mapping`)
 	d2 := run(t, "-t", dst, "-e", svc.url, "-d", "SSH="+a)
@@ -327,7 +277,7 @@ func TestRunTokenReuseRefused(t *testing.T) {
 func TestRunTunnelClosedExitsZero(t *testing.T) {
 	svc := newService(t)
 	id, src, dst := svc.open("SSH")
-	a := echoServer(t)
+	a := tcptest.EchoServer(t).Addr()
 	d := run(t, "-t", dst, "-e", svc.url, "-d", "SSH="+a)
 	d.log.wait(t, `Use port mapping`)
 	s := run(t, "-t", src, "-e", svc.url, "-s", "SSH=0")
@@ -476,7 +426,7 @@ func mustURL(t *testing.T, s string) *url.URL {
 func TestRunMetrics(t *testing.T) {
 	svc := newService(t)
 	_, src, dst := svc.open("SSH", "HTTP")
-	a, b := echoServer(t), echoServer(t)
+	a, b := tcptest.EchoServer(t).Addr(), tcptest.EchoServer(t).Addr()
 	d := run(t, "-t", dst, "-e", svc.url, "-d", "SSH="+a+",HTTP="+b)
 	d.log.wait(t, `Use port mapping`)
 	s := run(t, "-t", src, "-e", svc.url, "-s", "SSH=0,HTTP=0", "--metrics-listen", "127.0.0.1:0")
