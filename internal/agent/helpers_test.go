@@ -22,6 +22,7 @@ import (
 	"github.com/sectun/sectun/internal/notify/broker"
 	"github.com/sectun/sectun/internal/server/relay"
 	"github.com/sectun/sectun/internal/store"
+	"github.com/sectun/sectun/internal/tcptest"
 	"github.com/sectun/sectun/internal/token"
 	"github.com/sectun/sectun/tunnel"
 )
@@ -179,43 +180,10 @@ func (s *service) source(t *testing.T, src string) *tunnel.Session {
 // lines, so a test can tell which service a connection reached.
 func greeter(t *testing.T, name string) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	conns := map[net.Conn]bool{}
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns[c] = true
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				fmt.Fprintf(c, "%s\n", name)
-				io.Copy(c, c)
-			}()
-		}
-	}()
-	return ln.Addr().String()
+	return tcptest.NewServer(t, func(c net.Conn) {
+		fmt.Fprintf(c, "%s\n", name)
+		io.Copy(c, c)
+	}).Addr()
 }
 
 // checkService dials service through the source session and checks that
