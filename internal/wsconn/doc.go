@@ -8,7 +8,10 @@
 // Client messages are framed by wsconn itself (masked while copied, one
 // write call per message), and so are server messages on plain TCP (one
 // writev, reaching the TCP socket through wrappers with a NetConn
-// method); gorilla frames the server's over TLS and reads both.
+// method); gorilla frames the server's over TLS. Server connections are
+// read by wsconn's own frame parser, straight into the caller's buffer
+// (unmasked in place, a word at a time; no read buffer per connection);
+// gorilla reads the client's.
 //
 // Kernel queues: every stream of a tunnel shares one WebSocket, and the
 // kernel's socket buffers are FIFO queues that nothing above can reorder.
@@ -28,5 +31,10 @@
 // 1009), both after the closing handshake: the reader keeps reading and
 // dropping until the peer answers the close frame, for at most 2 s, so the
 // peer reads the close frame rather than a TCP reset. A peer's close frame
-// is reported as a *CloseError.
+// is reported as a *CloseError, and so is a connection that ends without
+// one (code 1006). On a server connection a frame that breaks RFC 6455
+// (unmasked, reserved bits or opcodes, bad control frames or
+// fragmentation) ends the stream with an error wrapping ErrProtocol after
+// a close frame 1002, without waiting for the answer (the framing may be
+// lost).
 package wsconn

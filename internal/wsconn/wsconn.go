@@ -105,6 +105,13 @@ type Conn struct {
 	// worth of the message and writes the rest with net.Buffers, which is
 	// two write calls (two syscalls) through a wrapper such as tunneld's
 	// connection limiter. See writeFrame.
+	// fr parses the frames a server connection receives (gorilla's reader
+	// is not used on those): see readServer. rerr is the error that ended
+	// the stream; closing is set during the closing handshake.
+	fr      *frameReader
+	rerr    error
+	closing bool
+
 	tcp  *net.TCPConn // plain TCP under the WebSocket: header and payload in one writev
 	whdr [10]byte     // the frame header writev sends
 	wvec [2][]byte    // writev's vector, emptied after each write
@@ -269,8 +276,10 @@ type AcceptOptions struct {
 	Subprotocol string
 	// Header is added to the 101 response.
 	Header http.Header
-	// ReadBufferSize and WriteBufferSize size the connection's buffers;
-	// 0 means 4 KiB and 16 KiB. The write buffer is pooled.
+	// ReadBufferSize is not used: server connections are read without a
+	// buffer of their own (frames are parsed in the caller's buffer).
+	// WriteBufferSize sizes the pooled buffer gorilla writes control
+	// frames (and messages over TLS) with; 0 means 16 KiB.
 	ReadBufferSize, WriteBufferSize int
 	// KeepSocketBuffers leaves the kernel's socket buffers to autotuning.
 	// By default (Linux) the connection gets the short kernel queues
@@ -289,7 +298,10 @@ func Accept(w http.ResponseWriter, r *http.Request, opts AcceptOptions) (*Conn, 
 		h.Set("Sec-WebSocket-Protocol", opts.Subprotocol)
 	}
 	u := websocket.Upgrader{
-		ReadBufferSize:  orDefault(opts.ReadBufferSize, 4<<10),
+		// wsconn reads server connections itself, without a buffer: the
+		// smallest gorilla takes (125 bytes) rather than the 4 KiB one
+		// it would keep from the HTTP server.
+		ReadBufferSize:  1,
 		WriteBufferSize: orDefault(opts.WriteBufferSize, 16<<10),
 		WriteBufferPool: writePool(orDefault(opts.WriteBufferSize, 16<<10)),
 		CheckOrigin:     func(*http.Request) bool { return true },
@@ -302,6 +314,7 @@ func Accept(w http.ResponseWriter, r *http.Request, opts AcceptOptions) (*Conn, 
 		return nil, err
 	}
 	c := newConn(ws)
+	c.fr = &frameReader{}
 	if tcp, ok := ws.NetConn().(*net.TCPConn); ok {
 		c.tcp = tcp
 	} else if _, ok := ws.NetConn().(*tls.Conn); !ok {
@@ -347,6 +360,9 @@ func (c *Conn) extendDeadline() {
 // the connection is closed when Read returns); a close frame from the peer
 // ends it with a *CloseError.
 func (c *Conn) Read(p []byte) (int, error) {
+	if c.fr != nil {
+		return c.readServer(p)
+	}
 	for {
 		if c.cur == nil {
 			typ, r, err := c.ws.NextReader()
