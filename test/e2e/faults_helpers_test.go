@@ -28,6 +28,7 @@ import (
 
 	"github.com/sectun/sectun/internal/faultproxy"
 	"github.com/sectun/sectun/internal/procstat"
+	"github.com/sectun/sectun/internal/tcptest"
 )
 
 // ---- process resources ----------------------------------------------------
@@ -269,7 +270,7 @@ type prefixCheck struct {
 	bad  int64 // offset of the first difference + 1; 0 when intact
 }
 
-func newPrefixCheck(seed byte) *prefixCheck { return &prefixCheck{gen: stream(seed)} }
+func newPrefixCheck(seed byte) *prefixCheck { return &prefixCheck{gen: tcptest.Stream(seed)} }
 
 func (p *prefixCheck) Write(b []byte) (int, error) {
 	if p.bad != 0 {
@@ -318,8 +319,8 @@ type svcResult struct {
 
 // checkedService is a TCP service for verified transfers: the client sends
 // a 16-byte header (bytes it will send, bytes it wants), then the service
-// sends the wanted bytes of stream(seedDown) while checking what it reads
-// against stream(seedUp). Once both are done it half-closes (the protocol
+// sends the wanted bytes of tcptest.Stream(seedDown) while checking what it reads
+// against tcptest.Stream(seedUp). Once both are done it half-closes (the protocol
 // has no half-close: the tunnel then ends the connection, after delivering
 // everything) and expects EOF. Each connection's outcome goes to results.
 type checkedService struct {
@@ -343,7 +344,7 @@ func startCheckedService(t *testing.T) *checkedService {
 		wdone := make(chan struct{})
 		go func() {
 			defer close(wdone)
-			sent, werr = io.Copy(c, io.LimitReader(stream(seedDown), down))
+			sent, werr = io.Copy(c, io.LimitReader(tcptest.Stream(seedDown), down))
 		}()
 		chk := newPrefixCheck(seedUp)
 		_, err := io.Copy(chk, io.LimitReader(c, up))
@@ -417,7 +418,7 @@ func startXfer(t *testing.T, addr string, up, down int64) *xfer {
 			return
 		}
 		// No half-close: it would end the connection (see checkedService).
-		x.sent, x.werr = io.Copy(c, io.LimitReader(stream(seedUp), up))
+		x.sent, x.werr = io.Copy(c, io.LimitReader(tcptest.Stream(seedUp), up))
 	}()
 	go func() {
 		buf := make([]byte, 32<<10)
@@ -552,24 +553,9 @@ func echoUntil(addr string, timeout time.Duration) (time.Duration, error) {
 }
 
 func echoOnce(addr string, timeout time.Duration) error {
-	c, err := net.DialTimeout("tcp", addr, timeout)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(timeout))
-	msg := []byte("are you there?")
-	if _, err := c.Write(msg); err != nil {
-		return err
-	}
-	got := make([]byte, len(msg))
-	if _, err := io.ReadFull(c, got); err != nil {
-		return err
-	}
-	if !bytes.Equal(got, msg) {
-		return fmt.Errorf("echo %q", got)
-	}
-	return nil
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return tcptest.DialRoundTrip(ctx, addr, []byte("are you there?"))
 }
 
 // ctxTimeout is a context for a wait in a test.

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sectun/sectun/internal/tcptest"
 )
 
 // prompt bounds how long the far end may take to see a local end.
@@ -91,7 +93,7 @@ func TestFaultLocalEnds(t *testing.T) {
 		if _, err := io.ReadFull(c, make([]byte, 5)); err != nil {
 			return
 		}
-		io.Copy(c, io.LimitReader(stream(seedDown), cutSize))
+		io.Copy(c, io.LimitReader(tcptest.Stream(seedDown), cutSize))
 		c.Close()
 		cutClosed <- time.Now()
 	})
@@ -119,7 +121,7 @@ func TestFaultLocalEnds(t *testing.T) {
 		if _, err := io.ReadFull(c, make([]byte, 5)); err != nil {
 			return
 		}
-		io.Copy(c, io.LimitReader(stream(seedDown), cutSize))
+		io.Copy(c, io.LimitReader(tcptest.Stream(seedDown), cutSize))
 		c.(*net.TCPConn).CloseWrite()
 		_, err := io.Copy(io.Discard, c)
 		svcHalfEnds <- sideEnd{err: err, at: time.Now()}
@@ -197,7 +199,7 @@ func TestFaultLocalEnds(t *testing.T) {
 
 	t.Run("client closes mid-stream", func(t *testing.T) {
 		c := dialTCP(t, addrs["SINK"])
-		if _, err := io.Copy(c, io.LimitReader(stream(seedUp), sinkSize)); err != nil {
+		if _, err := io.Copy(c, io.LimitReader(tcptest.Stream(seedUp), sinkSize)); err != nil {
 			t.Fatal(err)
 		}
 		t0 := time.Now()
@@ -214,7 +216,7 @@ func TestFaultLocalEnds(t *testing.T) {
 
 	t.Run("client resets mid-stream", func(t *testing.T) {
 		c := dialTCP(t, addrs["SINK"]).(*net.TCPConn)
-		if _, err := io.Copy(c, io.LimitReader(stream(seedUp), 256<<10)); err != nil {
+		if _, err := io.Copy(c, io.LimitReader(tcptest.Stream(seedUp), 256<<10)); err != nil {
 			t.Fatal(err)
 		}
 		t0 := time.Now()
@@ -232,7 +234,7 @@ func TestFaultLocalEnds(t *testing.T) {
 
 	t.Run("client half-closes", func(t *testing.T) {
 		c := dialTCP(t, addrs["HALF"]).(*net.TCPConn)
-		io.Copy(c, io.LimitReader(stream(seedUp), 64<<10))
+		io.Copy(c, io.LimitReader(tcptest.Stream(seedUp), 64<<10))
 		t0 := time.Now()
 		c.CloseWrite()
 		// No half-close in the protocol: the connection ends, after the

@@ -1,15 +1,12 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -25,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sectun/sectun/internal/tcptest"
 	"github.com/sectun/sectun/internal/wsconn"
 	"github.com/sectun/sectun/wire"
 )
@@ -82,75 +80,28 @@ func listenAddrs(p *proc, n int) map[string]string {
 // echoService is a TCP echo server on 127.0.0.1.
 func echoService(t *testing.T) string {
 	t.Helper()
-	return tcpService(t, func(c net.Conn) { io.Copy(c, c) })
+	return tcptest.EchoServer(t).Addr()
 }
 
 // tcpService serves each connection with handle on 127.0.0.1:0.
 func tcpService(t *testing.T, handle func(net.Conn)) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	conns := map[net.Conn]bool{}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns[c] = true
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				handle(c)
-				c.Close()
-				mu.Lock()
-				delete(conns, c)
-				mu.Unlock()
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	return ln.Addr().String()
+	return tcptest.NewServer(t, handle).Addr()
 }
 
+// dialTCP connects to addr with a deadline of lpWait on the connection.
 func dialTCP(t *testing.T, addr string) net.Conn {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, lpWait)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := tcptest.Dial(t, addr)
 	c.SetDeadline(time.Now().Add(lpWait))
-	t.Cleanup(func() { c.Close() })
 	return c
 }
 
+// echoRoundTrip checks that msg comes back on c.
 func echoRoundTrip(t *testing.T, c net.Conn, msg string) {
 	t.Helper()
-	if _, err := io.WriteString(c, msg); err != nil {
-		t.Fatalf("write: %v", err)
-	}
-	got := make([]byte, len(msg))
-	if _, err := io.ReadFull(c, got); err != nil {
-		t.Fatalf("reading the echo of %q: %v", msg, err)
-	}
-	if string(got) != msg {
-		t.Fatalf("echo %q, want %q", got, msg)
+	if err := tcptest.RoundTrip(context.Background(), c, []byte(msg)); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -281,65 +232,20 @@ func TestLocalproxyHTTPParallelCurl(t *testing.T) {
 	}
 }
 
-// bulkService reads size bytes, hashing them, while it writes size bytes of
-// a seeded stream; then it writes the hash of what it read.
-func bulkService(size int64, seed byte) func(net.Conn) {
-	return func(c net.Conn) {
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			io.Copy(c, io.LimitReader(stream(seed), size))
-		}()
-		h := sha256.New()
-		io.CopyN(h, c, size)
-		<-done
-		c.Write(h.Sum(nil))
-		io.Copy(io.Discard, c)
-	}
-}
-
-func stream(seed byte) io.Reader {
-	return rand.NewChaCha8([32]byte{seed})
-}
-
-func streamSum(seed byte, size int64) []byte {
-	h := sha256.New()
-	io.Copy(h, io.LimitReader(stream(seed), size))
-	return h.Sum(nil)
-}
-
-// transfer sends size bytes of stream 1 to a bulkService at addr while
-// reading its size bytes of stream 2, checks both hashes, and returns the
-// time taken.
+// transfer runs tcptest.Bulk on a connection to a tcptest.BulkHandler(size,
+// 2) at addr (sending stream 1, checking the service's stream 2 and its
+// hash of stream 1), and returns the time taken, checks included.
 func transfer(t *testing.T, addr string, size int64) time.Duration {
 	t.Helper()
 	c := dialTCP(t, addr)
 	c.SetDeadline(time.Now().Add(2 * time.Minute))
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
 	start := time.Now()
-	werr := make(chan error, 1)
-	go func() {
-		_, err := io.Copy(c, io.LimitReader(stream(1), size))
-		werr <- err
-	}()
-	h := sha256.New()
-	if _, err := io.CopyN(h, c, size); err != nil {
-		t.Fatalf("reading: %v", err)
+	if err := tcptest.Bulk(ctx, c, size, 1, 2); err != nil {
+		t.Fatal(err)
 	}
-	if err := <-werr; err != nil {
-		t.Fatalf("writing: %v", err)
-	}
-	got := make([]byte, sha256.Size)
-	if _, err := io.ReadFull(c, got); err != nil {
-		t.Fatalf("reading the service's hash: %v", err)
-	}
-	elapsed := time.Since(start)
-	if !bytes.Equal(h.Sum(nil), streamSum(2, size)) {
-		t.Fatal("the data received differs from what the service sent")
-	}
-	if !bytes.Equal(got, streamSum(1, size)) {
-		t.Fatal("the service received different data")
-	}
-	return elapsed
+	return time.Since(start)
 }
 
 // hopEnv makes the test binary a plain TCP relay hop (see init): the
@@ -406,7 +312,7 @@ func TestLocalproxyBulk(t *testing.T) {
 	if testing.Short() {
 		size = 8 << 20
 	}
-	bulk := tcpService(t, bulkService(size, 2))
+	bulk := tcpService(t, tcptest.BulkHandler(size, 2))
 	d := startTunneldLP(t)
 	tun := d.openTunnel(t, "thing1", "BULK", "ECHO")
 	startDestination(t, d.wsURL, tun.DestinationAccessToken, "BULK="+bulk+",ECHO="+echoService(t))

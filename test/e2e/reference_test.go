@@ -1,12 +1,9 @@
 package e2e
 
 import (
-	"bytes"
-	"crypto/sha256"
+	"context"
 	"errors"
 	"fmt"
-	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -20,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sectun/sectun/internal/tcptest"
 	"github.com/sectun/sectun/tunnel"
 )
 
@@ -185,7 +183,7 @@ const refBulkSize = 1 << 20
 
 func startRefServices(t *testing.T) refServices {
 	t.Helper()
-	return refServices{echo: echoService(t), bulk: tcpService(t, bulkService(refBulkSize, 2))}
+	return refServices{echo: echoService(t), bulk: tcpService(t, tcptest.BulkHandler(refBulkSize, 2))}
 }
 
 func (s refServices) mapping() string { return "ECHO=" + s.echo + ",BULK=" + s.bulk }
@@ -252,7 +250,7 @@ func v3Workload(t *testing.T, addrs map[string]string, n int, h sourceHooks) {
 	conns[0].Close()
 	for i, c := range conns[1:] {
 		echoRoundTrip(t, c, fmt.Sprintf("connection %d after the first closed", i+1))
-		if err := echoBulk(c, 256<<10, byte(i)); err != nil {
+		if err := tcptest.Echoed(context.Background(), c, 256<<10, byte(i)); err != nil {
 			t.Fatalf("echo connection %d: %v", i+1, err)
 		}
 	}
@@ -298,53 +296,9 @@ func bulkTransfer(addr string, size int64) error {
 // bulkTransferConn runs transfer's exchange on c and closes it.
 func bulkTransferConn(c net.Conn, size int64) error {
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(lpWait))
-	werr := make(chan error, 1)
-	go func() {
-		_, err := io.Copy(c, io.LimitReader(stream(1), size))
-		werr <- err
-	}()
-	h := sha256.New()
-	if _, err := io.CopyN(h, c, size); err != nil {
-		return fmt.Errorf("reading: %w", err)
-	}
-	if err := <-werr; err != nil {
-		return fmt.Errorf("writing: %w", err)
-	}
-	got := make([]byte, sha256.Size)
-	if _, err := io.ReadFull(c, got); err != nil {
-		return fmt.Errorf("reading the service's hash: %w", err)
-	}
-	if !bytes.Equal(h.Sum(nil), streamSum(2, size)) {
-		return errors.New("the data received differs from what the service sent")
-	}
-	if !bytes.Equal(got, streamSum(1, size)) {
-		return errors.New("the service received different data")
-	}
-	return nil
-}
-
-// echoBulk writes size random bytes to an echo connection while reading
-// them back, and compares.
-func echoBulk(c net.Conn, size int, seed byte) error {
-	data := make([]byte, size)
-	rand.NewChaCha8([32]byte{seed, 9}).Read(data)
-	werr := make(chan error, 1)
-	go func() {
-		_, err := c.Write(data)
-		werr <- err
-	}()
-	got := make([]byte, size)
-	if _, err := io.ReadFull(c, got); err != nil {
-		return fmt.Errorf("reading the echo: %w", err)
-	}
-	if err := <-werr; err != nil {
-		return fmt.Errorf("writing: %w", err)
-	}
-	if !bytes.Equal(got, data) {
-		return errors.New("the echo differs from what was sent")
-	}
-	return nil
+	ctx, cancel := context.WithTimeout(context.Background(), lpWait)
+	defer cancel()
+	return tcptest.Bulk(ctx, c, size, 1, 2)
 }
 
 // TestReferenceInteropV3: V3 with two services and several simultaneous
@@ -408,7 +362,7 @@ func oldWorkload(t *testing.T, addrs map[string]string, services []string, ready
 					errs <- fmt.Errorf("service %q connection %d: %w", s, i, err)
 					return
 				}
-				err = echoBulk(c, 256<<10, byte(i))
+				err = tcptest.Echoed(context.Background(), c, 256<<10, byte(i))
 				c.Close()
 				if err != nil {
 					errs <- fmt.Errorf("service %q connection %d: %w", s, i, err)
@@ -600,7 +554,7 @@ func TestReferenceReconnectAfterTunneldRestart(t *testing.T) {
 				c2, err := dialRetryErr(addrs["ECHO"])
 				if err == nil {
 					c2.SetDeadline(time.Now().Add(5 * time.Second))
-					err = echoBulk(c2, 4096, 7)
+					err = tcptest.Echoed(context.Background(), c2, 4096, 7)
 					c2.Close()
 				}
 				if err == nil {
