@@ -17,7 +17,6 @@ import (
 
 	"github.com/sectun/sectun/internal/store"
 	"github.com/sectun/sectun/internal/store/storetest"
-	"github.com/sectun/sectun/internal/token"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -95,36 +94,36 @@ func TestConformance(t *testing.T) {
 }
 
 func tunnel(id string) *store.Tunnel {
-	_, srcHash := token.New()
-	_, dstHash := token.New()
-	now := time.Now()
-	return &store.Tunnel{
-		ID: id, ARN: "arn:" + id, Status: store.StatusOpen, ThingName: "thing",
-		Services: []string{"SSH"}, LifetimeMinutes: 60,
-		CreatedAt: now, UpdatedAt: now, ExpiresAt: now.Add(time.Hour),
-		Source:      store.Peer{TokenHash: srcHash, UpdatedAt: now},
-		Destination: store.Peer{TokenHash: dstHash, UpdatedAt: now},
+	tun, _, _ := storetest.NewTunnel(id, time.Now())
+	return tun
+}
+
+// connect opens a connection to dsn, closed when the test ends, and
+// returns it with a context for its queries.
+func connect(t *testing.T, dsn string) (context.Context, *pgx.Conn) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatalf("connect to %s: %v", dsnEnv, err)
 	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return ctx, conn
 }
 
 // ddlState returns the recorded schema version and a fingerprint of
 // every relation's OID and column list, which any DDL would change.
 func ddlState(t *testing.T, dsn string) (int, string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatalf("connect to %s: %v", dsnEnv, err)
-	}
-	defer conn.Close(ctx)
+	ctx, conn := connect(t, dsn)
 	schema := schemaOf(dsn)
 	var version int
 	if err := conn.QueryRow(ctx, `SELECT version FROM `+schema+`.schema_version`).Scan(&version); err != nil {
 		t.Fatal(err)
 	}
 	var fp string
-	err = conn.QueryRow(ctx, `SELECT coalesce(string_agg(c.oid::text || ':' || c.relname || ':' || a.attname, ',' ORDER BY c.oid, a.attnum), '')
+	err := conn.QueryRow(ctx, `SELECT coalesce(string_agg(c.oid::text || ':' || c.relname || ':' || a.attname, ',' ORDER BY c.oid, a.attnum), '')
 		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 		LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0
 		WHERE n.nspname = $1`, schema).Scan(&fp)
@@ -156,13 +155,7 @@ func TestReopen(t *testing.T) {
 		Version: len(migrations),
 		Schema:  ddlState,
 		SetVersion: func(t *testing.T, dsn string, version int) {
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			conn, err := pgx.Connect(ctx, dsn)
-			if err != nil {
-				t.Fatalf("connect to %s: %v", dsnEnv, err)
-			}
-			defer conn.Close(ctx)
+			ctx, conn := connect(t, dsn)
 			if _, err := conn.Exec(ctx, `UPDATE `+schemaOf(dsn)+`.schema_version SET version = $1`, version); err != nil {
 				t.Fatal(err)
 			}

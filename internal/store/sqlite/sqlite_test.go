@@ -41,18 +41,7 @@ func TestConformanceMemory(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) store.Store { return openFile(t, Memory) })
 }
 
-func tunnel(id string) (*store.Tunnel, string, string) {
-	src, srcHash := token.New()
-	dst, dstHash := token.New()
-	now := time.Now()
-	return &store.Tunnel{
-		ID: id, ARN: "arn:" + id, Status: store.StatusOpen, ThingName: "thing",
-		Services: []string{"SSH"}, LifetimeMinutes: 60,
-		CreatedAt: now, UpdatedAt: now, ExpiresAt: now.Add(time.Hour),
-		Source:      store.Peer{TokenHash: srcHash, UpdatedAt: now},
-		Destination: store.Peer{TokenHash: dstHash, UpdatedAt: now},
-	}, src, dst
-}
+func tunnel(id string) (*store.Tunnel, string, string) { return storetest.NewTunnel(id, time.Now()) }
 
 // rawDB opens the file directly, bypassing Store, read-only.
 func rawDB(t *testing.T, path string) *sql.DB {

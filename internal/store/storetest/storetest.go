@@ -69,8 +69,17 @@ var base = time.Date(2025, 3, 4, 5, 6, 7, 123456789, time.FixedZone("IST", 5*360
 
 // newTunnel returns a complete open tunnel with fresh token hashes.
 func newTunnel(id string, created time.Time) *store.Tunnel {
-	_, src := token.New()
-	_, dst := token.New()
+	tun, _, _ := NewTunnel(id, created)
+	return tun
+}
+
+// NewTunnel returns a complete open tunnel created at created, with fresh
+// access tokens: it stores their hashes and returns the plaintext source
+// and destination tokens, for backend tests that check where they must
+// not appear.
+func NewTunnel(id string, created time.Time) (tun *store.Tunnel, srcToken, dstToken string) {
+	srcToken, src := token.New()
+	dstToken, dst := token.New()
 	return &store.Tunnel{
 		ID:              id,
 		ARN:             "arn:aws:iot:us-east-1:123456789012:tunnel/" + id,
@@ -85,7 +94,7 @@ func newTunnel(id string, created time.Time) *store.Tunnel {
 		ExpiresAt:       created.Add(720 * time.Minute),
 		Source:          store.Peer{TokenHash: src, UpdatedAt: created},
 		Destination:     store.Peer{TokenHash: dst, UpdatedAt: created},
-	}
+	}, srcToken, dstToken
 }
 
 var ctx = context.Background()
