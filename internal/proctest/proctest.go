@@ -264,12 +264,8 @@ func (p *Proc) Stop(grace time.Duration) {
 // WaitExit waits for the exit, up to timeout (0: no limit but ctx), and
 // returns the exit code (-1 if a signal ended the process).
 func (p *Proc) WaitExit(ctx context.Context, timeout time.Duration) (int, error) {
-	var tc <-chan time.Time
-	if timeout > 0 {
-		t := time.NewTimer(timeout)
-		defer t.Stop()
-		tc = t.C
-	}
+	tc, stop := after(timeout)
+	defer stop()
 	select {
 	case <-p.done:
 		return p.Cmd.ProcessState.ExitCode(), nil
@@ -316,12 +312,8 @@ func (p *Proc) NextLine(ctx context.Context, timeout time.Duration) (string, err
 
 // wait moves the cursor through the lines until match says yes.
 func (p *Proc) wait(ctx context.Context, timeout time.Duration, what string, match func(string) bool) error {
-	var tc <-chan time.Time
-	if timeout > 0 {
-		t := time.NewTimer(timeout)
-		defer t.Stop()
-		tc = t.C
-	}
+	tc, stop := after(timeout)
+	defer stop()
 	for {
 		p.mu.Lock()
 		if old := p.oldestLocked(); p.cursor < old {
@@ -394,4 +386,14 @@ func (p *Proc) Dropped() uint64 {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.oldestLocked()
+}
+
+// after returns a channel that receives once timeout has passed, and a
+// func to release the timer; for timeout <= 0 the channel never receives.
+func after(timeout time.Duration) (<-chan time.Time, func()) {
+	if timeout <= 0 {
+		return nil, func() {}
+	}
+	t := time.NewTimer(timeout)
+	return t.C, func() { t.Stop() }
 }
