@@ -13,9 +13,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -118,76 +116,13 @@ func expectClosed(t *testing.T, c net.Conn, within time.Duration) {
 // TestLocalproxySSH runs a real ssh session through the tunnel to a real
 // sshd.
 func TestLocalproxySSH(t *testing.T) {
-	for _, prog := range []string{"/usr/sbin/sshd", "ssh", "ssh-keygen"} {
-		if _, err := exec.LookPath(prog); err != nil {
-			t.Skipf("%s not installed (Debian: openssh-server, openssh-client): %v", prog, err)
-		}
-	}
-	me, err := user.Current()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	keygen := func(path string) {
-		out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", path).CombinedOutput()
-		if err != nil {
-			t.Fatalf("ssh-keygen: %v\n%s", err, out)
-		}
-	}
-	keygen(filepath.Join(dir, "host"))
-	keygen(filepath.Join(dir, "user"))
-	pub, err := os.ReadFile(filepath.Join(dir, "user.pub"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "authorized_keys"), pub, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if os.Geteuid() == 0 {
-		// sshd refuses to start without its privilege separation
-		// directory, which the Debian service creates at boot.
-		if err := os.MkdirAll("/run/sshd", 0o755); err != nil {
-			t.Skipf("cannot create /run/sshd: %v", err)
-		}
-	}
-	port := freePort(t)
-	conf := fmt.Sprintf(`Port %d
-ListenAddress 127.0.0.1
-HostKey %s
-PidFile none
-UsePAM no
-StrictModes no
-AuthorizedKeysFile %s
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PubkeyAuthentication yes
-PermitRootLogin prohibit-password
-LogLevel VERBOSE
-`, port, filepath.Join(dir, "host"), filepath.Join(dir, "authorized_keys"))
-	if err := os.WriteFile(filepath.Join(dir, "sshd_config"), []byte(conf), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	sshd := startPath(t, "sshd", "/usr/sbin/sshd", nil, "-D", "-e", "-f", filepath.Join(dir, "sshd_config"))
-	sshd.waitLine(`Server listening on 127\.0\.0\.1 port`, lpWait)
-
+	sshd := startSSHD(t) // agent_test.go
 	d := startTunneldLP(t)
 	tun := d.openTunnel(t, "thing1", "SSH")
-	startDestination(t, d.wsURL, tun.DestinationAccessToken, fmt.Sprintf("SSH=%d", port))
+	startDestination(t, d.wsURL, tun.DestinationAccessToken, fmt.Sprintf("SSH=%d", sshd.port))
 	_, addrs := startSource(t, d.wsURL, tun.SourceAccessToken, "SSH=0", 1)
 	_, srcPort, _ := net.SplitHostPort(addrs["SSH"])
-
-	ctx, cancel := context.WithTimeout(context.Background(), lpWait)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "ssh", "-p", srcPort, "-i", filepath.Join(dir, "user"),
-		"-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
-		"-o", "ConnectTimeout=20", me.Username+"@127.0.0.1", "echo", "hello")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("ssh: %v\n%s", err, out)
-	}
-	if !regexp.MustCompile(`(?m)^hello\r?$`).Match(out) {
-		t.Fatalf("ssh printed %q, want hello", out)
-	}
+	sshd.sshEcho(t, srcPort, "hello")
 }
 
 // TestLocalproxyHTTPParallelCurl runs parallel curls through one service
