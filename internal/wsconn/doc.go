@@ -6,9 +6,9 @@
 // close frames with a code and reason.
 //
 // Client messages are framed by wsconn itself (masked while copied, one
-// write call per message), and so are server messages on plain TCP (one
-// writev, reaching the TCP socket through wrappers with a NetConn
-// method); gorilla frames the server's over TLS. Server connections are
+// write call per message), and so are server messages (on plain TCP one
+// writev, reaching the TCP socket through wrappers with a NetConn method;
+// over TLS as few records as the size allows). Server connections are
 // read by wsconn's own frame parser, straight into the caller's buffer
 // (unmasked in place, a word at a time; no read buffer per connection);
 // gorilla reads the client's.

@@ -2,9 +2,11 @@ package wsconn
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -59,7 +61,7 @@ func serveVariant(t testing.TB, v serverVariant, fn func(*Conn)) (string, *tls.C
 // answered meanwhile, and the plain paths write to the TCP socket under
 // a wrapper.
 func TestServerMessagesFramed(t *testing.T) {
-	sizes := []int{0, 1, 2, 125, 126, 127, 65535, 65536, 65537, 100000, MaxMessageSize}
+	sizes := []int{0, 1, 2, 125, 126, 127, 16383, 16384, 16385, 32768, 32770, 65535, 65536, 65537, 100000, MaxMessageSize}
 	for _, v := range serverVariants {
 		t.Run(v.name, func(t *testing.T) {
 			var want [][]byte
@@ -79,23 +81,25 @@ func TestServerMessagesFramed(t *testing.T) {
 					c.Close()
 					return
 				}
-				// Pings from the client are answered by the reader.
-				go io.Copy(io.Discard, c)
+				// Pings from the client are answered by the reader, which
+				// ends with the client's close frame: closing earlier, with
+				// pings unread, would reset the connection.
+				c.SetLiveness(10 * time.Second)
+				readDone := make(chan struct{})
+				go func() { io.Copy(io.Discard, c); close(readDone) }()
+				defer func() { <-readDone; c.Close() }()
 				for _, b := range want {
 					orig := bytes.Clone(b)
 					if err := c.WriteMessage(b); err != nil {
 						done <- err
-						c.Close()
 						return
 					}
 					if !bytes.Equal(b, orig) {
 						done <- fmt.Errorf("WriteMessage changed its argument (%d bytes)", len(b))
-						c.Close()
 						return
 					}
 				}
 				done <- nil
-				c.Close()
 			})
 			d := websocket.Dialer{TLSClientConfig: cfg, HandshakeTimeout: 5 * time.Second}
 			ws, _, err := d.Dial(u, nil)
@@ -107,8 +111,6 @@ func TestServerMessagesFramed(t *testing.T) {
 			ws.SetReadDeadline(time.Now().Add(10 * time.Second))
 			var wg sync.WaitGroup
 			stop := make(chan struct{})
-			defer wg.Wait()
-			defer close(stop)
 			wg.Go(func() {
 				for {
 					select {
@@ -138,8 +140,102 @@ func TestServerMessagesFramed(t *testing.T) {
 			case <-time.After(10 * time.Second):
 				t.Fatal("server did not finish")
 			}
+			close(stop)
+			wg.Wait()
+			ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(CloseNormal, ""), time.Now().Add(time.Second))
+			if _, _, err := ws.ReadMessage(); !websocket.IsCloseError(err, CloseNormal) {
+				t.Fatalf("after the messages: %v, want the close reply", err)
+			}
 		})
 	}
+}
+
+// Over TLS a server message of n bytes is ceil((n+header)/16384) records
+// (gorilla's server write made a record of its 4 KiB write buffer, then
+// the rest: one more for this size). The client counts TLS records on the
+// raw connection.
+func TestServerMessageTLSRecords(t *testing.T) {
+	const msgs, size = 20, 4*16384 - 1000
+	v := serverVariant{"wss", true, false}
+	u, cfg := serveVariant(t, v, func(c *Conn) {
+		msg := make([]byte, size)
+		for range msgs {
+			if c.WriteMessage(msg) != nil {
+				break
+			}
+		}
+		c.Close()
+	})
+	var raw *countingConn
+	d := websocket.Dialer{
+		TLSClientConfig:  cfg,
+		HandshakeTimeout: 5 * time.Second,
+		NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+			raw = &countingConn{Conn: c}
+			return raw, err
+		},
+	}
+	ws, _, err := d.Dial(u, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	ws.SetReadLimit(MaxMessageSize)
+	ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	raw.mu.Lock()
+	raw.records = 0 // handshake records aside
+	raw.mu.Unlock()
+	for i := range msgs {
+		if _, _, err := ws.ReadMessage(); err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+	}
+	raw.mu.Lock()
+	got := raw.records
+	raw.mu.Unlock()
+	// crypto/tls sends small records first (dynamic record sizing, up to
+	// 128 KiB sent), so allow the first message a few more.
+	perMsg := (size + 4 + 16383) / 16384
+	if maxRecords := msgs*perMsg + 10; got > maxRecords {
+		t.Errorf("%d TLS records for %d messages of %d bytes; want at most %d (%d per message)", got, msgs, size, maxRecords, perMsg)
+	}
+	t.Logf("%d TLS records for %d messages of %d bytes", got, msgs, size)
+}
+
+// countingConn counts the TLS records read through it (it parses the
+// record headers of the byte stream).
+type countingConn struct {
+	net.Conn
+	mu      sync.Mutex
+	records int
+	skip    int // bytes left in the current record
+	hdr     []byte
+}
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	b := p[:n]
+	for len(b) > 0 {
+		if c.skip > 0 {
+			k := min(c.skip, len(b))
+			c.skip -= k
+			b = b[k:]
+			continue
+		}
+		need := 5 - len(c.hdr)
+		k := min(need, len(b))
+		c.hdr = append(c.hdr, b[:k]...)
+		b = b[k:]
+		if len(c.hdr) == 5 {
+			c.records++
+			c.skip = int(c.hdr[3])<<8 | int(c.hdr[4])
+			c.hdr = c.hdr[:0]
+		}
+	}
+	return n, err
 }
 
 // BenchmarkServerWriteMessage: 131076-byte server messages to a client
@@ -186,15 +282,12 @@ func BenchmarkServerWriteMessage(b *testing.B) {
 	}
 }
 
-// Server writes on plain TCP do not allocate.
+// Server writes do not allocate.
 func TestServerWriteAllocs(t *testing.T) {
 	if raceEnabled {
 		t.Skip("the race detector makes sync.Pool drop entries")
 	}
 	for _, v := range serverVariants {
-		if v.tls {
-			continue // gorilla's write: net.Buffers allocates
-		}
 		t.Run(v.name, func(t *testing.T) {
 			conns := make(chan *Conn, 1)
 			release := make(chan struct{})

@@ -100,11 +100,11 @@ type Conn struct {
 	// holding wlock, which sends it right after its message.
 	pendingPong atomic.Pointer[[]byte]
 
-	// Server connections (Accept) on plain TCP frame their binary messages
-	// here too: gorilla's server write copies the first write buffer's
-	// worth of the message and writes the rest with net.Buffers, which is
-	// two write calls (two syscalls) through a wrapper such as tunneld's
-	// connection limiter. See writeFrame.
+	// Server connections (Accept) frame their binary messages here too:
+	// gorilla's server write copies the first write buffer's worth of the
+	// message and writes the rest with net.Buffers, which is two write
+	// calls (two syscalls) through a wrapper such as tunneld's connection
+	// limiter, and allocates. See writeFrame.
 	// fr parses the frames a server connection receives (gorilla's reader
 	// is not used on those): see readServer. rerr is the error that ended
 	// the stream; closing is set during the closing handshake.
@@ -412,7 +412,8 @@ func (c *Conn) mapErr(err error) error {
 
 // WriteMessage sends p as one binary message of one frame, without
 // allocating: on a client connection (Dial) masked, with one write call;
-// on a server connection (Accept) over plain TCP with one writev. After a
+// on a server connection (Accept) over plain TCP with one writev, over TLS
+// in as few records as the frame's size allows (see writeFrame). After a
 // close frame has been sent or received it returns websocket.ErrCloseSent.
 func (c *Conn) WriteMessage(p []byte) error {
 	if len(p) <= MaxMessageSize {
@@ -549,34 +550,66 @@ func frameHeader(b []byte, n int) int {
 	}
 }
 
-// writeFrame sends p as one unmasked binary frame (a server's) with one
-// writev, without a copy, on plain TCP. Elsewhere (TLS) gorilla frames
-// it: crypto/tls seals and sends each write call's data as records of up
-// to 16 KiB, one syscall each, so the record count is the same either way,
-// and gorilla serializes its writes with the close frame its reader writes
-// after a protocol error, which wsconn's own writes here would not be.
+// tlsRecord is the largest TLS record payload (crypto/tls seals and sends
+// what one Write call is given as records of up to this size, one syscall
+// each, once dynamic record sizing is over).
+const tlsRecord = 16 << 10
+
+// writeFrame sends p as one unmasked binary frame (a server's), without
+// allocating. On plain TCP header and payload go out with one writev,
+// without a copy. Otherwise (TLS) with two write calls that make as few
+// records as one call would, copying at most 16 KiB: first the header
+// and the head of p that is left over when the rest is whole records
+// (len(p) mod 16 KiB), then the rest. Two calls are safe as no one else
+// writes on the connection meanwhile: wsconn's control frames wait for
+// wlock, and gorilla writes nothing of its own (its reader is not used on
+// server connections).
 func (c *Conn) writeFrame(p []byte) (err error) {
 	c.wlock <- struct{}{}
 	defer func() { c.unlockWrite(err) }()
-	if c.tcp == nil {
-		return c.ws.WriteMessage(websocket.BinaryMessage, p)
-	}
 	if c.closeSent.Load() {
 		return websocket.ErrCloseSent
 	}
 	if c.werr != nil {
 		return c.werr
 	}
-	if err := c.tcp.SetWriteDeadline(c.wdeadline); err != nil {
+	if c.tcp != nil {
+		if err := c.tcp.SetWriteDeadline(c.wdeadline); err != nil {
+			return c.noteWriteErr(err)
+		}
+		n := frameHeader(c.whdr[:], len(p))
+		c.wvec = [2][]byte{c.whdr[:n], p}
+		c.wv = c.wvec[:]
+		_, err = c.wv.WriteTo(c.tcp)
+		c.wvec, c.wv = [2][]byte{}, nil // p is the caller's again
 		return c.noteWriteErr(err)
 	}
-	n := frameHeader(c.whdr[:], len(p))
-	c.wvec = [2][]byte{c.whdr[:n], p}
-	c.wv = c.wvec[:]
-	_, err = c.wv.WriteTo(c.tcp)
-	c.wvec, c.wv = [2][]byte{}, nil // p is the caller's again
+	nc := c.ws.NetConn()
+	if err := nc.SetWriteDeadline(c.wdeadline); err != nil {
+		return c.noteWriteErr(err)
+	}
+	head := len(p) % tlsRecord
+	if len(p) <= tlsRecord {
+		head = len(p)
+	}
+	bp := headBufs.Get().(*[]byte)
+	defer headBufs.Put(bp)
+	b := *bp
+	n := frameHeader(b, len(p))
+	n += copy(b[n:], p[:head])
+	if _, err = nc.Write(b[:n]); err != nil || head == len(p) {
+		return c.noteWriteErr(err)
+	}
+	_, err = nc.Write(p[head:])
 	return c.noteWriteErr(err)
 }
+
+// headBufs are the buffers writeFrame sends a frame's header and head in
+// over TLS, lent for one write.
+var headBufs = sync.Pool{New: func() any {
+	b := make([]byte, 10+tlsRecord)
+	return &b
+}}
 
 // writeControl writes a control frame once wsconn's write lock is free
 // (waiting at most until deadline, as gorilla's WriteControl does).
