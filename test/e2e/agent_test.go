@@ -102,6 +102,32 @@ func (s sshServer) sshEcho(t *testing.T, port, word string) {
 	}
 }
 
+// getThroughTunnel connects a library source session with cfg, GETs path
+// from the device's HTTP service (webServer) through it and checks the
+// answer. The session stays connected until the test ends.
+func getThroughTunnel(t *testing.T, cfg tunnel.Config, path string) {
+	t.Helper()
+	cfg.Mode = tunnel.ModeSource
+	ctx, cancel := context.WithTimeout(context.Background(), agentWait)
+	defer cancel()
+	src, err := tunnel.Connect(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { src.Close() })
+	conn, err := src.Dial(ctx, "HTTP")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(conn, "GET %s HTTP/1.0\r\nHost: device\r\n\r\n", path)
+	conn.SetReadDeadline(time.Now().Add(agentWait))
+	body, _ := io.ReadAll(conn)
+	conn.Close()
+	if !strings.Contains(string(body), "hello from the device: "+path) {
+		t.Fatalf("HTTP GET %s through the tunnel: %q", path, body)
+	}
+}
+
 // webServer is the device's HTTP service.
 func webServer(t *testing.T) string {
 	t.Helper()
@@ -495,24 +521,7 @@ func TestAgentMosquittoTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), agentWait)
-	defer cancel()
-	src, err := tunnel.Connect(ctx, tunnel.Config{Mode: tunnel.ModeSource, AccessToken: tun2.SourceAccessToken, Endpoint: d.wsURL, TLS: srcTLS})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
-	conn, err := src.Dial(ctx, "HTTP")
-	if err != nil {
-		t.Fatal(err)
-	}
-	fmt.Fprintf(conn, "GET /second HTTP/1.0\r\nHost: device\r\n\r\n")
-	conn.SetReadDeadline(time.Now().Add(agentWait))
-	body, _ := io.ReadAll(conn)
-	conn.Close()
-	if !strings.Contains(string(body), "hello from the device: /second") {
-		t.Fatalf("HTTP through the second tunnel: %q", body)
-	}
+	getThroughTunnel(t, tunnel.Config{AccessToken: tun2.SourceAccessToken, Endpoint: d.wsURL, TLS: srcTLS}, "/second")
 
 	// CloseTunnel ends the agent's session for it.
 	if code := d.call(t, "CloseTunnel", map[string]any{"tunnelId": tun2.TunnelID}, nil); code != 200 {
@@ -533,24 +542,7 @@ func TestAgentTokenMode(t *testing.T) {
 		"--tunnel-endpoint", d.wsURL, "--map", "HTTP="+web)
 	ag.waitLine(`msg="tunnel session started" session=`+token.Short(tun.DestinationAccessToken), agentWait)
 
-	ctx, cancel := context.WithTimeout(context.Background(), agentWait)
-	defer cancel()
-	src, err := tunnel.Connect(ctx, tunnel.Config{Mode: tunnel.ModeSource, AccessToken: tun.SourceAccessToken, Endpoint: d.wsURL})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
-	conn, err := src.Dial(ctx, "HTTP")
-	if err != nil {
-		t.Fatal(err)
-	}
-	fmt.Fprintf(conn, "GET /token HTTP/1.0\r\nHost: device\r\n\r\n")
-	conn.SetReadDeadline(time.Now().Add(agentWait))
-	body, _ := io.ReadAll(conn)
-	conn.Close()
-	if !strings.Contains(string(body), "hello from the device: /token") {
-		t.Fatalf("HTTP through the tunnel: %q", body)
-	}
+	getThroughTunnel(t, tunnel.Config{AccessToken: tun.SourceAccessToken, Endpoint: d.wsURL}, "/token")
 	if code := d.call(t, "CloseTunnel", map[string]any{"tunnelId": tun.TunnelID}, nil); code != 200 {
 		t.Fatalf("CloseTunnel: HTTP %d", code)
 	}
