@@ -55,25 +55,7 @@ var metricsClient = &http.Client{Timeout: 10 * time.Second, Transport: &http.Tra
 // printed, e.g. `go_goroutines`).
 func (d *tunneld) metric(t *testing.T, name string) float64 {
 	t.Helper()
-	resp, err := metricsClient.Get(d.url + "/metrics")
-	if err != nil {
-		t.Fatalf("/metrics: %v", err)
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if rest, ok := strings.CutPrefix(line, name+" "); ok {
-			v, err := strconv.ParseFloat(strings.TrimSpace(rest), 64)
-			if err != nil {
-				t.Fatalf("/metrics: %q: %v", line, err)
-			}
-			return v
-		}
-	}
-	t.Fatalf("/metrics has no %s", name)
-	return 0
+	return scrape(t, d.url+"/metrics", name)
 }
 
 // goroutines returns tunneld's goroutine count, after closing the test's
