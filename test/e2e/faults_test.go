@@ -459,12 +459,19 @@ const goroutineReadings = 9
 // raises the median.
 func steadyGoroutines(t *testing.T, d *tunneld) int {
 	t.Helper()
+	return medianReading(func() int { return d.goroutines(t) })
+}
+
+// medianReading returns the median of goroutineReadings calls of read,
+// 50 ms apart: a count read from a process's /metrics (see
+// steadyGoroutines).
+func medianReading(read func() int) int {
 	gs := make([]int, goroutineReadings)
 	for i := range gs {
 		if i > 0 {
 			time.Sleep(50 * time.Millisecond) // sampling interval, not a readiness wait
 		}
-		gs[i] = d.goroutines(t)
+		gs[i] = read()
 	}
 	slices.Sort(gs)
 	return gs[len(gs)/2]
