@@ -261,14 +261,10 @@ func validCloseCode(code int) bool {
 	return code >= 3000 && code <= 4999
 }
 
-// readPastFrame bounds what a server read takes beyond the current data
-// frame's payload (or, between frames, at all): the payload that follows
-// a frame header in the caller's buffer is moved over it, so this bounds
-// the bytes moved per frame.
-const readPastFrame = 4 << 10
-
 // readServer is Read on a server connection: frames are parsed by c.fr
-// out of bytes read straight into p.
+// out of bytes read straight into p, as many as the connection has (over
+// TLS at most a record). Moving payload over the frame headers before it
+// costs nothing extra: it is unmasked in the same pass.
 func (c *Conn) readServer(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
@@ -278,11 +274,7 @@ func (c *Conn) readServer(p []byte) (int, error) {
 		if c.rerr != nil {
 			return 0, c.rerr
 		}
-		lim := min(len(p), readPastFrame)
-		if c.fr.inFrame && c.fr.op < opClose {
-			lim = int(min(int64(len(p)), c.fr.remaining+readPastFrame))
-		}
-		n, err := nc.Read(p[:lim])
+		n, err := nc.Read(p)
 		out, in := 0, 0
 		for in < n && c.rerr == nil {
 			var ev frameEvent
