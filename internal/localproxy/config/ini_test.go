@@ -7,13 +7,39 @@ import (
 	"github.com/google/go-cmp/cmp"
 )
 
+// parseCase is a row of a parser's table test: in parses to want, or
+// fails with an error containing err.
+type parseCase[T any] struct {
+	name string
+	in   string
+	want []T
+	err  string
+}
+
+// runParseCases runs parse on each case as a subtest.
+func runParseCases[T any](t *testing.T, parse func([]byte) ([]T, error), tests []parseCase[T]) {
+	t.Helper()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parse([]byte(tt.in))
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("err = %v, want %q", err, tt.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tt.want, got, cmp.AllowUnexported(*new(T))); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
 func TestParseOptionsFile(t *testing.T) {
-	tests := []struct {
-		name string
-		in   string
-		want []fileOption
-		err  string
-	}{
+	tests := []parseCase[fileOption]{
 		{name: "README example", in: "region = us-east-1\naccess-token = foobar\nsource-listen-port = 5000\n",
 			want: []fileOption{{"region", "us-east-1", 1}, {"access-token", "foobar", 2}, {"source-listen-port", "5000", 3}}},
 		{name: "comments, blanks, CRLF, tabs", in: "# header\r\n\r\n\tregion=us-west-2 # trailing\r\n  capath = /opt/rootca  \r\n",
@@ -26,32 +52,11 @@ func TestParseOptionsFile(t *testing.T) {
 		{name: "no name", in: "\n = x\n", err: "line 2: missing option name"},
 		{name: "no name in section", in: "[s]\n=x\n", err: "missing option name"},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, err := parseOptionsFile([]byte(tt.in))
-			if tt.err != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.err) {
-					t.Fatalf("err = %v, want %q", err, tt.err)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if diff := cmp.Diff(tt.want, got, cmp.AllowUnexported(fileOption{})); diff != "" {
-				t.Errorf("(-want +got):\n%s", diff)
-			}
-		})
-	}
+	runParseCases(t, parseOptionsFile, tests)
 }
 
 func TestParseINI(t *testing.T) {
-	tests := []struct {
-		name string
-		in   string
-		want []iniEntry
-		err  string
-	}{
+	tests := []parseCase[iniEntry]{
 		{name: "README source example", in: "SSH1=3333\nSSH2=5555\n", want: []iniEntry{{"SSH1", "3333", 1}, {"SSH2", "5555", 2}}},
 		{name: "README destination example", in: "SSH1=22\nSSH2=10.0.0.1:80\n", want: []iniEntry{{"SSH1", "22", 1}, {"SSH2", "10.0.0.1:80", 2}}},
 		{name: "comments and spaces", in: "; c\n# c\n  SSH1 = 22 \r\n\n", want: []iniEntry{{"SSH1", "22", 3}}},
@@ -66,23 +71,7 @@ func TestParseINI(t *testing.T) {
 		{name: "key and section clash", in: "s=1\n[s]\n", err: "duplicate section"},
 		{name: "unmatched bracket", in: "[s\n", err: "unmatched"},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, err := parseINI([]byte(tt.in))
-			if tt.err != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.err) {
-					t.Fatalf("err = %v, want %q", err, tt.err)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if diff := cmp.Diff(tt.want, got, cmp.AllowUnexported(iniEntry{})); diff != "" {
-				t.Errorf("(-want +got):\n%s", diff)
-			}
-		})
-	}
+	runParseCases(t, parseINI, tests)
 }
 
 func FuzzParseOptionsFile(f *testing.F) {
