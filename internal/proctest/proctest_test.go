@@ -321,3 +321,42 @@ func BenchmarkWrite(b *testing.B) {
 		w.Write(chunk)
 	}
 }
+
+// FuzzLineSplit feeds input to the line writer in pieces cut at
+// arbitrary points and compares the lines with a plain split: lines end
+// at '\n', lose one trailing '\r', are cut at MaxLine bytes, and a last
+// line without '\n' is kept only by the exit flush (not checked here).
+func FuzzLineSplit(f *testing.F) {
+	f.Add([]byte("a\nb\r\n\nc"), uint16(1))
+	f.Add([]byte("one line\n"), uint16(3))
+	f.Add(bytes.Repeat([]byte("x"), MaxLine+10), uint16(7000))
+	f.Fuzz(func(t *testing.T, in []byte, step uint16) {
+		p := &Proc{tail: 1 << 20, changed: make(chan struct{})}
+		w := (*lineWriter)(p)
+		n := int(step)%(len(in)+1) + 1
+		for rest := in; len(rest) > 0; {
+			k := min(n, len(rest))
+			if m, err := w.Write(rest[:k]); m != k || err != nil {
+				t.Fatalf("Write = %d, %v; want %d, nil", m, err, k)
+			}
+			rest = rest[k:]
+		}
+		var want []string
+		parts := bytes.Split(in, []byte("\n"))
+		for _, l := range parts[:len(parts)-1] {
+			if len(l) > MaxLine {
+				l = l[:MaxLine]
+			}
+			want = append(want, string(bytes.TrimSuffix(l, []byte("\r"))))
+		}
+		got := p.Lines()
+		if len(got) != len(want) {
+			t.Fatalf("%d lines, want %d", len(got), len(want))
+		}
+		for i := range got {
+			if got[i] != want[i] {
+				t.Fatalf("line %d = %q, want %q", i, got[i], want[i])
+			}
+		}
+	})
+}
