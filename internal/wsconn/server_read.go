@@ -309,17 +309,18 @@ func (c *Conn) readServer(p []byte) (int, error) {
 }
 
 // readFail maps an error of the connection's Read as gorilla did: the end
-// of the stream is an abnormal closure (1006), and so is any other error
-// that is not a net.Error; a net.Error (a timeout) stays as it is.
+// of the stream is an abnormal closure (a *CloseError 1006); other errors
+// stay as they are. After an error that is not a net.Error (a timeout, a
+// closed connection) no close frame can be answered any more.
 func (c *Conn) readFail(err error) error {
 	if isNetError(err) {
 		return err
 	}
-	c.closeSent.Store(true) // no close frame can be answered any more
-	if err == io.EOF {
-		err = io.ErrUnexpectedEOF
+	c.closeSent.Store(true)
+	if err == io.EOF || err == io.ErrUnexpectedEOF {
+		return &CloseError{Code: websocket.CloseAbnormalClosure, Reason: io.ErrUnexpectedEOF.Error()}
 	}
-	return &CloseError{Code: websocket.CloseAbnormalClosure, Reason: err.Error()}
+	return err
 }
 
 // protocolFail answers a protocol error with close 1002 and returns err.

@@ -389,3 +389,38 @@ func TestServerProtocolErrors(t *testing.T) {
 		ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(CloseNormal, ""), time.Now().Add(time.Second))
 	})
 }
+
+// A client that drops the connection without a close frame ends the
+// server's stream with a *CloseError 1006, as gorilla's reader reported
+// it, after the data it sent.
+func TestServerReadEOF(t *testing.T) {
+	got := make(chan error, 1)
+	data := make(chan []byte, 1)
+	u := serve(t, func(c *Conn) {
+		c.SetLiveness(5 * time.Second)
+		b, err := io.ReadAll(c)
+		data <- b
+		got <- err
+		c.Close()
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ws, _, err := websocket.DefaultDialer.DialContext(ctx, u, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws.WriteMessage(websocket.BinaryMessage, []byte("last words"))
+	ws.NetConn().Close()
+	select {
+	case err := <-got:
+		var ce *CloseError
+		if !errors.As(err, &ce) || ce.Code != websocket.CloseAbnormalClosure {
+			t.Fatalf("server read: %v, want close 1006", err)
+		}
+		if b := <-data; string(b) != "last words" {
+			t.Fatalf("server read %q before the end", b)
+		}
+	case <-ctx.Done():
+		t.Fatal("server read did not end")
+	}
+}
