@@ -238,7 +238,7 @@ func TestFairness(t *testing.T) {
 		return written.Load() - int64(sq)
 	}
 	// Fill the pipes first; the deadline runs while nothing moves.
-	for last, deadline := int64(-1), time.Now().Add(testTimeout); moved.Load() < 4<<20; {
+	for last, deadline := int64(-1), time.Now().Add(testTimeout); moved.Load() < 2<<20; {
 		if m := moved.Load(); m != last {
 			last, deadline = m, time.Now().Add(testTimeout)
 		}
@@ -248,7 +248,7 @@ func TestFairness(t *testing.T) {
 		time.Sleep(5 * time.Millisecond) // progress polling
 	}
 	start := moved.Load()
-	const pings = 24
+	const pings = 16
 	var ahead []int64
 	backlog := 0 // pings written while 128 KiB or more of bulk data waited
 	msg := make([]byte, 64)
@@ -313,7 +313,7 @@ func TestFairnessEndToEnd(t *testing.T) {
 		}
 	}()
 	go io.Copy(pingB, pingB)
-	for last, deadline := int64(-1), time.Now().Add(testTimeout); moved.Load() < 4<<20; {
+	for last, deadline := int64(-1), time.Now().Add(testTimeout); moved.Load() < 2<<20; {
 		if m := moved.Load(); m != last {
 			last, deadline = m, time.Now().Add(testTimeout)
 		}
@@ -323,7 +323,7 @@ func TestFairnessEndToEnd(t *testing.T) {
 		time.Sleep(5 * time.Millisecond) // progress polling
 	}
 	start := moved.Load()
-	const pings = 24
+	const pings = 16
 	rtts := make([]time.Duration, 0, pings)
 	during := make([]int64, 0, pings)
 	msg := make([]byte, 64)
