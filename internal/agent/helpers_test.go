@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http/httptest"
 	"os"
 	"strings"
 	"sync"
@@ -20,10 +19,9 @@ import (
 
 	"github.com/sectun/sectun/internal/notify"
 	"github.com/sectun/sectun/internal/notify/broker"
+	"github.com/sectun/sectun/internal/relaytest"
 	"github.com/sectun/sectun/internal/server/relay"
-	"github.com/sectun/sectun/internal/store"
 	"github.com/sectun/sectun/internal/tcptest"
-	"github.com/sectun/sectun/internal/token"
 	"github.com/sectun/sectun/tunnel"
 )
 
@@ -50,115 +48,29 @@ func testLogger(t testing.TB) *slog.Logger {
 
 // ---- tunneling service: the real relay with an in-memory authorizer ----
 
-type authEnd struct {
-	tunnelID    string
-	mode        store.Mode
-	services    []string
-	clientToken string
-	consumed    bool
-	revoked     bool
-}
-
-// service is the real /tunnel relay behind an httptest server, with an
-// Authorizer that follows the protocol's client-token rules and supports
-// close and rotation like tunneld's.
+// service is the real /tunnel relay with tunneld's token rules, which
+// supports close and rotation like tunneld.
 type service struct {
+	*relaytest.Service
 	t     *testing.T
 	relay *relay.Relay
-	srv   *httptest.Server
 	url   string // ws://127.0.0.1:port
-
-	mu     sync.Mutex
-	ends   map[string]*authEnd // access token -> end
-	closed map[string]bool
-	nextID int
 }
 
 func newService(t *testing.T) *service {
 	t.Helper()
-	s := &service{t: t, ends: map[string]*authEnd{}, closed: map[string]bool{}}
-	r, err := relay.New(relay.Config{Authorizer: s, Logger: testLogger(t).With("component", "relay")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.relay = r
-	s.srv = httptest.NewServer(r)
-	s.url = "ws://" + s.srv.Listener.Addr().String()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-		defer cancel()
-		r.Shutdown(ctx)
-		s.srv.Close()
-	})
-	return s
+	s := relaytest.NewService(t, relay.Config{Logger: testLogger(t).With("component", "relay")})
+	return &service{Service: s, t: t, relay: s.Relay, url: s.URL}
 }
 
 // open adds a tunnel; it returns its id and both tokens.
-func (s *service) open(services ...string) (id, src, dst string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.nextID++
-	id = fmt.Sprintf("tun-%d", s.nextID)
-	src, _ = token.New()
-	dst, _ = token.New()
-	s.ends[src] = &authEnd{tunnelID: id, mode: store.ModeSource, services: services}
-	s.ends[dst] = &authEnd{tunnelID: id, mode: store.ModeDestination, services: services}
-	return id, src, dst
-}
+func (s *service) open(services ...string) (id, src, dst string) { return s.Open(services...) }
 
 // rotate revokes the tunnel's destination token, disconnects its
 // destination, and returns a new destination token.
-func (s *service) rotate(id string) string {
-	s.mu.Lock()
-	var services []string
-	for _, e := range s.ends {
-		if e.tunnelID == id && e.mode == store.ModeDestination && !e.revoked {
-			e.revoked = true
-			services = e.services
-		}
-	}
-	dst, _ := token.New()
-	s.ends[dst] = &authEnd{tunnelID: id, mode: store.ModeDestination, services: services}
-	s.mu.Unlock()
-	s.relay.DisconnectPeer(id, store.ModeDestination, "access token rotated")
-	return dst
-}
+func (s *service) rotate(id string) string { return s.Rotate(id) }
 
-func (s *service) close(id string) {
-	s.mu.Lock()
-	s.closed[id] = true
-	s.mu.Unlock()
-	s.relay.CloseTunnel(id, "tunnel closed")
-}
-
-func (s *service) Authorize(_ context.Context, req relay.HandshakeRequest) (relay.Grant, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	e := s.ends[req.AccessToken]
-	switch {
-	case e == nil:
-		return relay.Grant{}, fmt.Errorf("%w: invalid access token", relay.ErrUnauthorized)
-	case e.mode != req.Mode:
-		return relay.Grant{}, fmt.Errorf("%w: this access token is for local-proxy-mode=%s", relay.ErrUnauthorized, e.mode)
-	case e.revoked:
-		return relay.Grant{}, fmt.Errorf("%w: access token was rotated", relay.ErrUnauthorized)
-	case s.closed[e.tunnelID]:
-		return relay.Grant{}, fmt.Errorf("%w: tunnel is closed", relay.ErrUnauthorized)
-	case e.consumed:
-		return relay.Grant{}, fmt.Errorf("%w: access token already used", relay.ErrUnauthorized)
-	case req.ClientToken == "" && e.clientToken != "":
-		return relay.Grant{}, fmt.Errorf("%w: access token is bound to a client token", relay.ErrUnauthorized)
-	case req.ClientToken == "":
-		e.consumed = true
-	case e.clientToken == "":
-		e.clientToken = req.ClientToken
-	case e.clientToken != req.ClientToken:
-		return relay.Grant{}, fmt.Errorf("%w: access token already used with a different client token", relay.ErrUnauthorized)
-	}
-	return relay.Grant{TunnelID: e.tunnelID, Services: e.services}, nil
-}
-
-func (s *service) PeerChanged(context.Context, string, store.Mode, bool) {}
+func (s *service) close(id string) { s.CloseTunnel(id) }
 
 // source connects a source session with src.
 func (s *service) source(t *testing.T, src string) *tunnel.Session {

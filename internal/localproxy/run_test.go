@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"regexp"
 	"strings"
@@ -20,8 +19,8 @@ import (
 
 	"github.com/sectun/sectun/internal/localproxy/config"
 	"github.com/sectun/sectun/internal/localproxy/metrics"
+	"github.com/sectun/sectun/internal/relaytest"
 	"github.com/sectun/sectun/internal/server/relay"
-	"github.com/sectun/sectun/internal/store"
 	"github.com/sectun/sectun/internal/tcptest"
 	"github.com/sectun/sectun/tunnel"
 )
@@ -30,73 +29,19 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 const testTimeout = 20 * time.Second
 
-// authz is an in-memory relay.Authorizer with the client-token rules.
-type authz struct {
-	mu     sync.Mutex
-	tokens map[string]*end
-}
-
-type end struct {
-	tunnel, clientToken string
-	mode                store.Mode
-	services            []string
-	consumed            bool
-}
-
-func (a *authz) Authorize(_ context.Context, req relay.HandshakeRequest) (relay.Grant, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	e := a.tokens[req.AccessToken]
-	switch {
-	case e == nil || e.mode != req.Mode:
-		return relay.Grant{}, fmt.Errorf("%w: invalid access token", relay.ErrUnauthorized)
-	case e.consumed:
-		return relay.Grant{}, fmt.Errorf("%w: access token already used", relay.ErrUnauthorized)
-	case req.ClientToken == "":
-		e.consumed = true
-	case e.clientToken == "":
-		e.clientToken = req.ClientToken
-	case e.clientToken != req.ClientToken:
-		return relay.Grant{}, fmt.Errorf("%w: access token already used with another client token", relay.ErrUnauthorized)
-	}
-	return relay.Grant{TunnelID: e.tunnel, Services: e.services}, nil
-}
-
-func (a *authz) PeerChanged(context.Context, string, store.Mode, bool) {}
-
+// service is the real relay with tunneld's token rules.
 type service struct {
+	*relaytest.Service
 	relay *relay.Relay
-	authz *authz
 	url   string
-	n     int
 }
 
 func newService(t *testing.T) *service {
-	a := &authz{tokens: map[string]*end{}}
-	r, err := relay.New(relay.Config{Authorizer: a})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(r)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-		defer cancel()
-		r.Shutdown(ctx)
-		srv.Close()
-	})
-	return &service{relay: r, authz: a, url: "ws://" + strings.TrimPrefix(srv.URL, "http://")}
+	s := relaytest.NewService(t, relay.Config{})
+	return &service{Service: s, relay: s.Relay, url: s.URL}
 }
 
-func (s *service) open(services ...string) (id, src, dst string) {
-	s.authz.mu.Lock()
-	defer s.authz.mu.Unlock()
-	s.n++
-	id = fmt.Sprintf("tunnel%d", s.n)
-	src, dst = "src-"+id, "dst-"+id
-	s.authz.tokens[src] = &end{tunnel: id, mode: store.ModeSource, services: services}
-	s.authz.tokens[dst] = &end{tunnel: id, mode: store.ModeDestination, services: services}
-	return id, src, dst
-}
+func (s *service) open(services ...string) (id, src, dst string) { return s.Open(services...) }
 
 // lines collects log output and lets a test wait for a line.
 type lines struct {

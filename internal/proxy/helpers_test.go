@@ -3,11 +3,9 @@ package proxy
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"net/http/httptest"
 	"net/url"
 	"os"
 	"strings"
@@ -17,8 +15,8 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/sectun/sectun/internal/relaytest"
 	"github.com/sectun/sectun/internal/server/relay"
-	"github.com/sectun/sectun/internal/store"
 	"github.com/sectun/sectun/tunnel"
 )
 
@@ -47,83 +45,25 @@ func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: level}))
 }
 
-// memAuthz is an in-memory relay.Authorizer with the protocol's
-// client-token rules.
-type memAuthz struct {
-	mu     sync.Mutex
-	tokens map[string]*memEnd
-}
-
-type memEnd struct {
-	tunnelID    string
-	mode        store.Mode
-	services    []string
-	clientToken string
-	consumed    bool
-}
-
-func (a *memAuthz) Authorize(ctx context.Context, req relay.HandshakeRequest) (relay.Grant, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	e := a.tokens[req.AccessToken]
-	switch {
-	case e == nil:
-		return relay.Grant{}, fmt.Errorf("%w: invalid access token", relay.ErrUnauthorized)
-	case e.mode != req.Mode:
-		return relay.Grant{}, fmt.Errorf("%w: wrong mode", relay.ErrUnauthorized)
-	case e.consumed:
-		return relay.Grant{}, fmt.Errorf("%w: access token already used", relay.ErrUnauthorized)
-	case req.ClientToken == "":
-		e.consumed = true
-	case e.clientToken == "":
-		e.clientToken = req.ClientToken
-	case e.clientToken != req.ClientToken:
-		return relay.Grant{}, fmt.Errorf("%w: different client token", relay.ErrUnauthorized)
-	}
-	return relay.Grant{TunnelID: e.tunnelID, Services: e.services}, nil
-}
-
-func (a *memAuthz) PeerChanged(context.Context, string, store.Mode, bool) {}
-
 // world is a relay on 127.0.0.1 reached through a forwarder whose
 // connections a test can cut, to make sessions reconnect.
 type world struct {
-	t     testing.TB
-	authz *memAuthz
-	fwd   *forwarder
-	url   string // ws://127.0.0.1:port (the forwarder)
-	n     int
+	t   testing.TB
+	svc *relaytest.Service
+	fwd *forwarder
+	url string // ws://127.0.0.1:port (the forwarder)
 }
 
 func newWorld(t testing.TB) *world {
 	t.Helper()
-	a := &memAuthz{tokens: map[string]*memEnd{}}
-	r, err := relay.New(relay.Config{Authorizer: a})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(r)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-		defer cancel()
-		if err := r.Shutdown(ctx); err != nil {
-			t.Errorf("relay Shutdown: %v", err)
-		}
-		srv.Close()
-	})
-	fwd := newForwarder(t, strings.TrimPrefix(srv.URL, "http://"))
-	return &world{t: t, authz: a, fwd: fwd, url: "ws://" + fwd.addr()}
+	svc := relaytest.NewService(t, relay.Config{})
+	fwd := newForwarder(t, svc.Addr)
+	return &world{t: t, svc: svc, fwd: fwd, url: "ws://" + fwd.addr()}
 }
 
 // open adds a tunnel and returns its tokens.
 func (w *world) open(services ...string) (src, dst string) {
-	w.authz.mu.Lock()
-	defer w.authz.mu.Unlock()
-	w.n++
-	id := fmt.Sprintf("t%d", w.n)
-	src, dst = "src-"+id, "dst-"+id
-	w.authz.tokens[src] = &memEnd{tunnelID: id, mode: store.ModeSource, services: services}
-	w.authz.tokens[dst] = &memEnd{tunnelID: id, mode: store.ModeDestination, services: services}
+	_, src, dst = w.svc.Open(services...)
 	return src, dst
 }
 
