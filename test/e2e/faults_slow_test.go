@@ -96,7 +96,7 @@ func slowloris(t *testing.T, addr, request string, n int, interval time.Duration
 func TestSlowlorisHTTP(t *testing.T) {
 	d := startTunneldSlow(t)
 	addr := strings.TrimPrefix(d.url, "http://")
-	baseG := d.goroutines(t)
+	baseG := steadyGoroutines(t, d)
 	baseRSS := d.resources(t).RSSKB
 	const n = 100
 	start := time.Now()
@@ -153,7 +153,7 @@ func waitGoroutines(t *testing.T, d *tunneld, base int, timeout time.Duration) i
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		g := d.goroutines(t)
+		g := steadyGoroutines(t, d)
 		if g <= base {
 			return g
 		}
@@ -171,7 +171,7 @@ func waitGoroutines(t *testing.T, d *tunneld, base int, timeout time.Duration) i
 func TestSlowlorisAPIBody(t *testing.T) {
 	d := startTunneldSlow(t)
 	addr := strings.TrimPrefix(d.url, "http://")
-	baseG := d.goroutines(t)
+	baseG := steadyGoroutines(t, d)
 	start := time.Now()
 	lived := slowloris(t, addr, "POST / HTTP/1.1\r\nHost: tunneld\r\nX-Amz-Target: IoTSecuredTunneling.ListTunnels\r\nContent-Length: 100000\r\n\r\n{", 20, slowTrickle)
 	var shortest, longest time.Duration
