@@ -42,6 +42,7 @@ type soak struct {
 	worstEcho                                                         atomic.Int64 // ns
 
 	mu         sync.Mutex
+	journal    io.Writer // faults.log in logDir: every fault and unexpected error, wall-clock times
 	unexpected []string
 	nUnexp     int64
 	samples    []sample
@@ -95,6 +96,15 @@ func run(ctx context.Context, cfg config, out io.Writer) (*result, error) {
 			return nil, err
 		}
 	}
+	if err := os.MkdirAll(s.logDir, 0o755); err != nil {
+		return nil, err
+	}
+	journal, err := os.Create(filepath.Join(s.logDir, "faults.log"))
+	if err != nil {
+		return nil, err
+	}
+	defer journal.Close()
+	s.journal = journal
 	s.binDir = cfg.bin
 	if s.binDir == "" {
 		s.binDir = filepath.Join(s.logDir, "bin")
@@ -187,12 +197,17 @@ func run(ctx context.Context, cfg config, out io.Writer) (*result, error) {
 	return res, nil
 }
 
+// journalTime is the time format of faults.log (UTC), as the processes'
+// logs print it, so that they can be read side by side.
+const journalTime = "2006-01-02T15:04:05.000000"
+
 // fail records an unexpected error.
 func (s *soak) fail(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.nUnexp++
+	fmt.Fprintf(s.journal, "%s unexpected: %s\n", time.Now().UTC().Format(journalTime), msg)
 	if len(s.unexpected) < 20 {
 		s.unexpected = append(s.unexpected, fmt.Sprintf("%v %s", time.Since(s.started).Round(time.Millisecond), msg))
 	}
@@ -529,6 +544,7 @@ func (s *soak) injectFaults(ctx context.Context, slots []*slot) {
 		kinds := []string{"reset", "blackhole", "latency", "bandwidth", "segments"}
 		kind := kinds[s.rng.intn(len(kinds))]
 		f := sl.beginFault()
+		from := time.Now()
 		switch kind {
 		case "reset":
 			fp.Reset()
@@ -555,6 +571,7 @@ func (s *soak) injectFaults(ctx context.Context, slots []*slot) {
 		s.faults.Add(1)
 		s.mu.Lock()
 		s.faultKinds[kind]++
+		fmt.Fprintf(s.journal, "%s fault: %s of slot %d's %s until %s\n", from.UTC().Format(journalTime), kind, sl.id, end, time.Now().UTC().Format(journalTime))
 		s.mu.Unlock()
 		if s.cfg.verbose {
 			fmt.Fprintf(s.out, "%v fault: %s of slot %d's %s\n", time.Since(s.started).Round(time.Millisecond), kind, sl.id, end)
