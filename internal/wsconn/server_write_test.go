@@ -238,6 +238,39 @@ func (c *countingConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// drainedServer returns the server end of a connection of variant v whose
+// client discards everything it receives; done closes both ends and waits
+// for the client's reader.
+func drainedServer(tb testing.TB, v serverVariant) (c *Conn, done func()) {
+	tb.Helper()
+	conns := make(chan *Conn, 1)
+	release := make(chan struct{})
+	u, cfg := serveVariant(tb, v, func(c *Conn) {
+		conns <- c
+		<-release
+	})
+	d := websocket.Dialer{TLSClientConfig: cfg, HandshakeTimeout: 5 * time.Second}
+	ws, _, err := d.Dial(u, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	drained := make(chan struct{})
+	go func() { io.Copy(io.Discard, ws.NetConn()); close(drained) }()
+	select {
+	case c = <-conns:
+	case <-time.After(5 * time.Second):
+		ws.Close()
+		close(release)
+		tb.Fatal("the server did not accept within 5 s")
+	}
+	return c, func() {
+		c.NetConn().Close()
+		ws.Close()
+		<-drained
+		close(release)
+	}
+}
+
 // BenchmarkServerWriteMessage: 131076-byte server messages to a client
 // that drops the raw bytes, framed by wsconn and, for comparison, by
 // gorilla (the 4 KiB write buffer tunneld's relay uses).
@@ -245,21 +278,7 @@ func BenchmarkServerWriteMessage(b *testing.B) {
 	for _, v := range serverVariants {
 		for _, via := range []string{"wsconn", "gorilla"} {
 			b.Run(v.name+"/"+via, func(b *testing.B) {
-				conns := make(chan *Conn, 1)
-				release := make(chan struct{})
-				u, cfg := serveVariant(b, v, func(c *Conn) {
-					conns <- c
-					<-release
-				})
-				d := websocket.Dialer{TLSClientConfig: cfg, HandshakeTimeout: 5 * time.Second}
-				ws, _, err := d.Dial(u, nil)
-				if err != nil {
-					b.Fatal(err)
-				}
-				defer ws.Close()
-				drained := make(chan struct{})
-				go func() { io.Copy(io.Discard, ws.NetConn()); close(drained) }()
-				c := <-conns
+				c, done := drainedServer(b, v)
 				write := c.WriteMessage
 				if via == "gorilla" {
 					write = func(p []byte) error { return c.ws.WriteMessage(websocket.BinaryMessage, p) }
@@ -273,10 +292,7 @@ func BenchmarkServerWriteMessage(b *testing.B) {
 					}
 				}
 				b.StopTimer()
-				c.NetConn().Close()
-				ws.Close()
-				<-drained
-				close(release)
+				done()
 			})
 		}
 	}
@@ -289,21 +305,8 @@ func TestServerWriteAllocs(t *testing.T) {
 	}
 	for _, v := range serverVariants {
 		t.Run(v.name, func(t *testing.T) {
-			conns := make(chan *Conn, 1)
-			release := make(chan struct{})
-			u, cfg := serveVariant(t, v, func(c *Conn) {
-				conns <- c
-				<-release
-			})
-			d := websocket.Dialer{TLSClientConfig: cfg, HandshakeTimeout: 5 * time.Second}
-			ws, _, err := d.Dial(u, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ws.Close()
-			drained := make(chan struct{})
-			go func() { io.Copy(io.Discard, ws.NetConn()); close(drained) }()
-			c := <-conns
+			c, done := drainedServer(t, v)
+			defer done()
 			msg := make([]byte, 1000)
 			c.WriteMessage(msg) // warm the pools
 			if a := testing.AllocsPerRun(100, func() {
@@ -313,10 +316,6 @@ func TestServerWriteAllocs(t *testing.T) {
 			}); a > 0 {
 				t.Errorf("%v allocations per server WriteMessage", a)
 			}
-			c.NetConn().Close()
-			ws.Close()
-			<-drained
-			close(release)
 		})
 	}
 }
