@@ -1,7 +1,6 @@
 package wsconn
 
 import (
-	"context"
 	"errors"
 	"sync"
 	"testing"
@@ -47,13 +46,7 @@ func TestProtocolErrorClosingHandshake(t *testing.T) {
 					}
 				}
 			})
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			ws, _, err := websocket.DefaultDialer.DialContext(ctx, u, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ws.Close()
+			_, ws := dialRaw(t, u)
 			ws.SetWriteDeadline(time.Now().Add(5 * time.Second))
 			ws.SetReadDeadline(time.Now().Add(5 * time.Second))
 			// The offending message, then a flood: the server has unread
@@ -77,6 +70,7 @@ func TestProtocolErrorClosingHandshake(t *testing.T) {
 			if werr != nil {
 				t.Errorf("client write: %v: the server did not keep reading after its close frame", werr)
 			}
+			var err error
 			for {
 				_, _, err = ws.ReadMessage() // answers the close frame
 				if err != nil {
@@ -111,13 +105,7 @@ func TestClosingHandshakeBounded(t *testing.T) {
 		c.Read(make([]byte, 10))
 		got <- time.Since(start)
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	ws, _, err := websocket.DefaultDialer.DialContext(ctx, u, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ws.Close()
+	_, ws := dialRaw(t, u)
 	ws.WriteMessage(websocket.TextMessage, []byte("hi"))
 	// Pings do not extend the wait.
 	stop := make(chan struct{})

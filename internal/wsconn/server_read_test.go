@@ -310,13 +310,7 @@ func TestServerProtocolErrors(t *testing.T) {
 				got <- err
 				c.Close()
 			})
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			ws, _, err := websocket.DefaultDialer.DialContext(ctx, u, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ws.Close()
+			ctx, ws := dialRaw(t, u)
 			ws.NetConn().SetDeadline(time.Now().Add(5 * time.Second))
 			if _, err := ws.NetConn().Write(tc.frames); err != nil {
 				t.Fatal(err)
@@ -352,13 +346,7 @@ func TestServerProtocolErrors(t *testing.T) {
 			io.Copy(io.Discard, c) // until the client's close
 			c.Close()
 		})
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		ws, _, err := websocket.DefaultDialer.DialContext(ctx, u, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ws.Close()
+		ctx, ws := dialRaw(t, u)
 		pongs := make(chan string, 1)
 		ws.SetPongHandler(func(d string) error { pongs <- d; return nil })
 		ws.NetConn().SetDeadline(time.Now().Add(5 * time.Second))

@@ -20,6 +20,21 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
+// dialRaw dials u with a plain gorilla client (the test plays the peer
+// byte by byte) within 5 s. ctx is those 5 s, for the test's own waits;
+// both end with the test.
+func dialRaw(t *testing.T, u string) (context.Context, *websocket.Conn) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	t.Cleanup(cancel)
+	ws, _, err := websocket.DefaultDialer.DialContext(ctx, u, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ws.Close() })
+	return ctx, ws
+}
+
 // serve starts a server that upgrades with Accept and hands the Conn to fn.
 func serve(t *testing.T, fn func(*Conn)) string {
 	t.Helper()
@@ -83,19 +98,13 @@ func TestTextMessageRefused(t *testing.T) {
 		_, err := c.Read(make([]byte, 10))
 		got <- err
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	ws, _, err := websocket.DefaultDialer.DialContext(ctx, u, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ws.Close()
+	_, ws := dialRaw(t, u)
 	ws.WriteMessage(websocket.TextMessage, []byte("hi"))
 	if err := <-got; !errors.Is(err, ErrTextMessage) {
 		t.Fatalf("server read: %v", err)
 	}
 	ws.SetReadDeadline(time.Now().Add(5 * time.Second))
-	_, _, err = ws.ReadMessage()
+	_, _, err := ws.ReadMessage()
 	if !websocket.IsCloseError(err, CloseUnsupportedData) {
 		t.Fatalf("client got %v, want close 1003", err)
 	}
@@ -108,19 +117,13 @@ func TestOversizedMessageRefused(t *testing.T) {
 		_, err := io.ReadAll(c)
 		got <- err
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	ws, _, err := websocket.DefaultDialer.DialContext(ctx, u, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ws.Close()
+	_, ws := dialRaw(t, u)
 	ws.WriteMessage(websocket.BinaryMessage, make([]byte, MaxMessageSize+1))
 	if err := <-got; err == nil || !strings.Contains(err.Error(), "exceeds") {
 		t.Fatalf("server read: %v", err)
 	}
 	ws.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, _, err = ws.ReadMessage(); !websocket.IsCloseError(err, CloseMessageTooBig) {
+	if _, _, err := ws.ReadMessage(); !websocket.IsCloseError(err, CloseMessageTooBig) {
 		t.Fatalf("client got %v, want close 1009", err)
 	}
 }
