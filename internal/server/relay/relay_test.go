@@ -559,7 +559,7 @@ func TestIdleTimeout(t *testing.T) {
 
 func TestBandwidthLimit(t *testing.T) {
 	const limit = 512 << 10
-	const total = 1 << 20
+	const total = 2 << 20
 	tr := newTestRelay(t, Config{BandwidthLimit: limit})
 	src, dst := tr.dialPair(t, "bw")
 	payload := make([]byte, 16<<10)
@@ -585,8 +585,10 @@ func TestBandwidthLimit(t *testing.T) {
 	src.conn.Close() // unblocks the writer
 	<-sent
 	// What may pass without waiting: the burst, what the reader consumed
-	// before waiting for it (one frame buffer) and one message in flight.
-	free := limiterBurst + wire.FrameHeaderSize + wire.MaxMessageSize + len(msg)
+	// before waiting for it (one read: up to its whole buffer, since
+	// wsconn's server reads take all the connection holds) and one message
+	// in flight.
+	free := limiterBurst + inBufSize + len(msg)
 	minimum := time.Duration(float64(got-free) / limit * float64(time.Second))
 	t.Logf("received %d bytes in %v (%.0f B/s, limit %d, minimum time %v)", got, elapsed, float64(got)/elapsed.Seconds(), limit, minimum)
 	if elapsed < minimum*95/100 {
