@@ -279,18 +279,7 @@ func BenchmarkServerWriteMessage(b *testing.B) {
 		for _, via := range []string{"wsconn", "gorilla"} {
 			b.Run(v.name+"/"+via, func(b *testing.B) {
 				c, done := drainedServer(b, v)
-				write := c.WriteMessage
-				if via == "gorilla" {
-					write = func(p []byte) error { return c.ws.WriteMessage(websocket.BinaryMessage, p) }
-				}
-				msg := make([]byte, MaxMessageSize)
-				b.SetBytes(int64(len(msg)))
-				b.ReportAllocs()
-				for b.Loop() {
-					if err := write(msg); err != nil {
-						b.Fatal(err)
-					}
-				}
+				benchWrites(b, c, via)
 				b.StopTimer()
 				done()
 			})

@@ -175,18 +175,7 @@ func BenchmarkClientWriteMessage(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer c.Close()
-			write := c.WriteMessage
-			if via == "gorilla" {
-				write = func(p []byte) error { return c.ws.WriteMessage(websocket.BinaryMessage, p) }
-			}
-			msg := make([]byte, MaxMessageSize)
-			b.SetBytes(int64(len(msg)))
-			b.ReportAllocs()
-			for b.Loop() {
-				if err := write(msg); err != nil {
-					b.Fatal(err)
-				}
-			}
+			benchWrites(b, c, via)
 		})
 	}
 }
@@ -387,6 +376,24 @@ func waitWriteBlocked(t *testing.T, c *Conn) {
 		}
 		if time.Since(start) > 10*time.Second {
 			t.Fatal("message writes never blocked")
+		}
+	}
+}
+
+// benchWrites writes messages of MaxMessageSize through c: with
+// WriteMessage, or straight through gorilla when via is "gorilla", for
+// comparison.
+func benchWrites(b *testing.B, c *Conn, via string) {
+	write := c.WriteMessage
+	if via == "gorilla" {
+		write = func(p []byte) error { return c.ws.WriteMessage(websocket.BinaryMessage, p) }
+	}
+	msg := make([]byte, MaxMessageSize)
+	b.SetBytes(int64(len(msg)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := write(msg); err != nil {
+			b.Fatal(err)
 		}
 	}
 }

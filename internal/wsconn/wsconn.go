@@ -415,17 +415,22 @@ func (c *Conn) mapErr(err error) error {
 // on a server connection (Accept) over plain TCP with one writev, over TLS
 // in as few records as the frame's size allows (see writeFrame). After a
 // close frame has been sent or received it returns websocket.ErrCloseSent.
-func (c *Conn) WriteMessage(p []byte) error {
-	if len(p) <= MaxMessageSize {
-		if c.client {
-			return c.writeMasked(p)
-		}
-		return c.writeFrame(p)
-	}
+func (c *Conn) WriteMessage(p []byte) (err error) {
 	c.wlock <- struct{}{}
-	err := c.ws.WriteMessage(websocket.BinaryMessage, p)
-	c.unlockWrite(err)
-	return err
+	defer func() { c.unlockWrite(err) }()
+	if len(p) > MaxMessageSize {
+		return c.ws.WriteMessage(websocket.BinaryMessage, p)
+	}
+	if c.closeSent.Load() {
+		return websocket.ErrCloseSent
+	}
+	if c.werr != nil {
+		return c.werr
+	}
+	if c.client {
+		return c.writeMasked(p)
+	}
+	return c.writeFrame(p)
 }
 
 // unlockWrite ends a message write that returned err: it sends the pong
@@ -492,15 +497,9 @@ var maskBufs = sync.Pool{New: func() any {
 // own (a close frame after a protocol error in the reader) are single
 // write calls too, and net.Conn and tls.Conn never interleave the bytes of
 // two calls, so frames stay whole.
+//
+// The caller holds wlock and has checked that the connection can write.
 func (c *Conn) writeMasked(p []byte) (err error) {
-	c.wlock <- struct{}{}
-	defer func() { c.unlockWrite(err) }()
-	if c.closeSent.Load() {
-		return websocket.ErrCloseSent
-	}
-	if c.werr != nil {
-		return c.werr
-	}
 	bp := maskBufs.Get().(*[]byte)
 	defer maskBufs.Put(bp)
 	b := *bp
@@ -564,15 +563,9 @@ const tlsRecord = 16 << 10
 // writes on the connection meanwhile: wsconn's control frames wait for
 // wlock, and gorilla writes nothing of its own (its reader is not used on
 // server connections).
+//
+// The caller holds wlock and has checked that the connection can write.
 func (c *Conn) writeFrame(p []byte) (err error) {
-	c.wlock <- struct{}{}
-	defer func() { c.unlockWrite(err) }()
-	if c.closeSent.Load() {
-		return websocket.ErrCloseSent
-	}
-	if c.werr != nil {
-		return c.werr
-	}
 	if c.tcp != nil {
 		if err := c.tcp.SetWriteDeadline(c.wdeadline); err != nil {
 			return c.noteWriteErr(err)
