@@ -237,16 +237,8 @@ func TestFairness(t *testing.T) {
 		_, sq := bulkA.buffered()
 		return written.Load() - int64(sq)
 	}
-	// Fill the pipes first; the deadline runs while nothing moves.
-	for last, deadline := int64(-1), time.Now().Add(testTimeout); moved.Load() < 2<<20; {
-		if m := moved.Load(); m != last {
-			last, deadline = m, time.Now().Add(testTimeout)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("bulk data stopped after %d bytes", last)
-		}
-		time.Sleep(5 * time.Millisecond) // progress polling
-	}
+	// Fill the pipes first.
+	waitMoved(t, &moved, 2<<20)
 	start := moved.Load()
 	const pings = 16
 	var ahead []int64
@@ -313,15 +305,7 @@ func TestFairnessEndToEnd(t *testing.T) {
 		}
 	}()
 	go io.Copy(pingB, pingB)
-	for last, deadline := int64(-1), time.Now().Add(testTimeout); moved.Load() < 2<<20; {
-		if m := moved.Load(); m != last {
-			last, deadline = m, time.Now().Add(testTimeout)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("bulk data stopped after %d bytes", last)
-		}
-		time.Sleep(5 * time.Millisecond) // progress polling
-	}
+	waitMoved(t, &moved, 2<<20)
 	start := moved.Load()
 	const pings = 16
 	rtts := make([]time.Duration, 0, pings)
@@ -376,4 +360,19 @@ func TestPeerSilentWarning(t *testing.T) {
 	}
 	_ = dst
 	_ = wire.TypeData
+}
+
+// waitMoved waits until moved reaches n; its deadline (testTimeout) runs
+// only while moved stays still, so a slow machine is not a failure.
+func waitMoved(t *testing.T, moved *atomic.Int64, n int64) {
+	t.Helper()
+	for last, deadline := int64(-1), time.Now().Add(testTimeout); moved.Load() < n; {
+		if m := moved.Load(); m != last {
+			last, deadline = m, time.Now().Add(testTimeout)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("bulk data stopped after %d bytes", last)
+		}
+		time.Sleep(5 * time.Millisecond) // progress polling
+	}
 }
