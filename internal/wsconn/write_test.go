@@ -213,17 +213,7 @@ func TestControlWriteDoesNotCutMessageWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	const msgs = 20 // far more than the socket buffers hold
-	werr := make(chan error, 1)
-	go func() {
-		big := make([]byte, MaxMessageSize)
-		for range msgs {
-			if err := c.WriteMessage(big); err != nil {
-				werr <- err
-				return
-			}
-		}
-		werr <- nil
-	}()
+	werr := writeBig(c, msgs, nil)
 	waitWriteBlocked(t, c)
 	if err := c.writeControl(websocket.PingMessage, nil, time.Now().Add(200*time.Millisecond)); !isTemporary(err) {
 		t.Fatalf("ping while a message write blocks: %v, want a timeout", err)
@@ -302,17 +292,7 @@ func TestPongDoesNotWaitForBlockedWrite(t *testing.T) {
 				t.Fatal(err)
 			}
 			const msgs = 20 // far more than the socket buffers hold
-			werr := make(chan error, 1)
-			go func() {
-				big := make([]byte, MaxMessageSize)
-				for range msgs {
-					if err := c.WriteMessage(big); err != nil {
-						werr <- err
-						return
-					}
-				}
-				werr <- c.WriteMessage([]byte("end"))
-			}()
+			werr := writeBig(c, msgs, []byte("end"))
 			waitWriteBlocked(t, c)
 			if err := ws.WriteControl(websocket.PingMessage, []byte("p1"), time.Now().Add(5*time.Second)); err != nil {
 				t.Fatal(err)
@@ -396,4 +376,26 @@ func benchWrites(b *testing.B, c *Conn, via string) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// writeBig writes n messages of MaxMessageSize on c and then last, if not
+// nil, from a goroutine of its own; the channel gets the first error, or
+// nil once all are written.
+func writeBig(c *Conn, n int, last []byte) <-chan error {
+	werr := make(chan error, 1)
+	go func() {
+		big := make([]byte, MaxMessageSize)
+		for range n {
+			if err := c.WriteMessage(big); err != nil {
+				werr <- err
+				return
+			}
+		}
+		if last != nil {
+			werr <- c.WriteMessage(last)
+			return
+		}
+		werr <- nil
+	}()
+	return werr
 }
