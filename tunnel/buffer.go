@@ -3,11 +3,16 @@ package tunnel
 import (
 	"sync"
 	"time"
+
+	"github.com/sectun/sectun/wire"
 )
 
-// chunkSize is the unit of connection buffers. Buffers hold pooled chunks
-// only while they hold data, so an idle connection holds no buffer memory.
-const chunkSize = 32 << 10
+// chunkSize is the unit of connection buffers: the largest DATA payload,
+// so that a full chunk is sent as one DATA message (a chunk of any other
+// size would leave a small DATA for its remainder). Buffers hold pooled
+// chunks only while they hold data, so an idle connection holds no buffer
+// memory.
+const chunkSize = wire.MaxPayloadSize
 
 type chunk [chunkSize]byte
 

@@ -142,9 +142,10 @@ type Config struct {
 	// been read for this long, so that one stuck reader cannot hold up the
 	// whole tunnel forever (default 30 s; negative waits forever).
 	StallTimeout time.Duration
-	// MaxDataSize is the largest DATA payload sent, in bytes (default 16
-	// KiB, at most 32 KiB). Smaller messages interleave connections more
-	// finely.
+	// MaxDataSize is the largest DATA payload sent, in bytes (default and
+	// most wire.MaxPayloadSize, 63 KiB, as the reference local proxy
+	// sends). Smaller messages interleave connections more finely, at more
+	// frames and writes per byte.
 	MaxDataSize int
 	// MaxConns limits the open connections of the session (default 128,
 	// the reference's tcp.max_active_connections). Dial beyond it fails
@@ -167,8 +168,8 @@ const (
 	defaultNoReplyWarning    = 10 * time.Second
 	defaultBuffer            = 256 << 10
 	defaultStallTimeout      = 30 * time.Second
-	defaultMaxDataSize       = 16 << 10
-	maxDataSize              = chunkSize
+	defaultMaxDataSize       = wire.MaxPayloadSize
+	maxDataSize              = wire.MaxPayloadSize
 	defaultMaxConns          = 128
 	stableLink               = time.Minute
 )

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sectun/sectun/wire"
 )
 
 func TestEndpointURL(t *testing.T) {
@@ -84,7 +86,7 @@ func TestConfigNormalize(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.KeepaliveInterval != 20*time.Second || c.SendBuffer != 256<<10 || c.ReceiveBuffer != 256<<10 ||
-		c.MaxDataSize != 16<<10 || c.MaxConns != 128 || c.ReconnectMin != time.Second || c.ReconnectMax != 2*time.Minute ||
+		c.MaxDataSize != wire.MaxPayloadSize || c.MaxConns != 128 || c.ReconnectMin != time.Second || c.ReconnectMax != 2*time.Minute ||
 		len(c.Subprotocols) != 3 || c.Logger == nil {
 		t.Fatalf("defaults not applied: %+v", c)
 	}
@@ -102,7 +104,7 @@ func TestConfigNormalize(t *testing.T) {
 		{"no endpoint", func(c *Config) { c.Endpoint = "" }},
 		{"bad subprotocol", func(c *Config) { c.Subprotocols = []string{"chat"} }},
 		{"inverted backoff", func(c *Config) { c.ReconnectMin, c.ReconnectMax = time.Minute, time.Second }},
-		{"huge data size", func(c *Config) { c.MaxDataSize = 64 << 10 }},
+		{"huge data size", func(c *Config) { c.MaxDataSize = wire.MaxPayloadSize + 1 }},
 		{"negative buffer", func(c *Config) { c.SendBuffer = -1 }},
 	} {
 		c := good()

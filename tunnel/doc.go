@@ -89,7 +89,7 @@
 // copies into the connection's send buffer (Config.SendBuffer, default 256
 // KiB) and blocks while it is full, which is the backpressure a TCP
 // adapter needs. The writer sends control messages first, then takes one
-// DATA message of at most MaxDataSize (16 KiB) from each connection with
+// DATA message of at most MaxDataSize (63 KiB) from each connection with
 // pending data in turn, so an interactive connection is never stuck
 // behind another one's bulk data in our queues; it coalesces frames into
 // WebSocket messages of up to 131076 bytes and flushes as soon as nothing

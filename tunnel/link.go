@@ -304,10 +304,6 @@ func (l *link) writeCtrl(fw *wire.FrameWriter, ctrl []wire.Message) ([]wire.Mess
 // bytes), payload tag and length, service ID tag and length, connection ID.
 const frameOverhead = wire.FrameHeaderSize + 2 + 11 + 4 + 3 + 6
 
-// minDataFill is the smallest DATA payload worth squeezing into the end of
-// a WebSocket message; with less room, the message is sent first.
-const minDataFill = 1024
-
 // writeConn sends one DATA message of c, or its final reset.
 func (l *link) writeConn(fw *wire.FrameWriter, c *Conn) (bool, error) {
 	s := l.s
@@ -318,8 +314,15 @@ func (l *link) writeConn(fw *wire.FrameWriter, c *Conn) (bool, error) {
 		m.ConnectionID = c.id
 	}
 	s.mu.Unlock()
+	// A DATA message is never cut short to fill the end of a WebSocket
+	// message: the message goes first. Cut, it would leave the rest of
+	// its chunk for a small DATA of its own, and every later DATA of a
+	// bulk transfer would straddle two chunks and split too.
 	overhead := frameOverhead + len(m.ServiceID)
-	if fw.Available() < overhead+minDataFill {
+	c.mu.Lock()
+	whole := min(c.sq.n, s.cfg.MaxDataSize)
+	c.mu.Unlock()
+	if fw.Available() < overhead+whole {
 		if err := fw.Flush(); err != nil {
 			return false, err
 		}

@@ -123,6 +123,34 @@ func TestDataSize(t *testing.T) {
 	readN(t, a, wire.MaxPayloadSize)
 }
 
+// TestDataSizeDefault: by default a bulk write goes out in DATA messages
+// of the protocol's largest payload, as the reference sends them: fewer
+// frames per byte for both ends.
+func TestDataSizeDefault(t *testing.T) {
+	svc := fakeservice.Start(t, fakeservice.Options{Services: []string{"SSH1"}})
+	dst := rawPeer(t, svc, ModeDestination, 3)
+	src := connect(t, baseConfig(t, svc, ModeSource))
+	a, _ := src.Dial(testCtx(t), "SSH1")
+	const total = 16 * wire.MaxPayloadSize
+	go a.Write(make([]byte, total))
+	expectMsgs(t, dst, wire.Message{Type: tStart, StreamID: 1, ServiceID: "SSH1", ConnectionID: 1})
+	full, msgs := 0, 0
+	for got := 0; got < total; msgs++ {
+		m := readMsg(t, dst)
+		if m.Type != tData || len(m.Payload) > wire.MaxPayloadSize || len(m.Payload) == 0 {
+			t.Fatalf("message %v", &m)
+		}
+		if len(m.Payload) == wire.MaxPayloadSize {
+			full++
+		}
+		got += len(m.Payload)
+	}
+	t.Logf("%d DATA messages, %d of %d bytes", msgs, full, wire.MaxPayloadSize)
+	if full < 12 {
+		t.Errorf("%d of %d DATA messages carry %d bytes, want at least 12 (16 bytes' worth)", full, msgs, wire.MaxPayloadSize)
+	}
+}
+
 func TestListen(t *testing.T) {
 	_, src, dst := pair(t, fakeservice.Options{Services: []string{"SSH1", "HTTP1"}}, func(s, d *Config) { d.MaxConns = 3 })
 	ln, err := dst.Listen("SSH1")

@@ -22,8 +22,8 @@ const closeTimeout = 5 * time.Second
 
 // TunnelConfig translates a local proxy configuration into the tunnel
 // library's: mode, tokens, endpoint, TLS (-c, -k), web proxy, peer version
-// (-y, source mode only), keepalive, reconnect delay and attempts, and the
-// connection limit from the settings. It fails if the CA path holds no
+// (-y, source mode only), keepalive, reconnect delay and attempts, the
+// connection limit and the largest DATA payload from the settings. It fails if the CA path holds no
 // certificate.
 func TunnelConfig(cfg *config.Config, log *slog.Logger) (tunnel.Config, error) {
 	s := &cfg.Settings
@@ -36,6 +36,7 @@ func TunnelConfig(cfg *config.Config, log *slog.Logger) (tunnel.Config, error) {
 		ReconnectMin:      s.WebSocketRetryDelay,
 		ReconnectMax:      s.WebSocketRetryDelay,
 		MaxConns:          s.MaxActiveConnections,
+		MaxDataSize:       s.MaxPayloadSize,
 		DisableReconnect:  !s.ReconnectOnDataError,
 		Logger:            log,
 	}

@@ -289,7 +289,7 @@ func TestTunnelConfig(t *testing.T) {
 			if c.Endpoint != "wss://data.tunneling.iot.us-east-1.amazonaws.com:443" {
 				t.Errorf("endpoint %q", c.Endpoint)
 			}
-			if c.KeepaliveInterval != 20*time.Second || c.ReconnectMin != 2500*time.Millisecond || c.MaxAttempts != 0 || c.MaxConns != 128 {
+			if c.KeepaliveInterval != 20*time.Second || c.ReconnectMin != 2500*time.Millisecond || c.MaxAttempts != 0 || c.MaxConns != 128 || c.MaxDataSize != 64512 {
 				t.Errorf("settings: %+v", c)
 			}
 			if c.PeerVersion != 0 || c.Subprotocols != nil || c.DisableReconnect {
@@ -343,12 +343,13 @@ func TestTunnelConfigSettings(t *testing.T) {
 	cfg.Settings.ReconnectOnDataError = false
 	cfg.Settings.Subprotocol = "aws.iot.securetunneling-2.0"
 	cfg.Settings.MaxActiveConnections = 7
+	cfg.Settings.MaxPayloadSize = 4000
 	cfg.Proxy = mustURL(t, "http://proxy:3128")
 	c, err := TunnelConfig(cfg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.MaxAttempts != 4 || !c.DisableReconnect || len(c.Subprotocols) != 1 || c.Subprotocols[0] != "aws.iot.securetunneling-2.0" || c.MaxConns != 7 {
+	if c.MaxAttempts != 4 || !c.DisableReconnect || len(c.Subprotocols) != 1 || c.Subprotocols[0] != "aws.iot.securetunneling-2.0" || c.MaxConns != 7 || c.MaxDataSize != 4000 {
 		t.Errorf("%+v", c)
 	}
 	if u, _ := c.Proxy(nil); u == nil || u.Host != "proxy:3128" {
