@@ -2,7 +2,9 @@
 // gives the tunnel code what the protocol needs and nothing more: a client
 // dialer (TLS, HTTP CONNECT proxy, handshake headers and subprotocols), a
 // server upgrade, the received binary messages as one continuous byte
-// stream, whole binary messages out, pings with a liveness deadline, and
+// stream, whole binary messages out, pings with a liveness check (a
+// watchdog that counts data waiting in the kernel as a sign of life, so a
+// reader held up locally is not told that a live peer went silent), and
 // close frames with a code and reason.
 //
 // Client messages are framed by wsconn itself (masked while copied, one

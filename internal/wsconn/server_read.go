@@ -376,6 +376,7 @@ func (c *Conn) control() error {
 // framing is intact: rest holds the bytes read after the offending frame's
 // header, parsed (and dropped) before reading on.
 func (c *Conn) closeHandshakeServer(code int, reason string, rest []byte) {
+	c.stopLive() // closeWait bounds the wait from now
 	c.SendClose(code, reason)
 	c.closing = true // pings are not answered and do not extend the deadline
 	c.ws.SetReadDeadline(time.Now().Add(closeWait))

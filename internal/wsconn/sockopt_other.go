@@ -19,3 +19,5 @@ func setNotsentLowat(*net.TCPConn, int) error { return errors.ErrUnsupported }
 func segmentControl(int) func(network, address string, c syscall.RawConn) error { return nil }
 
 func tcpMSS(*net.TCPConn) (int, error) { return 0, errors.ErrUnsupported }
+
+func tcpUnread(*net.TCPConn) (int, error) { return 0, errors.ErrUnsupported }

@@ -75,10 +75,18 @@ func (e *HandshakeError) Unwrap() error { return ErrBadHandshake }
 
 // Conn is a WebSocket connection carrying binary messages.
 type Conn struct {
-	ws          *websocket.Conn
-	cur         io.Reader
-	liveTimeout time.Duration // 0: no read deadline
-	closeOnce   sync.Once
+	ws        *websocket.Conn
+	cur       io.Reader
+	closeOnce sync.Once
+
+	// Liveness (SetLiveness): a watchdog timer, not a read deadline, so
+	// that the reader's own delays are not taken for the peer's silence.
+	epoch    time.Time    // lastLive counts from here (monotonic)
+	live     atomic.Int64 // the liveness timeout; 0: none
+	lastLive atomic.Int64 // when the peer last gave a sign of life, since epoch
+	liveMu   sync.Mutex   // guards liveDog and liveOver
+	liveDog  *time.Timer
+	liveOver bool // the watchdog has fired for good, or the connection closed
 
 	// Client connections (Dial) frame their binary messages here rather
 	// than through gorilla, which copies each message into its write
@@ -134,7 +142,7 @@ func writePool(size int) *sync.Pool {
 
 func newConn(ws *websocket.Conn) *Conn {
 	ws.SetReadLimit(MaxMessageSize)
-	c := &Conn{ws: ws, wlock: make(chan struct{}, 1)}
+	c := &Conn{ws: ws, wlock: make(chan struct{}, 1), epoch: time.Now()}
 	ws.SetPongHandler(func(string) error { c.extendDeadline(); return nil })
 	ws.SetPingHandler(func(data string) error {
 		c.extendDeadline()
@@ -338,19 +346,96 @@ func (c *Conn) Subprotocol() string { return c.ws.Subprotocol() }
 // NetConn returns the underlying connection.
 func (c *Conn) NetConn() net.Conn { return c.ws.NetConn() }
 
-// SetLiveness makes reads fail when nothing (message, ping or pong) arrives
-// from the peer for d. Zero turns the check off.
+// SetLiveness makes reads fail with a timeout (a net.Error) when nothing
+// (message, ping or pong) arrives from the peer for d, counted from this
+// call; zero turns the check off. Arriving is what the kernel sees: data
+// received but not read yet, because the reader was busy elsewhere (its
+// consumer full) or the process did not get the CPU, counts as a sign of
+// life, so a late reader is never told that a live peer went silent.
+// SetLiveness may be called again at any time, to restart the count.
 func (c *Conn) SetLiveness(d time.Duration) {
-	c.liveTimeout = d
 	c.extendDeadline()
+	old := time.Duration(c.live.Swap(int64(d)))
+	if d == old && d > 0 {
+		return // the watchdog is armed and re-arms itself
+	}
+	c.liveMu.Lock()
+	defer c.liveMu.Unlock()
+	if c.liveOver {
+		return
+	}
+	switch {
+	case d <= 0:
+		if c.liveDog != nil {
+			c.liveDog.Stop()
+		}
+	case c.liveDog == nil:
+		c.liveDog = time.AfterFunc(d, c.checkLive)
+	default:
+		c.liveDog.Reset(d)
+	}
 }
 
+// extendDeadline notes a sign of life from the peer.
 func (c *Conn) extendDeadline() {
-	if c.liveTimeout > 0 {
-		c.ws.SetReadDeadline(time.Now().Add(c.liveTimeout))
-	} else {
-		c.ws.SetReadDeadline(time.Time{})
+	c.lastLive.Store(int64(time.Since(c.epoch)))
+}
+
+// checkLive is the liveness watchdog: it re-arms itself for the rest of
+// the period while the peer shows signs of life, and otherwise makes
+// reads fail with a timeout (a read deadline in the past).
+func (c *Conn) checkLive() {
+	d := time.Duration(c.live.Load())
+	if d <= 0 {
+		return
 	}
+	silent := time.Since(c.epoch) - time.Duration(c.lastLive.Load())
+	if silent < d {
+		c.rearmLive(d - silent)
+		return
+	}
+	if n, err := c.unread(); err == nil && n > 0 {
+		// Bytes from the peer wait in the kernel: it is alive, and the
+		// reader is behind.
+		c.extendDeadline()
+		c.rearmLive(d)
+		return
+	}
+	c.liveMu.Lock()
+	over := c.liveOver
+	c.liveOver = true
+	c.liveMu.Unlock()
+	if !over {
+		c.ws.SetReadDeadline(time.Unix(1, 0))
+	}
+}
+
+func (c *Conn) rearmLive(after time.Duration) {
+	c.liveMu.Lock()
+	if !c.liveOver && c.live.Load() > 0 {
+		c.liveDog.Reset(after)
+	}
+	c.liveMu.Unlock()
+}
+
+// stopLive stops the watchdog for good.
+func (c *Conn) stopLive() {
+	c.liveMu.Lock()
+	c.liveOver = true
+	if c.liveDog != nil {
+		c.liveDog.Stop()
+	}
+	c.liveMu.Unlock()
+}
+
+// unread returns the bytes received on the TCP connection under c and not
+// read yet.
+func (c *Conn) unread() (int, error) {
+	tcp, err := c.tcpConn()
+	if err != nil {
+		return 0, err
+	}
+	return tcpUnread(tcp)
 }
 
 // Read reads from the concatenated payloads of the binary messages received.
@@ -649,6 +734,7 @@ func (c *Conn) CloseWith(code int, reason string) error {
 		if len(reason) > 123 {
 			reason = reason[:123]
 		}
+		c.stopLive()
 		c.closeSent.Store(true)
 		c.writeControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(time.Second))
 		err = c.ws.Close()
@@ -668,6 +754,7 @@ const closeWait = 2 * time.Second
 // (after an oversized frame header), raw bytes are dropped until the peer
 // closes its side. It runs on the reader's goroutine.
 func (c *Conn) closeHandshake(code int, reason string, framed bool) {
+	c.stopLive() // closeWait bounds the wait from now
 	c.SendClose(code, reason)
 	// Pings must not extend the deadline; pongs cannot be sent any more.
 	c.ws.SetPingHandler(nil)

@@ -145,6 +145,71 @@ func TestLivenessDeadline(t *testing.T) {
 	}
 }
 
+// TestLivenessLateReader: data the peer sent is a sign of life even while
+// the reader is too busy to read it (a full consumer, a starved process):
+// a reader that comes back after the liveness period gets the data, not a
+// timeout. Once the peer is silent and nothing waits, reads time out as
+// before. Both readers: gorilla's (client) and wsconn's own (server).
+func TestLivenessLateReader(t *testing.T) {
+	const live = 200 * time.Millisecond
+	check := func(t *testing.T, c *Conn) {
+		t.Helper()
+		c.SetLiveness(live)
+		time.Sleep(3 * live) // busy elsewhere while the message waits
+		b := make([]byte, 16)
+		if n, err := c.Read(b); err != nil || string(b[:n]) != "hello" {
+			t.Fatalf("late read: %q, %v; want the waiting message", b[:n], err)
+		}
+		start := time.Now()
+		_, err := c.Read(b)
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() {
+			t.Fatalf("silent peer: %v, want a timeout", err)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Fatalf("timeout took %v", d)
+		}
+	}
+	t.Run("client", func(t *testing.T) {
+		dialed := make(chan struct{})
+		release := make(chan struct{})
+		u := serve(t, func(c *Conn) {
+			<-dialed // after the handshake: the message waits in the kernel
+			c.WriteMessage([]byte("hello"))
+			<-release
+			c.Close()
+		})
+		defer close(release)
+		c, _ := dial(t, u)
+		close(dialed)
+		check(t, c)
+	})
+	t.Run("server", func(t *testing.T) {
+		result := make(chan error, 1)
+		u := serve(t, func(c *Conn) {
+			defer c.Close()
+			ok := t.Run("read", func(t *testing.T) { check(t, c) })
+			if !ok {
+				result <- errors.New("failed")
+				return
+			}
+			result <- nil
+		})
+		_, ws := dialRaw(t, u)
+		if err := ws.WriteMessage(websocket.BinaryMessage, []byte("hello")); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-result:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("server side did not finish")
+		}
+	})
+}
+
 func TestHandshakeError(t *testing.T) {
 	u := serve(t, func(*Conn) {})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
