@@ -77,7 +77,7 @@ func (l *link) fail(err error) {
 	l.failOnce.Do(func() {
 		l.err = err
 		close(l.done)
-		l.ws.NetConn().Close()
+		l.ws.Abort()
 	})
 }
 

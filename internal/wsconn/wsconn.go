@@ -788,6 +788,13 @@ func (c *Conn) SendClose(code int, reason string) error {
 // Close closes the connection with a normal close frame.
 func (c *Conn) Close() error { return c.CloseWith(CloseNormal, "") }
 
+// Abort closes the connection at once, without a close frame, as a
+// dropped connection: blocked reads and writes return.
+func (c *Conn) Abort() error {
+	c.stopLive()
+	return c.ws.NetConn().Close()
+}
+
 // SetSocketBuffers sets the kernel send and receive buffer sizes (SO_SNDBUF,
 // SO_RCVBUF) of the TCP connection under c, through TLS; 0 leaves one as it
 // is. A fixed size turns the kernel's autotuning off, which on loopback

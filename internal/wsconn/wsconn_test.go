@@ -210,6 +210,27 @@ func TestLivenessLateReader(t *testing.T) {
 	})
 }
 
+// TestLivenessStopsWithConn: closing or aborting a connection stops its
+// watchdog at once (it holds the connection while armed), and a later
+// SetLiveness does not re-arm it.
+func TestLivenessStopsWithConn(t *testing.T) {
+	release := make(chan struct{})
+	u := serve(t, func(c *Conn) { <-release; c.Close() })
+	defer close(release)
+	for _, end := range []func(*Conn) error{(*Conn).Close, (*Conn).Abort} {
+		c, _ := dial(t, u)
+		c.SetLiveness(time.Hour)
+		end(c)
+		c.SetLiveness(time.Minute)
+		c.liveMu.Lock()
+		over, stopped := c.liveOver, !c.liveDog.Stop()
+		c.liveMu.Unlock()
+		if !over || !stopped {
+			t.Errorf("after closing: watchdog over %v, stopped %v", over, stopped)
+		}
+	}
+}
+
 func TestHandshakeError(t *testing.T) {
 	u := serve(t, func(*Conn) {})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -611,7 +611,7 @@ func (p *peer) kill() {
 	if p.pc != nil {
 		p.pc.setPaused(false)
 	}
-	p.ws.NetConn().Close()
+	p.ws.Abort()
 }
 
 // pauseListener wraps accepted connections so that a peer can be frozen.
