@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/sectun/sectun/internal/faultproxy"
+	"github.com/sectun/sectun/internal/procstat"
 )
 
 // result is what a run found.
@@ -42,7 +43,7 @@ type soak struct {
 	worstEcho                                                         atomic.Int64 // ns
 
 	mu         sync.Mutex
-	journal    io.Writer // faults.log in logDir: every fault and unexpected error, wall-clock times
+	journal    io.Writer // faults.log in logDir: every fault and unexpected error, and the machine's load every 10 s, wall-clock times
 	unexpected []string
 	nUnexp     int64
 	samples    []sample
@@ -594,11 +595,24 @@ func (s *soak) sampleLoop(ctx context.Context, anchor *slot) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	lastReport := time.Now()
-	for {
+	// The machine's load and the CPU time its hypervisor took (steal):
+	// a process that gets no CPU for seconds looks like a fault.
+	journaled, reported := readMachine(), readMachine()
+	for ticks := 1; ; ticks++ {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
+		}
+		if ticks%10 == 0 {
+			if m := readMachine(); m.ok {
+				if journaled.ok {
+					s.mu.Lock()
+					fmt.Fprintf(s.journal, "%s machine: load %.1f, CPU steal %.0f%% over the last 10 s\n", time.Now().UTC().Format(journalTime), m.Load1, 100*m.StealShare(journaled.Machine))
+					s.mu.Unlock()
+				}
+				journaled = m
+			}
 		}
 		sm := sample{at: time.Since(s.started)}
 		if m, err := s.d.metric("go_goroutines", "go_memstats_heap_inuse_bytes"); err == nil {
@@ -611,9 +625,25 @@ func (s *soak) sampleLoop(ctx context.Context, anchor *slot) {
 		s.mu.Unlock()
 		if time.Since(lastReport) >= s.cfg.report {
 			lastReport = time.Now()
-			fmt.Fprintln(s.out, s.status(sm))
+			line := s.status(sm)
+			if m := readMachine(); m.ok && reported.ok {
+				line += fmt.Sprintf(" | machine load %.1f, steal %.0f%%", m.Load1, 100*m.StealShare(reported.Machine))
+				reported = m
+			}
+			fmt.Fprintln(s.out, line)
 		}
 	}
+}
+
+// machineReading is a procstat.Machine, ok if it could be read (Linux).
+type machineReading struct {
+	procstat.Machine
+	ok bool
+}
+
+func readMachine() machineReading {
+	m, err := procstat.ReadMachine()
+	return machineReading{m, err == nil}
 }
 
 func (s *soak) status(sm sample) string {
