@@ -125,13 +125,14 @@ type peer struct {
 	pending  *peer     // peer whose out holds frames from this reader's buffer
 	pendEnd  int       // where they end in that buffer
 	consumed int       // frame bytes read since the last bandwidth wait
-	lastLive time.Time // when the liveness deadline was last restarted
+	lastLive time.Time // when the liveness count was last restarted
 	cnt      counters
 }
 
 // netRead reads from the WebSocket. Time the reader spent writing to the
-// other peer or throttled is not the peer's silence: the liveness deadline
-// restarts if it was last set long ago.
+// other peer or throttled is not the peer's silence: the liveness count
+// restarts if it was last restarted long ago (wsconn also counts data
+// waiting in the socket as a sign of life).
 func (p *peer) netRead(b []byte) (int, error) {
 	if d := p.r.cfg.IdleTimeout; d > 0 {
 		if now := time.Now(); now.Sub(p.lastLive) > d/8 {
@@ -139,7 +140,8 @@ func (p *peer) netRead(b []byte) (int, error) {
 			p.conn.SetLiveness(d)
 		}
 	}
-	// After SetLiveness, which would undo the deadline stopReading sets.
+	// stopReading's deadline ends a Read in progress; this ends the
+	// next ones.
 	if p.r.stopping.Load() {
 		return 0, errStopping
 	}
