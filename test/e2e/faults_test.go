@@ -341,6 +341,61 @@ func sqliteIntegrity(t *testing.T, dataDir string) {
 	}
 }
 
+// TestFaultProcessFrozen: a local proxy that gets no CPU for longer than
+// its keepalive window (stopped with SIGSTOP for 1.5 windows), while
+// tunneld and the other end keep sending, finds their data waiting when it
+// runs again and carries on: no reconnect at either end, and the transfer
+// in progress completes intact. Its liveness check counts data waiting in
+// the kernel as a sign of life; with a read deadline the late reader took
+// the service for silent and dropped the tunnel (the session-4 soak).
+func TestFaultProcessFrozen(t *testing.T) {
+	for _, side := range []string{"source", "destination"} {
+		t.Run(side, func(t *testing.T) {
+			r := newFaultRig(t, rigPingLoaded) // a 4 s liveness window
+			fp, p := r.sideOf(side)
+			// Capped, the transfer is still running when the proxy stops.
+			fp.SetFaults(faultproxy.Faults{Bandwidth: 4 << 20})
+			const n = 24 << 20
+			x := startXfer(t, r.addrs["BULK"], n, n)
+			ctx := ctxTimeout(t, lpWait)
+			for x.progress.Load() < 1<<20 {
+				select {
+				case <-ctx.Done():
+					t.Fatalf("the client received only %d bytes", x.progress.Load())
+				case <-time.After(10 * time.Millisecond): // progress polling
+				}
+			}
+			pid := p.cmd.Process.Pid
+			if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+				t.Fatal(err)
+			}
+			resumed := false
+			defer func() {
+				if !resumed {
+					syscall.Kill(pid, syscall.SIGCONT)
+				}
+			}()
+			time.Sleep(time.Duration(3*rigPingLoaded) * time.Millisecond) // 1.5 liveness windows
+			at := x.progress.Load()
+			if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
+				t.Fatal(err)
+			}
+			resumed = true
+			fp.SetFaults(faultproxy.Faults{})
+			x.complete(t, r.svc, n, n)
+			t.Logf("FIGURE frozen %s: %d of %d bytes down when it resumed; transfer complete and intact", side, at, n)
+			if at >= n {
+				t.Fatalf("the transfer was over before the proxy resumed: the test proves nothing")
+			}
+			for _, q := range []*proc{r.src, r.dst} {
+				if k := q.countLines(`disconnected; reconnecting`); k > 0 {
+					t.Errorf("%s reconnected %d times:\n%s", q.name, k, q.output())
+				}
+			}
+		})
+	}
+}
+
 // TestFaultTunneldKill: tunneld is killed with SIGKILL, or stopped with
 // SIGTERM (a graceful restart), while both ends of a tunnel are connected
 // and a connection is open, and restarted on the same data directory and
