@@ -147,7 +147,7 @@ func TestDataSizeDefault(t *testing.T) {
 	}
 	t.Logf("%d DATA messages, %d of %d bytes", msgs, full, wire.MaxPayloadSize)
 	if full < 12 {
-		t.Errorf("%d of %d DATA messages carry %d bytes, want at least 12 (16 bytes' worth)", full, msgs, wire.MaxPayloadSize)
+		t.Errorf("%d of %d DATA messages carry %d bytes, want at least 12 of the 16 a full chunk each would give", full, msgs, wire.MaxPayloadSize)
 	}
 }
 
