@@ -81,7 +81,7 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	w.SetConnMaxLifetime(0)
 	w.SetConnMaxIdleTime(0)
 	s := &Store{w: w, r: w}
-	if err := migrate(ctx, w); err != nil {
+	if err := migrateWaiting(ctx, w); err != nil {
 		w.Close()
 		return nil, fmt.Errorf("sqlite: %s: %w", path, err)
 	}
@@ -162,6 +162,31 @@ const columns = rowcodec.Columns
 // codec converts tunnels to and from rows: SQLite keeps times as Unix
 // microseconds.
 var codec = rowcodec.Micros
+
+// migrateWaiting runs migrate, trying again while the file is busy in a
+// way SQLite reports at once instead of through the busy timeout: several
+// processes opening a new file together, one switching it to WAL mode
+// while another creates the schema (seen as SQLITE_BUSY from the
+// connection's journal_mode pragma). It waits at most busyTimeout.
+func migrateWaiting(ctx context.Context, db *sql.DB) error {
+	deadline := time.Now().Add(busyTimeout)
+	pause := 5 * time.Millisecond
+	for {
+		err := migrate(ctx, db)
+		var se *sqlite.Error
+		if err == nil || !errors.As(err, &se) || se.Code()&0xff != sqlite3.SQLITE_BUSY || time.Now().After(deadline) {
+			return err
+		}
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		pause = min(2*pause, 200*time.Millisecond)
+	}
+}
 
 // writeErr maps constraint violations to the store's sentinels.
 func writeErr(op, id string, err error) error {
