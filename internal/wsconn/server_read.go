@@ -284,7 +284,7 @@ func (c *Conn) readServer(p []byte) (int, error) {
 				// As gorilla's reader did it, once per message (however
 				// many began in this read).
 				c.fr.started = false
-				c.extendDeadline()
+				c.noteLive()
 			}
 			switch {
 			case perr != nil:
@@ -346,7 +346,7 @@ func (c *Conn) control() error {
 		if c.closing {
 			return nil
 		}
-		c.extendDeadline()
+		c.noteLive()
 		err := c.pong(append([]byte(nil), payload...))
 		if err == nil || errors.Is(err, websocket.ErrCloseSent) || isTemporary(err) {
 			return nil
@@ -354,7 +354,7 @@ func (c *Conn) control() error {
 		return err
 	case opPong:
 		if !c.closing {
-			c.extendDeadline()
+			c.noteLive()
 		}
 		return nil
 	}

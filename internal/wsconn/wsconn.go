@@ -143,9 +143,9 @@ func writePool(size int) *sync.Pool {
 func newConn(ws *websocket.Conn) *Conn {
 	ws.SetReadLimit(MaxMessageSize)
 	c := &Conn{ws: ws, wlock: make(chan struct{}, 1), epoch: time.Now()}
-	ws.SetPongHandler(func(string) error { c.extendDeadline(); return nil })
+	ws.SetPongHandler(func(string) error { c.noteLive(); return nil })
 	ws.SetPingHandler(func(data string) error {
-		c.extendDeadline()
+		c.noteLive()
 		err := c.pong([]byte(data))
 		if errors.Is(err, websocket.ErrCloseSent) || isTemporary(err) {
 			return nil
@@ -354,7 +354,7 @@ func (c *Conn) NetConn() net.Conn { return c.ws.NetConn() }
 // life, so a late reader is never told that a live peer went silent.
 // SetLiveness may be called again at any time, to restart the count.
 func (c *Conn) SetLiveness(d time.Duration) {
-	c.extendDeadline()
+	c.noteLive()
 	old := time.Duration(c.live.Swap(int64(d)))
 	if d == old && d > 0 {
 		return // the watchdog is armed and re-arms itself
@@ -376,8 +376,9 @@ func (c *Conn) SetLiveness(d time.Duration) {
 	}
 }
 
-// extendDeadline notes a sign of life from the peer.
-func (c *Conn) extendDeadline() {
+// noteLive records a sign of life from the peer (a message, ping or pong
+// begins, or the watchdog found its data waiting).
+func (c *Conn) noteLive() {
 	c.lastLive.Store(int64(time.Since(c.epoch)))
 }
 
@@ -397,7 +398,7 @@ func (c *Conn) checkLive() {
 	if n, err := c.unread(); err == nil && n > 0 {
 		// Bytes from the peer wait in the kernel: it is alive, and the
 		// reader is behind.
-		c.extendDeadline()
+		c.noteLive()
 		c.rearmLive(d)
 		return
 	}
@@ -454,7 +455,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 			if err != nil {
 				return 0, c.mapErr(err)
 			}
-			c.extendDeadline()
+			c.noteLive()
 			if typ != websocket.BinaryMessage {
 				c.closeHandshake(CloseUnsupportedData, "text frames are not allowed", true)
 				return 0, ErrTextMessage
