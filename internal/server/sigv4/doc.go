@@ -8,7 +8,10 @@
 // like aws-sdk-go-v2), the query sorted after encoding, the signed headers
 // with trimmed values and inner runs of spaces collapsed, and the payload
 // hash computed from the body (an x-amz-content-sha256 header, when sent,
-// must equal it).
+// must equal it). Host, and X-Amz-Target, Content-Type and
+// X-Amz-Content-Sha256 when the request carries them, must be among the
+// signed headers, so that a signature cannot be moved to another
+// operation.
 //
 // Concurrency: a Verifier is safe for concurrent use if its Credentials is
 // (a Credentials map must not be written while in use).

@@ -245,6 +245,9 @@ func (v *Verifier) Verify(r *http.Request, body []byte, now time.Time) (accessKe
 	if !hasHost(a.SignedHeaders) {
 		return "", invalid("'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.")
 	}
+	if name := unsignedRequired(r, a.SignedHeaders); name != "" {
+		return "", invalid("'" + name + "' is in the request but not in the SignedHeaders of the AWS Authorization: it selects the operation or describes the body, so it must be signed (the AWS SDKs and CLI sign it).")
+	}
 
 	skew := v.MaxSkew
 	if skew <= 0 {
@@ -289,6 +292,37 @@ func (v *Verifier) Verify(r *http.Request, body []byte, now time.Time) (accessKe
 		return "", invalid(mismatchMessage)
 	}
 	return a.AccessKeyID, nil
+}
+
+// mustSign are the headers that, when a request carries them, must be
+// among its signed headers: they select the operation (X-Amz-Target) or
+// describe the body (Content-Type, X-Amz-Content-Sha256; the body itself
+// is always covered through the payload hash). Otherwise a signature
+// captured for one operation could be replayed as another. The AWS SDKs
+// and CLI sign every header they send but a few (User-Agent, Expect,
+// X-Amzn-Trace-Id), these included.
+var mustSign = [...]string{"X-Amz-Target", "Content-Type", "X-Amz-Content-Sha256"}
+
+// unsignedRequired returns the first header of mustSign that r carries but
+// signed does not list, or "".
+func unsignedRequired(r *http.Request, signed []string) string {
+	for _, name := range mustSign {
+		if _, ok := r.Header[name]; !ok {
+			continue
+		}
+		lower := strings.ToLower(name)
+		found := false
+		for _, n := range signed {
+			if n == lower {
+				found = true
+				break
+			}
+		}
+		if !found {
+			return name
+		}
+	}
+	return ""
 }
 
 func hasHost(names []string) bool {

@@ -429,3 +429,70 @@ func BenchmarkVerify(b *testing.B) {
 		}
 	}
 }
+
+// handSign signs r over the given headers by hand (the way a client that
+// leaves headers out of its signature would).
+func handSign(r *http.Request, body string, signed ...string) {
+	sum := sha256.Sum256([]byte(body))
+	date := r.Header.Get("X-Amz-Date")
+	raw := strings.Join(signed, ";")
+	creq := CanonicalRequest(r, signed, raw, hex.EncodeToString(sum[:]))
+	cs := sha256.Sum256([]byte(creq))
+	scope := date[:8] + "/us-east-1/" + DefaultService + "/aws4_request"
+	sig := hex.EncodeToString(hmacSHA256(SigningKey(testSecret, date[:8], "us-east-1", DefaultService),
+		[]byte(Algorithm+"\n"+date+"\n"+scope+"\n"+hex.EncodeToString(cs[:]))))
+	r.Header.Set("Authorization", Algorithm+" Credential="+testAKID+"/"+scope+", SignedHeaders="+raw+", Signature="+sig)
+}
+
+// TestOperationHeadersMustBeSigned: a signature over host;x-amz-date only
+// was accepted whatever X-Amz-Target said, so a captured DescribeTunnel
+// request could be replayed as CloseTunnel. The headers that select the
+// operation or describe the body must be signed when sent.
+func TestOperationHeadersMustBeSigned(t *testing.T) {
+	const body = `{"tunnelId":"t"}`
+	sum := sha256.Sum256([]byte(body))
+	newReq := func() *http.Request {
+		r := httptest.NewRequest(http.MethodPost, "http://example.com/", strings.NewReader(body))
+		r.Header.Set("X-Amz-Date", testNow.Format(amzDateFormat))
+		r.Header.Set("X-Amz-Target", "IoTSecuredTunneling.CloseTunnel")
+		r.Header.Set("Content-Type", "application/x-amz-json-1.1")
+		r.Header.Set("X-Amz-Content-Sha256", hex.EncodeToString(sum[:]))
+		return r
+	}
+	all := []string{"content-type", "host", "x-amz-content-sha256", "x-amz-date", "x-amz-target"}
+	v := &Verifier{Credentials: Credentials{testAKID: testSecret}}
+	for _, tc := range []struct{ leaveOut, header string }{
+		{"x-amz-target", "X-Amz-Target"},
+		{"content-type", "Content-Type"},
+		{"x-amz-content-sha256", "X-Amz-Content-Sha256"},
+	} {
+		t.Run(tc.header, func(t *testing.T) {
+			r := newReq()
+			var signed []string
+			for _, h := range all {
+				if h != tc.leaveOut {
+					signed = append(signed, h)
+				}
+			}
+			handSign(r, body, signed...)
+			_, err := v.Verify(r, []byte(body), testNow)
+			var e *Error
+			if !errors.As(err, &e) || e.Code != CodeInvalidSignature || !strings.Contains(e.Message, "'"+tc.header+"'") || !strings.Contains(e.Message, "must be signed") {
+				t.Fatalf("err = %v, want InvalidSignatureException naming %s as a header to sign", err, tc.header)
+			}
+		})
+	}
+	// Everything signed passes, and a request without the optional
+	// headers needs no more than host.
+	r := newReq()
+	handSign(r, body, all...)
+	if _, err := v.Verify(r, []byte(body), testNow); err != nil {
+		t.Fatalf("all signed: %v", err)
+	}
+	r = httptest.NewRequest(http.MethodPost, "http://example.com/", strings.NewReader(body))
+	r.Header.Set("X-Amz-Date", testNow.Format(amzDateFormat))
+	handSign(r, body, "host", "x-amz-date")
+	if _, err := v.Verify(r, []byte(body), testNow); err != nil {
+		t.Fatalf("no optional headers: %v", err)
+	}
+}
