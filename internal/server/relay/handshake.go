@@ -1,10 +1,17 @@
 package relay
 
 import (
+	"bufio"
+	"bytes"
 	"encoding/base64"
+	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/sectun/sectun/internal/store"
 	"github.com/sectun/sectun/internal/token"
@@ -27,6 +34,7 @@ const (
 	failUpgrade // the upgrade or the first write failed after Authorize
 	failFenced  // closed or rotated while the handshake was in flight
 	failRateLimited
+	failEarlyData // bytes after the request, before the 101
 	numFailures
 )
 
@@ -44,6 +52,7 @@ var failureNames = [numFailures]string{
 	failUpgrade:      "upgrade",
 	failFenced:       "fenced",
 	failRateLimited:  "rate_limited",
+	failEarlyData:    "early_data",
 }
 
 func (f failure) String() string { return failureNames[f] }
@@ -177,4 +186,117 @@ func (r *Relay) pickSubprotocol(req *http.Request) string {
 		}
 	}
 	return ""
+}
+
+// hijackedWriter is the ResponseWriter of a handshake whose connection the
+// relay took from net/http before Authorize, so that everything that can
+// refuse the request is known before the token is used: bytes the client
+// sent after its request (which the upgrade would otherwise find only
+// after Authorize, and answer by closing the connection), or a
+// connection that cannot be taken over. A refusal written to it is sent
+// as a complete HTTP response, then the connection is closed; the
+// upgrade takes the connection through Hijack.
+type hijackedWriter struct {
+	conn         net.Conn
+	brw          *bufio.ReadWriter
+	header       http.Header
+	status       int
+	body         bytes.Buffer
+	taken        bool
+	writeTimeout time.Duration
+}
+
+// errNoHijack: the ResponseWriter cannot give up its connection.
+var errNoHijack = errors.New("relay: the HTTP server cannot hand over the connection (HTTP/2 is not a WebSocket transport)")
+
+// hijackHandshake takes the connection of w. The returned writer keeps
+// w's headers.
+func hijackHandshake(w http.ResponseWriter, writeTimeout time.Duration) (*hijackedWriter, error) {
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		if errors.Is(err, http.ErrNotSupported) {
+			err = errNoHijack
+		}
+		return nil, err
+	}
+	return &hijackedWriter{conn: conn, brw: brw, header: w.Header(), writeTimeout: writeTimeout}, nil
+}
+
+// earlyData reports whether the client sent bytes after its request.
+func (h *hijackedWriter) earlyData() bool { return h.brw.Reader.Buffered() > 0 }
+
+func (h *hijackedWriter) Header() http.Header { return h.header }
+
+func (h *hijackedWriter) WriteHeader(code int) {
+	if h.status == 0 {
+		h.status = code
+	}
+}
+
+func (h *hijackedWriter) Write(p []byte) (int, error) {
+	h.WriteHeader(http.StatusOK)
+	if h.body.Len()+len(p) > 64<<10 {
+		return 0, errors.New("relay: refusal too long")
+	}
+	return h.body.Write(p)
+}
+
+// Hijack hands the connection to the WebSocket upgrade.
+func (h *hijackedWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	if h.taken || h.status != 0 {
+		return nil, nil, http.ErrHijacked
+	}
+	h.taken = true
+	return h.conn, h.brw, nil
+}
+
+// finish sends what was written as an HTTP response and closes the
+// connection, unless the upgrade took it.
+func (h *hijackedWriter) finish() {
+	if h.taken {
+		return
+	}
+	defer h.conn.Close()
+	if h.status == 0 {
+		return
+	}
+	h.conn.SetWriteDeadline(time.Now().Add(h.writeTimeout))
+	bw := h.brw.Writer
+	fmt.Fprintf(bw, "HTTP/1.1 %d %s\r\n", h.status, http.StatusText(h.status))
+	h.header.Del("Connection")
+	h.header.Set("Content-Length", strconv.Itoa(h.body.Len()))
+	h.header.Set("Connection", "close")
+	h.header.Write(bw)
+	bw.WriteString("\r\n")
+	bw.Write(h.body.Bytes())
+	if bw.Flush() != nil {
+		return
+	}
+	// Closing a socket with unread input resets it, and the reset can
+	// destroy the answer before the client reads it (the early data is
+	// such input): end the output, then read what the client still sends
+	// until it closes, briefly, as net/http does before closing.
+	closeWrite(h.conn)
+	h.conn.SetReadDeadline(time.Now().Add(refusalLinger))
+	io.CopyN(io.Discard, h.conn, 64<<10)
+}
+
+// refusalLinger is how long a refused handshake's connection is kept open
+// for the client to read the answer and close.
+const refusalLinger = time.Second
+
+// closeWrite ends c's output: a TLS close_notify, or a TCP FIN (through
+// wrappers that expose their connection).
+func closeWrite(c net.Conn) {
+	for range 4 {
+		if cw, ok := c.(interface{ CloseWrite() error }); ok {
+			cw.CloseWrite()
+			return
+		}
+		u, ok := c.(interface{ NetConn() net.Conn })
+		if !ok {
+			return
+		}
+		c = u.NetConn()
+	}
 }

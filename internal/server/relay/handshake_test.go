@@ -1,13 +1,17 @@
 package relay
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sectun/sectun/internal/ratelimit"
 	"github.com/sectun/sectun/internal/store"
@@ -234,4 +238,44 @@ func TestConfigValidation(t *testing.T) {
 	if err != nil || !slices.Equal(r.subprot, []string{SubprotocolV3, SubprotocolV1}) {
 		t.Errorf("subprotocols %q, %v", r.subprot, err)
 	}
+}
+
+// TestEarlyDataRefusedBeforeToken: an upgrade request followed at once by
+// more bytes (frames sent before the 101) used to consume the token in
+// Authorize and then get no HTTP answer at all (the upgrade found the
+// bytes and closed the connection). Now it is refused with 400 before the
+// token is looked at, so the same token still connects.
+func TestEarlyDataRefusedBeforeToken(t *testing.T) {
+	tr := newTestRelay(t, Config{})
+	_, dst := tr.authz.open("t1", "SSH")
+	addr := tr.srv.Listener.Addr().String()
+
+	conn, err := net.DialTimeout("tcp", addr, testTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(testTimeout))
+	req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/tunnel?local-proxy-mode=destination", nil)
+	req.Header = upgradeHeader(dst, SubprotocolV3)
+	var b bytes.Buffer
+	req.Write(&b)
+	b.WriteString("\x82\x85early") // a masked frame header and bytes, before the 101
+	if _, err := conn.Write(b.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), req)
+	if err != nil {
+		t.Fatalf("no HTTP answer to an upgrade request with early data: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), "before the 101") || resp.Header.Get("channel-id") == "" {
+		t.Fatalf("answer %d %q (channel-id %q), want 400 saying the data came before the 101", resp.StatusCode, body, resp.Header.Get("channel-id"))
+	}
+	if n := tr.handshake.failures[failEarlyData].Load(); n != 1 {
+		t.Errorf("early_data failures = %d, want 1", n)
+	}
+	// The token was not used: the corrected client connects with it.
+	c := tr.dial(t, dst, dialOpts{})
+	c.expectServiceIDs([]string{"SSH"})
 }

@@ -305,6 +305,23 @@ func (r *Relay) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	r.mu.Unlock()
 	defer r.wg.Done()
 
+	// Take the connection now, so that what can refuse the request on it
+	// is known before Authorize uses the token: bytes sent after the
+	// request (the upgrade would close the connection for them, without
+	// an answer), or a connection that cannot be taken over.
+	hw, err := hijackHandshake(w, r.cfg.WriteTimeout)
+	if err != nil {
+		r.reject(w, req, channelID, hs, &handshakeError{http.StatusInternalServerError, failUpgrade, "cannot take over the connection for the WebSocket: " + err.Error()})
+		return
+	}
+	defer hw.finish()
+	w = hw
+	if hw.earlyData() {
+		r.reject(w, req, channelID, hs, &handshakeError{http.StatusBadRequest, failEarlyData,
+			"data sent after the upgrade request, before the 101 Switching Protocols answer: send WebSocket frames only once the handshake is complete (the access token was not used)"})
+		return
+	}
+
 	ctx, cancel := context.WithTimeout(req.Context(), r.cfg.AuthorizeTimeout)
 	grant, err := r.authz.Authorize(ctx, hs)
 	cancel()
