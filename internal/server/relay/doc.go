@@ -73,17 +73,43 @@
 // handshakes are never counted; 5xx refusals neither. Addresses are those
 // of the TCP peer: behind a reverse proxy all clients share its address.
 //
+// # Pairings and peers
+//
+// Each tunnel with an end on this node has one pairing: two ends behind
+// one small interface, Peer (Send whole checked tunnel frames, blocking
+// for backpressure; Close with a code and reason; Abort, which never
+// blocks). A local peer, a WebSocket connected here, is one kind of end;
+// a remote end is the other: its client is connected to another tunneld
+// node, and frames reach it over a link between the nodes (internal/
+// cluster, SCALEOUT.md), which attaches it with AttachRemote and feeds
+// what it reads from the link to Attachment.Deliver. Everything else lives
+// in the pairing, once, for both kinds: which end is current (a newer
+// connection of an end, local or remote, replaces the older one, by
+// Grant.Epoch and Remote.Epoch when there are epochs), the active streams
+// (tracked from the STREAM_START and STREAM_RESET frames relayed either
+// way, and reset to the other end when an end goes), the answers to
+// starts for an absent end, the bandwidth limits (each direction, charged
+// by whoever feeds the pairing) and the counters. Frames are checked where
+// they are read (wire.Message.Validate for the sender's role, the
+// tunnel's service IDs, sizes, the stream rules): a local peer's by its
+// reader here, a remote end's by the node its client is on, so Deliver
+// only decodes them for the stream state. When a link is lost its owner
+// calls Detach: the local peer gets STREAM_RESET for every active stream
+// and stays connected, as the protocol says for broken internal routing.
+//
 // # Relaying
 //
-// Each peer has one goroutine, started by ServeHTTP (which then returns, so
-// net/http frees its per-connection state): it reads tunnel frames from its
-// WebSocket into a read buffer (196 KiB, pooled between bursts), validates
-// them and queues them for the other peer as they are: a run of frames for
-// one peer is one range of the read buffer, sent as one WebSocket message
-// of at most 131076 bytes without being copied. The range is written, by
-// the same goroutine, before each read from the network that could block
-// (so before the buffer is reused), and whenever the next frame would not
-// fit or does not follow. A read cannot block when the kernel already
+// Each local peer has one goroutine, started by ServeHTTP (which then
+// returns, so net/http frees its per-connection state): it reads tunnel
+// frames from its WebSocket into a read buffer (196 KiB, pooled between
+// bursts), checks them and hands them to the pairing, which lends them to
+// the other end as they are: a run of frames for one end is one range of
+// the read buffer, sent as one Send (one WebSocket message of at most
+// 131076 bytes) without being copied. One small type, the forwarder, owns
+// the rule that makes this safe: the range it holds is sent before each
+// read from the network that could block (so before the buffer is
+// reused), before the buffer is released, and whenever the next frame
+// would not fit or does not follow. A read cannot block when the kernel already
 // holds a TLS record's worth of bytes (SIOCINQ on Linux, when the TCP
 // socket is reachable through the net.Conn wrappers: TLS, or a NetConn
 // method): then the reader reads on, so that over TLS, where a read
@@ -138,20 +164,21 @@
 // Writing from the readers (no writer goroutine) keeps two goroutines per
 // tunnel and about 15 KiB per idle peer (measured: TestMemoryPerPeer), and
 // makes backpressure exact: there is no queue between the two sockets
-// beyond one WebSocket message. The forwarding path allocates nothing;
-// gorilla/websocket allocates one small object per message read and one
-// per message written (plus one for messages over its 4 KiB write buffer).
+// beyond one WebSocket message. The relay allocates nothing per relayed
+// message, either way and whichever kind each end is (TestRelayAllocsAlone).
 //
 // # Concurrency
 //
-// A Relay is safe for concurrent use. Each peer's output buffer is guarded
-// by its own mutex; stream state by a per-tunnel mutex; the tunnel table by
-// one relay mutex (taken on connect and disconnect only). The data path
-// takes no relay-wide lock.
+// A Relay is safe for concurrent use. Sends to an end are serialized by
+// its own mutex (the other end's frames and the relay's own messages);
+// stream state by a per-tunnel mutex; the tunnel table by one relay mutex
+// (taken on connect and disconnect only). The data path takes no
+// relay-wide lock.
 //
 // # Errors
 //
 // ErrUnauthorized is the sentinel Authorizers wrap. New fails with
-// ErrConfig on an invalid Config. Shutdown returns the context's error if
+// ErrConfig on an invalid Config. AttachRemote fails with ErrNotHere or
+// ErrStale; Deliver with ErrDetached or ErrBadFrames. Shutdown returns the context's error if
 // goroutines are still running when it expires.
 package relay

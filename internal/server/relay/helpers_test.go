@@ -47,6 +47,7 @@ type memEnd struct {
 	clientToken string
 	consumed    bool
 	connected   bool
+	epoch       uint64 // Grant.Epoch
 }
 
 type peerChange struct {
@@ -103,7 +104,14 @@ func (a *memAuthz) Authorize(ctx context.Context, req HandshakeRequest) (Grant, 
 	case e.clientToken != req.ClientToken:
 		return Grant{}, fmt.Errorf("%w: different client token", ErrUnauthorized)
 	}
-	return Grant{TunnelID: e.tunnelID, Services: e.services}, nil
+	return Grant{TunnelID: e.tunnelID, Services: e.services, Epoch: e.epoch}, nil
+}
+
+// setEpoch makes the handshakes with token tok get epoch n.
+func (a *memAuthz) setEpoch(tok string, n uint64) {
+	a.mu.Lock()
+	a.tokens[tok].epoch = n
+	a.mu.Unlock()
 }
 
 func (a *memAuthz) PeerChanged(ctx context.Context, tunnelID string, mode store.Mode, connected bool) {
@@ -447,7 +455,11 @@ func (tr *testRelay) currentPeer(t testing.TB, tunnelID string, mode store.Mode)
 	if tun == nil {
 		t.Fatalf("no tunnel %s", tunnelID)
 	}
-	p := tun.peers[modeIndex(mode)].Load()
+	e := tun.ends[modeIndex(mode)].Load()
+	if e == nil || e.local == nil {
+		t.Fatalf("no local %s peer", mode)
+	}
+	p := e.local
 	if p == nil {
 		t.Fatalf("no %s peer", mode)
 	}

@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"log/slog"
 	"math"
 	"net"
 	"os"
@@ -41,28 +40,6 @@ var inBufs = sync.Pool{New: func() any {
 	return &b
 }}
 
-// outBuf is a FrameWriter (up to 131076 bytes) lent to sendNow for the
-// messages the service itself sends.
-type outBuf struct {
-	fw  *wire.FrameWriter
-	dst *peer // nil: discard what is written
-}
-
-var outBufs = sync.Pool{New: func() any {
-	o := &outBuf{}
-	o.fw = wire.NewFrameWriter(o, 0)
-	return o
-}}
-
-func (o *outBuf) WriteMessage(b []byte) error {
-	d := o.dst
-	if d == nil {
-		return nil
-	}
-	d.conn.SetWriteDeadline(time.Now().Add(d.r.cfg.WriteTimeout))
-	return d.conn.WriteMessage(b)
-}
-
 // counters are a peer's traffic figures, written by its reader.
 type counters struct {
 	frames  atomic.Int64 // frames relayed from this peer
@@ -76,19 +53,18 @@ func (c *counters) add(o *counters) {
 	c.dropped.Add(o.dropped.Load())
 }
 
-// peer is one connected end of a tunnel.
+// peer is a local end of a tunnel: a WebSocket connected to this node,
+// and its reader, which feeds the pairing.
 type peer struct {
+	end // the pairing's record of it; end.peer and end.local are p
+
 	r         *Relay
-	t         *tunnel // set by install
 	tunnelID  string
 	services  []string
 	conn      *wsconn.Conn
-	mode      store.Mode
-	idx       int // modeIndex(mode)
 	role      wire.Role
 	version   int
 	channelID string
-	log       *slog.Logger
 	ctx       context.Context // ends when the peer is closed
 	cancel    context.CancelFunc
 	ping      *time.Timer
@@ -97,36 +73,22 @@ type peer struct {
 	stall *time.Timer
 	held  atomic.Bool
 
-	// closed is set when frames from and to this peer must no longer be
-	// relayed: from install (replaced, under t.mu) or close.
-	closed      atomic.Bool
 	closeOnce   sync.Once
 	closeCode   int // written in closeOnce
 	closeReason string
 	dropped     bool        // written in closeOnce: cut without a close frame
 	linger      *time.Timer // cuts the connection after close; nil if dropped
 
-	// wmu guards out and outFrom. out holds the frames waiting for this
-	// peer, whole tunnel frames as they arrived: a range of the read
-	// buffer of outFrom, the other peer's reader, which forwards them
-	// without copying and sends them (flushPending) before it reads into
-	// that buffer again or releases it. sendNow writes under wmu too.
-	wmu     sync.Mutex
-	out     []byte
-	outFrom *peer
-
 	// Owned by the peer's own reader goroutine.
+	fw       forwarder       // frames of the read buffer lent to the other end
 	raw      syscall.RawConn // the TCP socket, for unread; nil if unknown
 	inqFn    func(uintptr)   // sets inq from the socket (allocated once)
 	inq      int
 	ahead    int      // lower bound of the bytes readable without blocking: see readAhead
 	idle     [16]byte // the first bytes of a burst, read without a buffer
 	msg      wire.Message
-	pending  *peer     // peer whose out holds frames from this reader's buffer
-	pendEnd  int       // where they end in that buffer
 	consumed int       // frame bytes read since the last bandwidth wait
 	lastLive time.Time // when the liveness count was last restarted
-	cnt      counters
 }
 
 // netRead reads from the WebSocket. Time the reader spent writing to the
@@ -154,13 +116,18 @@ func (r *Relay) newPeer(conn *wsconn.Conn, g Grant, hs HandshakeRequest) *peer {
 		tunnelID:  g.TunnelID,
 		services:  g.Services,
 		conn:      conn,
-		mode:      hs.Mode,
-		idx:       modeIndex(hs.Mode),
 		role:      wire.RoleSource,
 		version:   subprotocolVersion(hs.Subprotocol),
 		channelID: hs.ChannelID,
-		log:       r.log.With("tunnel_id", g.TunnelID, "channel_id", hs.ChannelID, "mode", hs.Mode),
 	}
+	p.end = end{
+		mode:  hs.Mode,
+		idx:   modeIndex(hs.Mode),
+		epoch: g.Epoch,
+		log:   r.log.With("tunnel_id", g.TunnelID, "channel_id", hs.ChannelID, "mode", hs.Mode),
+	}
+	p.end.peer, p.end.local = p, p
+	p.fw.from = &p.end
 	if hs.Mode == store.ModeDestination {
 		p.role = wire.RoleDestination
 	}
@@ -172,9 +139,40 @@ func (r *Relay) newPeer(conn *wsconn.Conn, g Grant, hs HandshakeRequest) *peer {
 		p.ping.Reset(d)
 		p.stall = time.AfterFunc(math.MaxInt64, p.stallTick)
 		p.stall.Stop()
+		p.fw.hold = p.hold
 	}
 	return p
 }
+
+// Send is Peer.Send: the frames as one WebSocket message, within
+// WriteTimeout. A failed write closes the peer.
+func (p *peer) Send(b []byte) error {
+	p.conn.SetWriteDeadline(time.Now().Add(p.r.cfg.WriteTimeout))
+	err := p.conn.WriteMessage(b)
+	if err != nil {
+		p.writeFailed(err)
+	}
+	return err
+}
+
+// Close is Peer.Close. A write to p still in progress after replaceGrace
+// is cut: the pairing closes a peer when it is replaced (its client, which
+// reconnected, has most likely abandoned the connection, whose socket may
+// be full), when the tunnel is closed or when its token was rotated, and
+// the other end's reader must not stay blocked on it.
+func (p *peer) Close(code int, reason string) {
+	p.conn.NetConn().SetWriteDeadline(time.Now().Add(replaceGrace))
+	p.close(code, reason)
+}
+
+// Abort is Peer.Abort.
+func (p *peer) Abort() { p.drop("dropped") }
+
+// replaceGrace is how long a write in progress to a peer being closed may
+// still take: long enough for a message to a live peer on a slow link,
+// short enough that a blackholed one holds the other end's reader
+// (blocked writing to it) only briefly.
+const replaceGrace = 250 * time.Millisecond
 
 // stallPing is how often a peer whose reader is held up gets a ping.
 const stallPing = time.Second
@@ -198,6 +196,15 @@ func (p *peer) holdEnd() {
 	if p.stall != nil {
 		p.held.Store(false)
 		p.stall.Stop()
+	}
+}
+
+// hold is the forwarder's bracket around a Send to the other end.
+func (p *peer) hold(on bool) {
+	if on {
+		p.holdStart()
+	} else {
+		p.holdEnd()
 	}
 }
 
@@ -364,7 +371,7 @@ func (p *peer) loop() error {
 		p.ahead = 0 // that read may have waited: ask the kernel again
 		bp := inBufs.Get().(*[]byte)
 		err = p.burst(*bp, copy(*bp, p.idle[:n]))
-		p.flushPending() // the other peer's out must not outlive the buffer
+		p.fw.flush() // nothing may alias the buffer once released
 		inBufs.Put(bp)
 		if err != nil {
 			return err
@@ -444,7 +451,7 @@ const readSlack = 512
 // or already in the TLS connection's buffers. Over TLS that saves an
 // ioctl per 16 KiB record.
 func (p *peer) readAhead(buf []byte, r int) bool {
-	if p.pending == nil || p.raw == nil || p.t.limiters[p.idx] != nil ||
+	if !p.fw.held() || p.raw == nil || p.t.limiters[p.idx] != nil ||
 		len(buf)-r < wire.FrameHeaderSize+wire.MaxMessageSize {
 		return false
 	}
@@ -455,32 +462,26 @@ func (p *peer) readAhead(buf []byte, r int) bool {
 }
 
 // beforeRead runs before every network read: frames waiting for the other
-// peer go out, and the bandwidth limit makes the reader wait for what it
+// end go out, and the bandwidth limit makes the reader wait for what it
 // consumed, so a throttled or slow tunnel pushes back on the sender's TCP.
 func (p *peer) beforeRead() error {
 	lim := p.t.limiters[p.idx]
-	if p.pending == nil && (lim == nil || p.consumed == 0) {
+	if !p.fw.held() && (lim == nil || p.consumed == 0) {
 		return nil
 	}
-	p.flushPending()
+	p.fw.flush()
 	if lim != nil && p.consumed > 0 {
 		n := p.consumed
 		p.consumed = 0
 		p.holdStart()
 		defer p.holdEnd()
-		for n > 0 {
-			k := min(n, limiterBurst)
-			if err := lim.WaitN(p.ctx, k); err != nil {
-				return err
-			}
-			n -= k
-		}
+		return p.t.pace(p.ctx, p.idx, n)
 	}
 	return nil
 }
 
 // handle checks the tunnel frame buf[start:end] (length prefix included)
-// from this peer and relays it.
+// from this peer and hands it to the pairing.
 func (p *peer) handle(buf []byte, start, end int) error {
 	frame := buf[start+wire.FrameHeaderSize : end]
 	m := &p.msg
@@ -500,204 +501,17 @@ func (p *peer) handle(buf []byte, start, end int) error {
 		return p.violation(wsconn.ClosePolicyViolation, "service ID is not one of the tunnel's", fmt.Errorf("service ID %q", m.ServiceID))
 	}
 	p.consumed += end - start
-	switch m.Type {
-	case wire.TypeData:
-		if id := t.anon.Load(); id != 0 && id == m.StreamID && m.ServiceID != "" {
-			t.mu.Lock()
-			bad := t.anonConflict(m.ServiceID, m.StreamID)
-			t.mu.Unlock()
-			if bad {
-				return p.violation(wsconn.ClosePolicyViolation, "service ID on a stream started without one", nil)
-			}
-		}
-		p.forward(buf, start, end)
-		return nil
-	case wire.TypeStreamStart, wire.TypeStreamReset, wire.TypeConnectionStart, wire.TypeConnectionReset:
-		return p.forwardControl(buf, start, end, m)
+	if err := t.route(&p.end, &p.fw, buf, start, end, m, false); err != nil {
+		rb := err.(*ruleBreak)
+		return p.violation(rb.code, rb.reason, nil)
 	}
-	// An unknown type marked ignorable: the other peer may know it.
-	p.forward(buf, start, end)
 	return nil
-}
-
-// forward relays a frame that does not change stream state.
-func (p *peer) forward(buf []byte, start, end int) {
-	dst := p.t.peers[1-p.idx].Load()
-	if dst == nil {
-		p.cnt.dropped.Add(1)
-		return
-	}
-	p.enqueue(dst, buf, start, end)
-}
-
-// forwardControl relays a stream control frame, updating the tunnel's
-// stream state in the same critical section that picks the receiver, so
-// that a replacement or departure resets exactly the streams the receiver
-// saw started.
-func (p *peer) forwardControl(buf []byte, start, end int, m *wire.Message) error {
-	t := p.t
-	t.mu.Lock()
-	if p.closed.Load() {
-		t.mu.Unlock()
-		p.cnt.dropped.Add(1)
-		return nil
-	}
-	if m.Type != wire.TypeStreamStart && t.anonConflict(m.ServiceID, m.StreamID) {
-		t.mu.Unlock()
-		return p.violation(wsconn.ClosePolicyViolation, "service ID on a stream started without one", nil)
-	}
-	dst := t.peers[1-p.idx].Load()
-	if dst == nil || dst.closed.Load() {
-		t.mu.Unlock()
-		p.cnt.dropped.Add(1)
-		// Nobody will answer: say so rather than leave the client hanging.
-		switch m.Type {
-		case wire.TypeStreamStart:
-			p.sendNow(&wire.Message{Type: wire.TypeStreamReset, StreamID: m.StreamID, ServiceID: m.ServiceID})
-		case wire.TypeConnectionStart:
-			p.sendNow(&wire.Message{Type: wire.TypeConnectionReset, StreamID: m.StreamID, ServiceID: m.ServiceID, ConnectionID: m.ConnectionID})
-		}
-		return nil
-	}
-	switch m.Type {
-	case wire.TypeStreamStart:
-		t.streams[m.ServiceID] = m.StreamID
-		if m.ServiceID == "" {
-			t.anon.Store(m.StreamID)
-		}
-	case wire.TypeStreamReset:
-		if id, ok := t.streams[m.ServiceID]; ok && id == m.StreamID {
-			delete(t.streams, m.ServiceID)
-			if m.ServiceID == "" {
-				t.anon.Store(0)
-			}
-		}
-	}
-	t.mu.Unlock()
-	p.enqueue(dst, buf, start, end)
-	return nil
-}
-
-// enqueue queues the tunnel frame buf[start:end] of this reader's buffer
-// for dst: it extends dst.out when the frame follows the frames already
-// there (the common case: a batch of frames to one peer), up to the
-// largest WebSocket message; otherwise dst.out is written first, blocking
-// this reader: that is the backpressure.
-func (p *peer) enqueue(dst *peer, buf []byte, start, end int) {
-	if p.pending != nil && p.pending != dst {
-		p.flushPending()
-	}
-	dst.wmu.Lock()
-	if p.closed.Load() || dst.closed.Load() {
-		dst.wmu.Unlock()
-		p.cnt.dropped.Add(1)
-		return
-	}
-	var err error
-	if len(dst.out) > 0 && dst.outFrom == p && p.pendEnd == start && len(dst.out)+end-start <= wire.MaxWebSocketMessageSize {
-		dst.out = dst.out[:len(dst.out)+end-start] // the buffer goes on: same memory
-	} else {
-		if len(dst.out) > 0 {
-			p.holdStart() // the output is written first
-			err = dst.writeOutLocked()
-			p.holdEnd()
-		}
-		if err == nil {
-			dst.out, dst.outFrom = buf[start:end], p
-		}
-	}
-	dst.wmu.Unlock()
-	if err != nil {
-		p.cnt.dropped.Add(1)
-		dst.writeFailed(err)
-		return
-	}
-	p.pending, p.pendEnd = dst, end
-	p.cnt.frames.Add(1)
-	p.cnt.bytes.Add(int64(end - start))
-}
-
-// flushPending writes out what this reader queued for another peer.
-func (p *peer) flushPending() {
-	dst := p.pending
-	if dst == nil {
-		return
-	}
-	p.pending = nil
-	p.holdStart()
-	err := dst.flushOut()
-	p.holdEnd()
-	if err != nil {
-		dst.writeFailed(err)
-	}
-}
-
-// flushOut writes p's waiting frames (nothing once p is closed).
-func (p *peer) flushOut() error {
-	p.wmu.Lock()
-	defer p.wmu.Unlock()
-	return p.writeOutLocked()
-}
-
-// writeOutLocked writes out as one WebSocket message and empties it; a
-// closed peer's frames are dropped. p.wmu is held.
-func (p *peer) writeOutLocked() error {
-	b := p.out
-	p.out, p.outFrom = nil, nil
-	if len(b) == 0 || p.closed.Load() {
-		return nil
-	}
-	p.conn.SetWriteDeadline(time.Now().Add(p.r.cfg.WriteTimeout))
-	return p.conn.WriteMessage(b)
-}
-
-// sendNow writes service-generated messages to p at once, after the
-// frames already waiting for it.
-func (p *peer) sendNow(msgs ...*wire.Message) {
-	p.wmu.Lock()
-	if p.closed.Load() {
-		p.wmu.Unlock()
-		return
-	}
-	err := p.writeOutLocked()
-	if err == nil {
-		o := outBufs.Get().(*outBuf)
-		o.dst = p
-		for _, m := range msgs {
-			if err = o.fw.Write(m); err != nil {
-				break
-			}
-		}
-		if err == nil {
-			err = o.fw.Flush()
-		}
-		o.dst = nil
-		o.fw.Flush() // after an error: drop what is left
-		outBufs.Put(o)
-	}
-	p.wmu.Unlock()
-	if err != nil {
-		p.writeFailed(err)
-	}
-}
-
-// sendResets tells p that the streams are gone.
-func (p *peer) sendResets(refs []streamRef) {
-	if len(refs) == 0 {
-		return
-	}
-	msgs := make([]*wire.Message, len(refs))
-	for i, s := range refs {
-		msgs[i] = &wire.Message{Type: wire.TypeStreamReset, StreamID: s.id, ServiceID: s.service}
-	}
-	p.log.Debug("resetting streams of the departed peer", "streams", len(refs))
-	p.sendNow(msgs...)
 }
 
 // finish detaches a peer whose reader ended: its last frames go out, the
 // other end learns its streams are reset, the Authorizer that it left.
 func (p *peer) finish(err error) {
-	p.flushPending()
+	p.fw.flush()
 	p.r.reading.Done()
 	if p.r.stopping.Load() {
 		// Shutdown drops every peer once the readers have flushed; until
@@ -745,21 +559,19 @@ func (p *peer) finish(err error) {
 	r, t := p.r, p.t
 	r.mu.Lock()
 	t.mu.Lock()
-	current := t.peers[p.idx].Load() == p
+	current := t.ends[p.idx].Load() == &p.end
 	var resets []streamRef
-	var other *peer
+	var other *end
 	if current {
-		t.peers[p.idx].Store(nil)
+		t.ends[p.idx].Store(nil)
 		resets = t.takeStreams()
-		other = t.peers[1-p.idx].Load()
+		other = t.ends[1-p.idx].Load()
 	}
 	t.mu.Unlock()
 	delete(r.peers, p)
 	r.totals.add(&p.cnt)
 	r.mu.Unlock()
 
-	// Release the output; frames still in it can no longer be delivered.
-	p.flushOut()
 	if other != nil {
 		other.sendResets(resets)
 	}

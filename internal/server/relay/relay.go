@@ -67,6 +67,12 @@ type Grant struct {
 	// sent in SERVICE_IDS and enforced on every frame; empty means one
 	// anonymous service (frames must not carry a service ID).
 	Services []string
+	// Epoch is the end's fencing token in a cluster (SCALEOUT.md: +1 per
+	// accepted handshake of the end); 0 without one. A handshake whose
+	// epoch is lower than that of the end it would replace (a remote end
+	// attached meanwhile) is refused with 1008, and AttachRemote checks
+	// the local end's epoch against Remote.LocalEpoch.
+	Epoch uint64
 }
 
 // Authorizer decides who may connect. See the package documentation for
@@ -140,6 +146,7 @@ type Relay struct {
 	mu      sync.Mutex
 	tunnels map[string]*tunnel
 	peers   map[*peer]struct{} // every peer whose goroutine runs after install
+	remotes map[*Attachment]struct{}
 	fences  map[fenceKey]fence
 	closing bool
 	wg      sync.WaitGroup // ServeHTTP calls past the shutdown check
@@ -222,6 +229,7 @@ func New(cfg Config) (*Relay, error) {
 		authz:     cfg.Authorizer,
 		tunnels:   make(map[string]*tunnel),
 		peers:     make(map[*peer]struct{}),
+		remotes:   make(map[*Attachment]struct{}),
 		fences:    make(map[fenceKey]fence),
 		drained:   make(chan struct{}),
 	}
@@ -452,50 +460,60 @@ func (r *Relay) install(p *peer, started time.Time) (code int, reason string, ok
 		t = r.newTunnel(p.tunnelID)
 		r.tunnels[t.id] = t
 	}
+	t.mu.Lock()
+	old := t.ends[p.idx].Load()
+	if old != nil && p.epoch != 0 && old.epoch > p.epoch {
+		// A newer connection of this end (attached from another node)
+		// won the race.
+		t.mu.Unlock()
+		r.mu.Unlock()
+		r.handshake.failures[failFenced].Add(1)
+		return wsconn.ClosePolicyViolation, "replaced by a new connection", false
+	}
 	p.t = t
 	t.setServices(p.services)
 	r.peers[p] = struct{}{}
 	r.reading.Add(1) // done when p's reader stops: finish
-	t.mu.Lock()
-	old := t.peers[p.idx].Load()
-	t.peers[p.idx].Store(p)
+	t.ends[p.idx].Store(&p.end)
+	resets, other := t.replaced(old, p.idx)
+	t.mu.Unlock()
+	r.mu.Unlock()
+	if old != nil {
+		r.replace(old, other, resets, "new_channel_id", p.channelID)
+	}
+	return 0, "", true
+}
+
+// replaced marks old, the end just replaced in t (if any), closed and
+// takes the streams to reset, and returns the other end. t.mu is held.
+func (t *tunnel) replaced(old *end, idx int) ([]streamRef, *end) {
 	var resets []streamRef
 	if old != nil {
 		old.closed.Store(true)
 		resets = t.takeStreams()
 	}
-	other := t.peers[1-p.idx].Load()
-	t.mu.Unlock()
-	r.mu.Unlock()
-
-	if old != nil {
-		r.replaced.Add(1)
-		old.log.Info("peer replaced by a new connection", "new_channel_id", p.channelID)
-		// Not on this goroutine: the close frame can wait (up to 1 s)
-		// behind a write stuck on the old connection, which a client
-		// that reconnected has most likely abandoned (blackholed), and
-		// the new peer's SERVICE_IDS must not wait for it. ServeHTTP's
-		// r.wg count is held, so Add is allowed during Shutdown's Wait.
-		r.wg.Add(1)
-		go func() {
-			defer r.wg.Done()
-			// A write that has not finished within replaceGrace is
-			// stuck: cut it rather than stall the other end's reader.
-			old.conn.NetConn().SetWriteDeadline(time.Now().Add(replaceGrace))
-			old.close(wsconn.ClosePolicyViolation, "replaced by a new connection")
-		}()
-		if other != nil {
-			other.sendResets(resets)
-		}
-	}
-	return 0, "", true
+	return resets, t.ends[1-idx].Load()
 }
 
-// replaceGrace is how long a write in progress to a replaced peer may
-// still take: long enough for a message to a live peer on a slow link,
-// short enough that a blackholed one holds the other end's reader
-// (blocked writing to it) only briefly.
-const replaceGrace = 250 * time.Millisecond
+// replace closes the replaced end old and tells the other end its streams
+// are gone.
+func (r *Relay) replace(old, other *end, resets []streamRef, logArgs ...any) {
+	r.replaced.Add(1)
+	old.log.Info("peer replaced by a new connection", logArgs...)
+	// Not on this goroutine: the close frame can wait (up to 1 s)
+	// behind a write stuck on the old connection, which a client
+	// that reconnected has most likely abandoned (blackholed), and
+	// the new peer's SERVICE_IDS must not wait for it. ServeHTTP's
+	// r.wg count is held, so Add is allowed during Shutdown's Wait.
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		old.peer.Close(wsconn.ClosePolicyViolation, "replaced by a new connection")
+	}()
+	if other != nil {
+		other.sendResets(resets)
+	}
+}
 
 // notify reports the current state of one end to the Authorizer, and
 // forgets the tunnel when it has no peer left and both ends were reported
@@ -504,18 +522,27 @@ func (r *Relay) notify(t *tunnel, mode Mode) {
 	idx := modeIndex(mode)
 	t.notifyMu.Lock()
 	defer t.notifyMu.Unlock()
-	connected := t.peers[idx].Load() != nil
-	if t.reported[idx] != connected {
+	e := t.ends[idx].Load()
+	if e != nil && e.local == nil {
+		// A remote end: its own node reports it (and has done so before
+		// attaching it). This node's last report is void.
+		t.reported[idx] = false
+	} else if connected := e != nil; t.reported[idx] != connected {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		r.authz.PeerChanged(ctx, t.id, mode, connected)
 		cancel()
 		t.reported[idx] = connected
 	}
-	if connected || t.reported[1-idx] {
+	if t.reported[0] || t.reported[1] {
 		return
 	}
+	r.forget(t)
+}
+
+// forget drops t from the tunnel table if it has no end left.
+func (r *Relay) forget(t *tunnel) {
 	r.mu.Lock()
-	if r.tunnels[t.id] == t && t.peers[0].Load() == nil && t.peers[1].Load() == nil {
+	if r.tunnels[t.id] == t && t.ends[0].Load() == nil && t.ends[1].Load() == nil {
 		delete(r.tunnels, t.id)
 	}
 	r.mu.Unlock()
@@ -546,7 +573,7 @@ func (r *Relay) DisconnectPeer(tunnelID string, mode Mode, reason string) {
 
 func (r *Relay) fenceAndClose(k fenceKey, code int, reason string) {
 	now := time.Now()
-	var victims []*peer
+	var victims []*end
 	r.mu.Lock()
 	for fk, f := range r.fences {
 		if now.Sub(f.at) > r.fenceTTL() {
@@ -555,16 +582,16 @@ func (r *Relay) fenceAndClose(k fenceKey, code int, reason string) {
 	}
 	r.fences[k] = fence{at: now, code: code, reason: reason}
 	if t := r.tunnels[k.tunnelID]; t != nil {
-		for i := range t.peers {
-			if p := t.peers[i].Load(); p != nil && (k.mode == "" || p.mode == k.mode) {
-				victims = append(victims, p)
+		for i := range t.ends {
+			if e := t.ends[i].Load(); e != nil && (k.mode == "" || e.mode == k.mode) {
+				victims = append(victims, e)
 			}
 		}
 	}
 	r.mu.Unlock()
-	for _, p := range victims {
-		p.log.Info("closing peer", "reason", reason)
-		p.close(code, reason)
+	for _, e := range victims {
+		e.log.Info("closing peer", "reason", reason)
+		e.closeWith(code, reason)
 	}
 }
 
@@ -602,7 +629,14 @@ func (r *Relay) stop(ctx context.Context) {
 	for p := range r.peers {
 		victims = append(victims, p)
 	}
+	remotes := make([]*Attachment, 0, len(r.remotes))
+	for a := range r.remotes {
+		remotes = append(remotes, a)
+	}
 	r.mu.Unlock()
+	for _, a := range remotes {
+		a.abort() // no more frames from or to other nodes
+	}
 
 	for _, p := range victims {
 		p.stopReading()

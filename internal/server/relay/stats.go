@@ -7,7 +7,8 @@ type Stats struct {
 	// Tunnels is the number of tunnels with at least one peer connected.
 	Tunnels int
 	// Peers is the number of connected tunnel ends (a replaced or closed
-	// peer still finishing its closing handshake is not counted).
+	// peer still finishing its closing handshake is not counted), remote
+	// ends (AttachRemote) not included.
 	Peers int
 	// Handshakes counts successful handshakes.
 	Handshakes int64
@@ -49,10 +50,13 @@ func (r *Relay) Stats() Stats {
 	for p := range r.peers {
 		c.add(&p.cnt)
 	}
+	for a := range r.remotes {
+		c.add(&a.cnt)
+	}
 	for _, t := range r.tunnels {
 		n := 0
-		for i := range t.peers {
-			if t.peers[i].Load() != nil {
+		for i := range t.ends {
+			if e := t.ends[i].Load(); e != nil && e.local != nil {
 				n++
 			}
 		}
