@@ -47,6 +47,33 @@ var migrations = []string{
 	CREATE INDEX tunnels_thing_created ON tunnels (thing_name, created_at DESC, id DESC);
 	CREATE INDEX tunnels_status_expires ON tunnels (status, expires_at);
 	CREATE INDEX tunnels_status_closed ON tunnels (status, closed_at);`,
+	// 2: cluster mode: node leases, the peer rows (routing table and
+	// connection states, with the epoch fencing token), the notification
+	// outbox.
+	`CREATE TABLE nodes (
+		id               text COLLATE "C" PRIMARY KEY,
+		incarnation      bigint NOT NULL,
+		link_addr        text NOT NULL,
+		link_cert_sha256 bytea CHECK (octet_length(link_cert_sha256) = 32),
+		lease_expires_at timestamptz NOT NULL,
+		draining         boolean NOT NULL DEFAULT false
+	);
+	CREATE TABLE peers (
+		tunnel_id   text COLLATE "C" NOT NULL REFERENCES tunnels (id) ON DELETE CASCADE,
+		mode        text NOT NULL CHECK (mode IN ('source', 'destination')),
+		epoch       bigint NOT NULL,
+		node_id     text COLLATE "C" NOT NULL,
+		incarnation bigint NOT NULL,
+		connected   boolean NOT NULL,
+		updated_at  timestamptz NOT NULL,
+		PRIMARY KEY (tunnel_id, mode)
+	);
+	CREATE INDEX peers_node ON peers (node_id) WHERE connected;
+	CREATE TABLE outbox (
+		id         bigserial PRIMARY KEY,
+		created_at timestamptz NOT NULL DEFAULT now(),
+		payload    bytea NOT NULL
+	);`,
 }
 
 // migrateLock is the advisory lock key that serializes migrations across

@@ -99,6 +99,11 @@ func putTokens(ctx context.Context, tx pgx.Tx, t *store.Tunnel, oldSrc, oldDst [
 
 // Create implements store.Store.
 func (s *Store) Create(ctx context.Context, t *store.Tunnel) error {
+	return s.create(ctx, t, nil)
+}
+
+// create stores t and runs extra, when set, in the same transaction.
+func (s *Store) create(ctx context.Context, t *store.Tunnel, extra func(pgx.Tx) error) error {
 	if err := rowcodec.Validate(t); err != nil {
 		return err
 	}
@@ -113,6 +118,11 @@ func (s *Store) Create(ctx context.Context, t *store.Tunnel) error {
 	if err := putTokens(ctx, tx, t, nil, nil); err != nil {
 		return writeErr("create", t.ID, err)
 	}
+	if extra != nil {
+		if err := extra(tx); err != nil {
+			return writeErr("create", t.ID, err)
+		}
+	}
 	if err := tx.Commit(ctx); err != nil {
 		return writeErr("create", t.ID, err)
 	}
@@ -126,6 +136,9 @@ func (s *Store) Get(ctx context.Context, id string) (*store.Tunnel, error) {
 		return nil, fmt.Errorf("postgres: get %s: %w", id, store.ErrNotFound)
 	}
 	if err != nil {
+		return nil, fmt.Errorf("postgres: get %s: %w", id, err)
+	}
+	if err := overlay(ctx, s.pool, t); err != nil {
 		return nil, fmt.Errorf("postgres: get %s: %w", id, err)
 	}
 	return t, nil
@@ -187,6 +200,9 @@ func (s *Store) List(ctx context.Context, opts store.ListOptions) ([]*store.Tunn
 		return nil, "", fmt.Errorf("postgres: list: %w", err)
 	}
 	ts, next := rowcodec.Page(ts, opts.Limit)
+	if err := overlay(ctx, s.pool, ts...); err != nil {
+		return nil, "", fmt.Errorf("postgres: list: %w", err)
+	}
 	return ts, next, nil
 }
 
@@ -220,6 +236,9 @@ func (s *Store) Update(ctx context.Context, id string, fn func(*store.Tunnel) er
 		return nil, writeErr("update", id, err)
 	}
 	rowcodec.Normalize(t)
+	if err := overlay(ctx, s.pool, t); err != nil {
+		return nil, fmt.Errorf("postgres: update %s: %w", id, err)
+	}
 	return t, nil
 }
 

@@ -254,3 +254,15 @@ func TestCanceledUpdateReleasesLock(t *testing.T) {
 		t.Errorf("Get = %+v, %v; want the holder's write", got, err)
 	}
 }
+
+func TestClusterConformance(t *testing.T) {
+	dsn := testDSN(t)
+	storetest.RunCluster(t, func(t *testing.T, n int) []store.ClusterStore {
+		d, _ := freshSchema(t, dsn)
+		out := make([]store.ClusterStore, n)
+		for i := range out {
+			out[i] = openStore(t, d)
+		}
+		return out
+	})
+}
