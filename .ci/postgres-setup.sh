@@ -6,10 +6,15 @@
 #
 #   export SECTUN_TEST_POSTGRES_DSN=postgres://sectun:...@127.0.0.1:5432/sectun?sslmode=disable
 #
-# so CI can do:  eval "$(sh .ci/postgres-setup.sh)"
+# so a shell can do:  eval "$(sh .ci/postgres-setup.sh)"
 #
 # Environment: PGVERSION (15), PGCLUSTER (main), PGPORT (5432),
 # SECTUN_PG_PASSWORD (sectun; test-only credentials on a loopback cluster).
+#
+# Not needed by CI or "go test": without the variable the tests start a
+# throwaway cluster of their own (internal/testing/pgtest). This script is
+# for pointing them at a long-lived cluster instead. The role gets CREATEDB
+# for pgtest.Database.
 set -eu
 
 ver=${PGVERSION:-15}
@@ -69,7 +74,7 @@ BEGIN
 	END IF;
 END
 \$\$;
-ALTER ROLE sectun WITH LOGIN PASSWORD '$password';
+ALTER ROLE sectun WITH LOGIN CREATEDB PASSWORD '$password';
 SQL
 
 if [ "$(psql_admin -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'sectun'")" != 1 ]; then

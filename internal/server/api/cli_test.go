@@ -5,8 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -17,23 +19,82 @@ import (
 	"github.com/sectun/sectun/internal/token"
 )
 
-// awsCLIPath is the Debian awscli (v2); a pyenv "aws" earlier on PATH may
-// be v1, so the path is fixed.
-const awsCLIPath = "/usr/bin/aws"
+// awsCLIFallback is Debian's awscli, tried when the "aws" found on PATH
+// does not run (a pyenv shim for a Python that no longer has it, say).
+const awsCLIFallback = "/usr/bin/aws"
+
+// findAWSCLI returns the first AWS CLI that answers "aws --version" in
+// the environment the tests run it with: "aws" on PATH, then
+// /usr/bin/aws. tried says what was tried and why each was refused.
+func findAWSCLI(home string) (path, version string, tried []string) {
+	var candidates []string
+	if p, err := exec.LookPath("aws"); err == nil {
+		candidates = append(candidates, p)
+	} else {
+		tried = append(tried, "aws on PATH: "+err.Error())
+	}
+	if len(candidates) == 0 || candidates[0] != awsCLIFallback {
+		candidates = append(candidates, awsCLIFallback)
+	}
+	for _, p := range candidates {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		cmd := exec.CommandContext(ctx, p, "--version")
+		cmd.Env = cliEnv(home, p, "", "")
+		out, err := cmd.CombinedOutput()
+		cancel()
+		v := strings.TrimSpace(string(out))
+		if err == nil && strings.HasPrefix(v, "aws-cli/") {
+			return p, v, tried
+		}
+		if len(v) > 200 {
+			v = v[:200] + "..."
+		}
+		tried = append(tried, fmt.Sprintf("%s --version: %v %q", p, err, v))
+	}
+	return "", "", tried
+}
+
+// cliEnv is the whole environment the CLI at path runs with: nothing of
+// the user's AWS configuration, and PATH with the CLI's own directory
+// (a shim may need its neighbours).
+func cliEnv(home, path, akid, secret string) []string {
+	return []string{
+		"PATH=" + filepath.Dir(path) + ":/usr/bin:/bin",
+		"HOME=" + home,
+		"LANG=C.UTF-8",
+		"TZ=UTC",
+		"AWS_CONFIG_FILE=" + filepath.Join(home, "config"),
+		"AWS_SHARED_CREDENTIALS_FILE=/dev/null",
+		"AWS_ACCESS_KEY_ID=" + akid,
+		"AWS_SECRET_ACCESS_KEY=" + secret,
+		"AWS_EC2_METADATA_DISABLED=true",
+		"AWS_MAX_ATTEMPTS=1",
+		"AWS_PAGER=",
+	}
+}
 
 // cli runs the real AWS CLI against an env.
 type cli struct {
 	t    *testing.T
 	e    *env
 	home string
+	path string // the CLI that runs
+	v1   bool   // AWS CLI version 1 (Python botocore), not 2
 }
 
 func newCLI(t *testing.T, e *env) *cli {
 	t.Helper()
-	if _, err := os.Stat(awsCLIPath); err != nil {
-		t.Skipf("skipping: the AWS CLI is not installed at %s (Debian package awscli): %v", awsCLIPath, err)
+	home := t.TempDir()
+	// ISO 8601 timestamps: version 2's default, version 1's option.
+	if err := os.WriteFile(filepath.Join(home, "config"), []byte("[default]\ncli_timestamp_format = iso8601\n"), 0o600); err != nil {
+		t.Fatal(err)
 	}
-	return &cli{t: t, e: e, home: t.TempDir()}
+	path, version, tried := findAWSCLI(home)
+	if path == "" {
+		t.Skipf("skipping: no working AWS CLI (Debian package awscli):\n%s", strings.Join(tried, "\n"))
+	}
+	t.Logf("AWS CLI %s: %s", path, version)
+	return &cli{t: t, e: e, home: home, path: path, v1: strings.HasPrefix(version, "aws-cli/1.")}
 }
 
 type cliResult struct {
@@ -48,21 +109,12 @@ func (c *cli) run(akid, secret string, args ...string) cliResult {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	full := append([]string{"iotsecuretunneling"}, args...)
-	full = append(full, "--endpoint-url", c.e.hs.URL, "--region", "us-east-1", "--no-cli-pager", "--output", "json")
-	cmd := exec.CommandContext(ctx, awsCLIPath, full...)
-	cmd.Env = []string{
-		"PATH=/usr/bin:/bin",
-		"HOME=" + c.home,
-		"LANG=C.UTF-8",
-		"TZ=UTC",
-		"AWS_CONFIG_FILE=/dev/null",
-		"AWS_SHARED_CREDENTIALS_FILE=/dev/null",
-		"AWS_ACCESS_KEY_ID=" + akid,
-		"AWS_SECRET_ACCESS_KEY=" + secret,
-		"AWS_EC2_METADATA_DISABLED=true",
-		"AWS_MAX_ATTEMPTS=1",
-		"AWS_PAGER=",
+	full = append(full, "--endpoint-url", c.e.hs.URL, "--region", "us-east-1", "--output", "json")
+	if !c.v1 {
+		full = append(full, "--no-cli-pager") // v1 has no pager and no such option
 	}
+	cmd := exec.CommandContext(ctx, c.path, full...)
+	cmd.Env = cliEnv(c.home, c.path, akid, secret)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -262,7 +314,7 @@ func TestAWSCLI(t *testing.T) {
 		for _, tc := range cases {
 			t.Run(tc.name, func(t *testing.T) {
 				t.Parallel()
-				cc := &cli{t: t, e: c.e, home: c.home}
+				cc := &cli{t: t, e: c.e, home: c.home, path: c.path, v1: c.v1}
 				cc.fails(tc.akid, tc.secret, tc.code, tc.args...)
 			})
 		}

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -17,20 +16,18 @@ import (
 
 	"github.com/sectun/sectun/internal/store"
 	"github.com/sectun/sectun/internal/store/storetest"
+	"github.com/sectun/sectun/internal/testing/pgtest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// TestMain stops the throwaway cluster pgtest may have started.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(pgtest.Wrap(m)) }
 
-const dsnEnv = "SECTUN_TEST_POSTGRES_DSN"
+const dsnEnv = pgtest.DSNEnv
 
-// testDSN returns the test database's DSN or skips the test.
-func testDSN(t testing.TB) string {
-	dsn := os.Getenv(dsnEnv)
-	if dsn == "" {
-		t.Skipf("%s is not set: skipping the PostgreSQL store tests (as root: eval \"$(sh .ci/postgres-setup.sh)\")", dsnEnv)
-	}
-	return dsn
-}
+// testDSN returns the test server's DSN: SECTUN_TEST_POSTGRES_DSN, or a
+// throwaway cluster pgtest starts; it skips only when PostgreSQL is not
+// installed.
+func testDSN(t testing.TB) string { return pgtest.Start(t) }
 
 // freshSchema creates an empty schema that is dropped when the test ends,
 // and returns dsn with search_path set to it, and an admin connection.
