@@ -125,6 +125,7 @@ type Server struct {
 	// are verified (MQTT over TLS on the embedded broker).
 	deviceCAPath string
 
+	lock      *os.File // the data directory's lock, held until Close
 	closeOnce sync.Once
 }
 
@@ -176,7 +177,17 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("tunneld: data directory: %w", err)
 	}
-	s := &Server{cfg: cfg, logger: logger, registry: prometheus.NewRegistry(), scheme: "https"}
+	lock, err := lockDataDir(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, logger: logger, registry: prometheus.NewRegistry(), scheme: "https", lock: lock}
+	started := false
+	defer func() {
+		if !started {
+			lock.Close()
+		}
+	}()
 
 	var tlsConfig *tls.Config
 	var certFile, keyFile string
@@ -212,6 +223,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("tunneld: storage: %w", err)
 	}
 	ok := false
+	defer func() { started = ok }()
 	defer func() {
 		if !ok {
 			if s.notifier != nil {
@@ -220,6 +232,14 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 			s.store.Close()
 		}
 	}()
+	// No peer survives a restart: rows a killed tunneld left CONNECTED
+	// would otherwise stay so forever. (The data directory's lock makes
+	// this process the only one on an SQLite database.)
+	if n, err := s.store.ResetConnections(ctx, cfg.Now()); err != nil {
+		return nil, fmt.Errorf("tunneld: storage: %w", err)
+	} else if n > 0 {
+		logger.Info("tunnel ends left connected by the previous run marked disconnected", "ends", n)
+	}
 	embedded := !cfg.MQTT.Off && cfg.MQTT.BrokerURL == ""
 	mqttALPN := embedded && tlsConfig != nil && !cfg.MQTT.NoALPN
 	var devices *x509.CertPool
@@ -479,6 +499,7 @@ func (s *Server) Close() error {
 		}
 		s.ln.Close()
 		err = s.store.Close()
+		s.lock.Close()
 	})
 	return err
 }

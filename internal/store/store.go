@@ -131,6 +131,12 @@ type Store interface {
 	// DeleteClosedBefore removes closed tunnels whose ClosedAt is before t
 	// and returns how many it removed.
 	DeleteClosedBefore(ctx context.Context, t time.Time) (int, error)
+	// ResetConnections marks every connected end of every tunnel
+	// disconnected, with UpdatedAt at, and returns how many ends it
+	// changed. A single tunneld calls it at start: no peer survives a
+	// restart, and rows a killed process left CONNECTED would otherwise
+	// stay so forever.
+	ResetConnections(ctx context.Context, at time.Time) (int, error)
 	// Close releases the store's resources.
 	Close() error
 }

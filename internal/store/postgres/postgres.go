@@ -287,3 +287,27 @@ func (s *Store) DeleteClosedBefore(ctx context.Context, t time.Time) (int, error
 	}
 	return int(tag.RowsAffected()), nil
 }
+
+// ResetConnections implements store.Store.
+func (s *Store) ResetConnections(ctx context.Context, at time.Time) (int, error) {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("postgres: reset connections: %w", err)
+	}
+	defer tx.Rollback(ctx)
+	n := 0
+	for _, q := range []string{
+		`UPDATE tunnels SET src_connected = false, src_updated_at = $1 WHERE src_connected`,
+		`UPDATE tunnels SET dst_connected = false, dst_updated_at = $1 WHERE dst_connected`,
+	} {
+		tag, err := tx.Exec(ctx, q, rowcodec.Time(at))
+		if err != nil {
+			return 0, fmt.Errorf("postgres: reset connections: %w", err)
+		}
+		n += int(tag.RowsAffected())
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return 0, fmt.Errorf("postgres: reset connections: %w", err)
+	}
+	return n, nil
+}

@@ -394,3 +394,31 @@ func (s *Store) DeleteClosedBefore(ctx context.Context, t time.Time) (int, error
 	}
 	return int(n), nil
 }
+
+// ResetConnections implements store.Store.
+func (s *Store) ResetConnections(ctx context.Context, at time.Time) (int, error) {
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, fmt.Errorf("sqlite: reset connections: %w", err)
+	}
+	defer tx.Rollback()
+	n := 0
+	for _, q := range []string{
+		`UPDATE tunnels SET src_connected = 0, src_updated_at = ? WHERE src_connected <> 0`,
+		`UPDATE tunnels SET dst_connected = 0, dst_updated_at = ? WHERE dst_connected <> 0`,
+	} {
+		res, err := tx.ExecContext(ctx, q, rowcodec.Micro(at))
+		if err != nil {
+			return 0, fmt.Errorf("sqlite: reset connections: %w", err)
+		}
+		k, err := res.RowsAffected()
+		if err != nil {
+			return 0, fmt.Errorf("sqlite: reset connections: %w", err)
+		}
+		n += int(k)
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, fmt.Errorf("sqlite: reset connections: %w", err)
+	}
+	return n, nil
+}

@@ -1,6 +1,7 @@
 package storetest
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -45,6 +46,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"ListStableUnderInserts", testListStableUnderInserts},
 		{"ListBadCursor", testListBadCursor},
 		{"CountOpen", testCountOpen},
+		{"ResetConnections", testResetConnections},
 		{"OpenExpiringBefore", testOpenExpiringBefore},
 		{"DeleteClosedBefore", testDeleteClosedBefore},
 		{"CanceledContext", testCanceledContext},
@@ -934,3 +936,41 @@ func testCloseIdempotent(t *testing.T, s store.Store) {
 		t.Error("Get after Close succeeded")
 	}
 }
+
+// testResetConnections: every connected end, of open and closed tunnels,
+// becomes disconnected as of the given time; other ends keep their
+// UpdatedAt; the tokens and bindings are untouched.
+func testResetConnections(t *testing.T, s store.Store) {
+	if n, err := s.ResetConnections(ctx, base); err != nil || n != 0 {
+		t.Fatalf("ResetConnections on an empty store = %d, %v; want 0, nil", n, err)
+	}
+	both := newTunnel("both", base)
+	both.Source.Connected, both.Destination.Connected = true, true
+	both.Source.ClientTokenHash = bytesOf(7)
+	dstOnly := newTunnel("dst-only", base)
+	dstOnly.Destination.Connected = true
+	dstOnly.Status, dstOnly.ClosedAt = store.StatusClosed, base.Add(time.Minute)
+	none := newTunnel("none", base)
+	for _, tun := range []*store.Tunnel{both, dstOnly, none} {
+		mustCreate(t, s, tun)
+	}
+	at := base.Add(time.Hour)
+	if n, err := s.ResetConnections(ctx, at); err != nil || n != 3 {
+		t.Fatalf("ResetConnections = %d, %v; want 3 ends, nil", n, err)
+	}
+	both.Source.Connected, both.Destination.Connected = false, false
+	both.Source.UpdatedAt, both.Destination.UpdatedAt = at, at
+	dstOnly.Destination.Connected, dstOnly.Destination.UpdatedAt = false, at
+	for _, want := range []*store.Tunnel{both, dstOnly, none} {
+		got, err := s.Get(ctx, want.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkTunnel(t, "after ResetConnections", want, got)
+	}
+	if n, err := s.ResetConnections(ctx, at.Add(time.Hour)); err != nil || n != 0 {
+		t.Fatalf("second ResetConnections = %d, %v; want 0, nil", n, err)
+	}
+}
+
+func bytesOf(b byte) []byte { return bytes.Repeat([]byte{b}, 32) }
