@@ -179,8 +179,8 @@ func (r *Relay) pickSubprotocol(req *http.Request) string {
 	for _, want := range r.subprot {
 		for _, v := range offered {
 			for part := range strings.SplitSeq(v, ",") {
-				if strings.TrimSpace(part) == want {
-					return want
+				if p := strings.TrimSpace(part); p == want || want == SubprotocolV1 && p == SubprotocolV1Secured {
+					return p
 				}
 			}
 		}

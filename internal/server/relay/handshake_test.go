@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"testing"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/sectun/sectun/internal/ratelimit"
 	"github.com/sectun/sectun/internal/store"
+	"github.com/sectun/sectun/internal/wsconn"
 	"github.com/sectun/sectun/wire"
 )
 
@@ -278,4 +280,57 @@ func TestEarlyDataRefusedBeforeToken(t *testing.T) {
 	// The token was not used: the corrected client connects with it.
 	c := tr.dial(t, dst, dialOpts{})
 	c.expectServiceIDs([]string{"SSH"})
+}
+
+// TestWebSSHSampleHandshake connects a source as the AWS web SSH sample
+// (aws-samples/aws-iot-securetunneling-web-ssh) does from a browser: the
+// token in the awsiot-tunnel-token cookie (next to the page's other
+// cookies), the subprotocol named aws.iot.securedtunneling-1.0, then a
+// STREAM_START of its own stream ID. The relay echoes that name, speaks V1
+// to it, and the V1 destination sees the stream start and the data;
+// TunnelStats counts both directions.
+func TestWebSSHSampleHandshake(t *testing.T) {
+	tr := newTestRelay(t, Config{})
+	src, dst := tr.authz.open("websample")
+	d := tr.dial(t, dst, dialOpts{subprotocols: []string{SubprotocolV1}})
+	tr.authz.waitConnected(t, "websample", store.ModeDestination, true)
+
+	h := http.Header{}
+	h.Set("Cookie", "sectun_console=abc; "+cookieToken+"="+src+"; theme=dark")
+	h.Set("Origin", "https://console.example")
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	conn, resp, err := wsconn.Dial(ctx, tr.wsURL+"?local-proxy-mode=source", wsconn.DialOptions{
+		Header:       h,
+		Subprotocols: []string{SubprotocolV1Secured},
+		Proxy:        func(*url.URL) (*url.URL, error) { return nil, nil },
+	})
+	if err != nil {
+		t.Fatalf("sample handshake: %v", err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	if got := resp.Header.Get("Sec-WebSocket-Protocol"); got != SubprotocolV1Secured {
+		t.Errorf("echoed subprotocol %q, want %q (a browser fails the connection otherwise)", got, SubprotocolV1Secured)
+	}
+	s := &client{t: t, conn: conn, resp: resp, fr: wire.NewFrameReader(conn)}
+	conn.SetLiveness(testTimeout)
+	tr.authz.waitConnected(t, "websample", store.ModeSource, true)
+	s.send(&wire.Message{Type: wire.TypeStreamStart, StreamID: 421}, &wire.Message{Type: wire.TypeData, StreamID: 421, Payload: []byte("SSH-2.0-web\r\n")})
+	if m := d.recv(); m.Type != wire.TypeStreamStart || m.StreamID != 421 {
+		t.Fatalf("destination got %v, want STREAM_START 421", m)
+	}
+	if m := d.recv(); m.Type != wire.TypeData || string(m.Payload) != "SSH-2.0-web\r\n" {
+		t.Fatalf("destination got %v, want the data", m)
+	}
+	d.send(&wire.Message{Type: wire.TypeData, StreamID: 421, Payload: []byte("SSH-2.0-srv\r\n")})
+	if m := s.recv(); m.Type != wire.TypeData || string(m.Payload) != "SSH-2.0-srv\r\n" {
+		t.Fatalf("source got %v", m)
+	}
+	se, de, ok := tr.TunnelStats("websample")
+	if !ok || !se.Connected || !de.Connected || se.Version != 1 || se.Frames != 2 || de.Frames != 1 || se.ChannelID == "" || se.ChannelID == de.ChannelID {
+		t.Errorf("TunnelStats = %+v %+v %v", se, de, ok)
+	}
+	if _, _, ok := tr.TunnelStats("nosuch"); ok {
+		t.Error("TunnelStats of an unknown tunnel: ok")
+	}
 }

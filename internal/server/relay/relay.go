@@ -31,6 +31,11 @@ const (
 	SubprotocolV1 = "aws.iot.securetunneling-1.0"
 	SubprotocolV2 = "aws.iot.securetunneling-2.0"
 	SubprotocolV3 = "aws.iot.securetunneling-3.0"
+	// SubprotocolV1Secured is another name of V1, offered by browser
+	// clients such as the AWS web SSH sample
+	// (aws-samples/aws-iot-securetunneling-web-ssh); it is accepted
+	// wherever V1 is, and echoed as offered.
+	SubprotocolV1Secured = "aws.iot.securedtunneling-1.0"
 )
 
 var (
@@ -263,7 +268,7 @@ func New(cfg Config) (*Relay, error) {
 
 func subprotocolVersion(s string) int {
 	switch s {
-	case SubprotocolV1:
+	case SubprotocolV1, SubprotocolV1Secured:
 		return 1
 	case SubprotocolV2:
 		return 2
