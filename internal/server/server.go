@@ -22,6 +22,7 @@ import (
 
 	"github.com/sectun/sectun/internal/alpnmux"
 	"github.com/sectun/sectun/internal/certs"
+	"github.com/sectun/sectun/internal/console"
 	"github.com/sectun/sectun/internal/ratelimit"
 	"github.com/sectun/sectun/internal/server/api"
 	"github.com/sectun/sectun/internal/server/relay"
@@ -101,6 +102,9 @@ type Config struct {
 	// answer (not WebSockets, which have their own liveness checks);
 	// default 30 s.
 	RequestTimeout time.Duration
+	// NoConsole turns the web console (/console) off. It is off anyway
+	// with NoAuth: signing in takes an access key.
+	NoConsole bool
 }
 
 // Server is a running tunneld.
@@ -121,6 +125,7 @@ type Server struct {
 	notifier *notifier
 	conns    *connLimiter
 	apiLimit *ratelimit.Limiter
+	console  *console.Console // nil when off
 	// deviceCAPath is the device CA certificate, when device certificates
 	// are verified (MQTT over TLS on the embedded broker).
 	deviceCAPath string
@@ -304,6 +309,12 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("tunneld: api: %w", err)
 	}
 
+	if !cfg.NoAuth && !cfg.NoConsole {
+		if s.console, err = s.newConsole(creds); err != nil {
+			return nil, fmt.Errorf("tunneld: %w", err)
+		}
+	}
+
 	s.ln, err = net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("tunneld: %w", err)
@@ -406,6 +417,10 @@ func (s *Server) routes() http.Handler {
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{}))
 	mux.Handle("/", limitAPIFailures(s.api, s.apiLimit, s.logger))
+	if s.console != nil {
+		mux.Handle(console.Path, s.console)
+		mux.Handle(console.Path+"/", s.console)
+	}
 	return mux
 }
 
