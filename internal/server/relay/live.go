@@ -9,7 +9,7 @@ type EndStats struct {
 	// Version the protocol version it speaks (1, 2 or 3); both are empty
 	// when the end is connected to another node.
 	ChannelID string
-	Version int
+	Version   int
 	// Frames and Bytes count the tunnel frames this peer sent that were
 	// handed to the other end (bytes include the 2-byte length prefixes),
 	// since this peer connected.
