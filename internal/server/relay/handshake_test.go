@@ -326,7 +326,12 @@ func TestWebSSHSampleHandshake(t *testing.T) {
 	if m := s.recv(); m.Type != wire.TypeData || string(m.Payload) != "SSH-2.0-srv\r\n" {
 		t.Fatalf("source got %v", m)
 	}
+	// The sender's counter is bumped after the delivery: wait for it.
 	se, de, ok := tr.TunnelStats("websample")
+	for deadline := time.Now().Add(testTimeout); de.Frames == 0 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+		se, de, ok = tr.TunnelStats("websample")
+	}
 	if !ok || !se.Connected || !de.Connected || se.Version != 1 || se.Frames != 2 || de.Frames != 1 || se.ChannelID == "" || se.ChannelID == de.ChannelID {
 		t.Errorf("TunnelStats = %+v %+v %v", se, de, ok)
 	}
