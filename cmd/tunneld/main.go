@@ -19,6 +19,7 @@ import (
 	"github.com/sectun/sectun/internal/cliconf"
 	"github.com/sectun/sectun/internal/ratelimit"
 	"github.com/sectun/sectun/internal/server"
+	"github.com/sectun/sectun/internal/tunnelsctl"
 	"github.com/sectun/sectun/internal/version"
 )
 
@@ -37,8 +38,16 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) > 0 && args[0] == "device" {
-		return device(args[1:], stdout, stderr)
+	if len(args) > 0 {
+		switch args[0] {
+		case "device":
+			return device(args[1:], stdout, stderr)
+		case "tunnels":
+			return tunnelsctl.Run(ctx, args[1:], stdout, stderr)
+		case "version":
+			fmt.Fprintln(stdout, "tunneld", version.String())
+			return nil
+		}
 	}
 	var cfg server.Config
 	fs := pflag.NewFlagSet("tunneld", pflag.ContinueOnError)
@@ -90,7 +99,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	configFile := fs.String("config", "", "file of `name = value` lines using these option names")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: tunneld [options]\n       tunneld device create|ca [options]   (device identities; see tunneld device --help)\n\nA self-hosted, AWS-compatible secure tunneling service.\n\nOptions:\n%s", fs.FlagUsages())
+		fmt.Fprintf(stderr, "Usage: tunneld [options]\n       tunneld device create|ca [options]   (device identities; see tunneld device --help)\n       tunneld tunnels list|describe|close  (a running tunneld's tunnels; see tunneld tunnels --help)\n       tunneld version\n\nA self-hosted, AWS-compatible secure tunneling service.\n\nOptions:\n%s", fs.FlagUsages())
 	}
 	if err := fs.Parse(args); err != nil {
 		return err

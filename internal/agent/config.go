@@ -388,6 +388,10 @@ type File struct {
 	DCEndpoint  string `json:"endpoint,omitempty"`
 	DCRootCA    string `json:"root-ca,omitempty"`
 	DCThingName string `json:"thing-name,omitempty"`
+
+	// Comment is the value of a "//" key, ignored: JSON has no comments,
+	// so the sample /etc/sectun/agent.json explains itself there.
+	Comment json.RawMessage `json:"//,omitempty"`
 }
 
 // MaxFileSize bounds a configuration file.

@@ -1,0 +1,3 @@
+package release
+
+func writeGreengrass(cfg Config) (string, error) { return "", nil }
