@@ -85,7 +85,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	mqttALPN := fs.Bool("mqtt-alpn", true, "serve MQTT on the main TLS listener to clients offering ALPN x-amzn-mqtt-ca (the AWS IoT Device Client on port 443), with device certificates from <data-dir>/devices (tunneld device create) or --mqtt-client-ca; HTTPS clients are not affected")
 	fs.StringVar(&m.ClientCAFile, "mqtt-client-ca", "", "PEM file of further CAs whose certificates identify devices (CommonName = thing name), trusted with the device CA on the main TLS listener and the broker's TLS listener")
 	fs.StringVar(&m.UsersFile, "mqtt-users", "", "file of `name password [admin]` lines for the embedded broker")
-	fs.BoolVar(&m.NoAnonymous, "mqtt-no-anonymous", false, "refuse anonymous MQTT clients even on loopback")
+	fs.BoolVar(&m.NoAnonymous, "mqtt-no-anonymous", false, "refuse anonymous MQTT clients even on loopback (by default, on the loopback listener, any local process may connect as any thing not authenticated by certificate or password and receive its notifications)")
 	fs.StringVar(&m.TopicPrefix, "mqtt-topic-prefix", "$aws", "topic prefix of <prefix>/things/<thing>/tunnels/notify")
 	fs.StringVar(&m.BrokerURL, "mqtt-broker", "", "external broker URL (tcp://, ssl://, ws://, wss://) instead of the embedded one")
 	fs.StringVar(&m.ClientID, "mqtt-client-id", "", "client ID at the external broker (default tunneld-<random>)")

@@ -101,6 +101,22 @@ func (n *notifier) describe(prefix string) string {
 	return fmt.Sprintf("notifications published to %s on %s", n.url, topic)
 }
 
+// anonymousWarning says, for the banner, that anonymous MQTT clients are
+// accepted and what that means; "" when they are not.
+func (n *notifier) anonymousWarning() string {
+	if n.broker == nil {
+		return ""
+	}
+	var addrs []string
+	for _, a := range n.broker.AnonymousAddrs() {
+		addrs = append(addrs, a.String())
+	}
+	if len(addrs) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("anonymous MQTT clients are accepted on %s (loopback): any local process can act as any thing whose device is not connected with a certificate or password, and receive its notifications (destination tokens); --mqtt-no-anonymous turns this off", strings.Join(addrs, " and "))
+}
+
 // startNotifier starts the external broker client or the embedded broker.
 // devices, when set, verifies device certificates on the embedded
 // broker's TLS listener.

@@ -539,6 +539,9 @@ func (s *Server) printBanner() {
 	env = append(env, "AWS_REGION="+s.cfg.Region, "AWS_DEFAULT_REGION="+s.cfg.Region)
 	if s.notifier != nil {
 		fmt.Fprintf(w, "  Devices: %s\n", s.notifier.describe(s.cfg.MQTT.TopicPrefix))
+		if warn := s.notifier.anonymousWarning(); warn != "" {
+			fmt.Fprintf(w, "    %s\n", warn)
+		}
 	}
 	if s.mux != nil {
 		fmt.Fprintf(w, "  AWS IoT Device Client: MQTT on this port (ALPN %s) with a device certificate from the CA at %s\n", MQTTALPN, s.deviceCAPath)

@@ -34,20 +34,50 @@ type authHook struct {
 func (h *authHook) ID() string { return "sectun-auth" }
 
 func (h *authHook) Provides(b byte) bool {
-	return b == mqtt.OnConnectAuthenticate || b == mqtt.OnACLCheck
+	return b == mqtt.OnConnect || b == mqtt.OnConnectAuthenticate || b == mqtt.OnACLCheck
 }
 
-// OnConnectAuthenticate decides whether a CONNECT is accepted.
-func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+// OnConnect decides whether a CONNECT is accepted: authentication, the
+// session ownership rule and the limits. A refusal sends its own CONNACK
+// (mochi's OnConnectAuthenticate path has one code only) and returns an error, on which mochi closes the connection.
+func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	attrs := []any{"client_id", cl.ID, "remote", cl.Net.Remote, "listener", cl.Net.Listener}
 	id, err := h.b.authenticate(cl, pk)
 	if err != nil {
-		h.b.log.Info("broker: connection refused", "reason", err.Error(), "client_id", cl.ID,
-			"remote", cl.Net.Remote, "listener", cl.Net.Listener)
-		return false
+		h.b.log.Info("broker: connection refused", append(attrs, "reason", err.Error())...)
+		return h.b.connack(cl, packets.ErrBadUsernameOrPassword)
 	}
-	h.b.log.Debug("broker: client connected", "thing", id.name, "admin", id.admin, "via", id.via,
-		"client_id", cl.ID, "remote", cl.Net.Remote, "listener", cl.Net.Listener)
-	return true
+	if r := h.b.lim.connect(cl, id); r != nil {
+		attrs = append(attrs, "thing", id.name, "via", id.via, "error", r.err.Error())
+		if r.reason == ReasonSessionOwner || r.reason == ReasonThingAuthenticated {
+			h.b.lim.refused[r.reason].Add(1)
+			h.b.log.Warn("broker: connection refused: client ID of another identity's session", attrs...)
+		} else {
+			h.b.lim.refuse(r.reason, attrs...)
+		}
+		return h.b.connack(cl, r.code)
+	}
+	h.b.log.Debug("broker: client connected", append(attrs, "thing", id.name, "admin", id.admin, "via", id.via)...)
+	return nil
+}
+
+// OnConnectAuthenticate accepts: OnConnect, which mochi calls first, has
+// decided.
+func (h *authHook) OnConnectAuthenticate(*mqtt.Client, packets.Packet) bool { return true }
+
+// connack sends a refusing CONNACK (MQTT 3.1.1 clients get the matching
+// 3.1.1 code: "server unavailable" for MQTT 5's "quota exceeded", "not
+// authorized" for its "bad user name or password" and "not authorized")
+// and returns the code as the error that makes mochi close the connection.
+func (b *Broker) connack(cl *mqtt.Client, code packets.Code) error {
+	switch v5 := cl.Properties.ProtocolVersion >= 5; {
+	case code == packets.ErrServerUnavailable && v5:
+		code = packets.ErrQuotaExceeded
+	case code == packets.ErrNotAuthorized && !v5:
+		code = packets.ErrBadUsernameOrPassword // 3.1.1: 0x05 "not authorized"
+	}
+	b.srv.SendConnack(cl, code, false, nil)
+	return code
 }
 
 // OnACLCheck decides whether cl may subscribe to (write false) or publish
@@ -60,8 +90,11 @@ func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	ok := allowed(id, h.b.cfg.TopicPrefix, topic, write)
 	if !ok {
 		h.b.log.Info("broker: access refused", "thing", id.name, "topic", topic, "publish", write, "client_id", cl.ID)
+		return false
 	}
-	return ok
+	// A read check on a disconnected client is mochi about to queue a
+	// message for its session (a SUBSCRIBE comes from a connected one).
+	return write || h.b.lim.mayQueue(cl, topic)
 }
 
 var errAnonymous = errors.New("anonymous clients are not allowed on this listener: give a username and password or a client certificate")

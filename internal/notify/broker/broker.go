@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"sync"
 	"time"
@@ -39,6 +40,7 @@ type Broker struct {
 	log        *slog.Logger
 	srv        *mqtt.Server
 	pids       *packetIDHook // see packetid.go
+	lim        *limiter      // see limits.go
 	takeovers  *takeoverHook // see takeover.go
 	tlsCfg     *tls.Config   // nil without a TLS listener
 	users      map[string]User
@@ -92,12 +94,17 @@ func New(cfg Config) (*Broker, error) {
 	}
 
 	caps := mqtt.NewDefaultServerCapabilities()
-	caps.MaximumClients = int64(cfg.MaxClients)
+	// Our limiter bounds connections; mochi's bound (on clients past
+	// CONNECT) stays out of its way.
+	caps.MaximumClients = math.MaxInt64
 	caps.MaximumSessionExpiryInterval = uint32(min(cfg.SessionExpiry/time.Second, 1<<32-1))
 	// Notifications are rare and small: small per-client queues bound memory
 	// (mochi allocates the outbound queue up front for every client).
 	caps.MaximumClientWritesPending = 64
 	caps.MaximumInflight = 64
+	if cfg.MaxQueuedPerSession > 0 {
+		caps.MaximumInflight = uint16(min(cfg.MaxQueuedPerSession, math.MaxUint16))
+	}
 	caps.ReceiveMaximum = 16
 	caps.MaximumPacketSize = 64 << 10
 	caps.TopicAliasMaximum = 16
@@ -111,8 +118,11 @@ func New(cfg Config) (*Broker, error) {
 		Logger:                 slog.New(quieter{b.log.Handler()}).With("component", "mqtt"),
 		SysTopicResendInterval: 60,
 	})
-	if err := b.srv.AddHook(&authHook{b: b}, nil); err != nil {
-		return nil, fmt.Errorf("broker: %w", err)
+	b.lim = newLimiter(b)
+	for _, h := range []mqtt.Hook{&authHook{b: b}, &limitHook{l: b.lim}} {
+		if err := b.srv.AddHook(h, nil); err != nil {
+			return nil, fmt.Errorf("broker: %w", err)
+		}
 	}
 	b.pids = newPacketIDHook(b)
 	b.takeovers = newTakeoverHook(b, int(caps.MaximumInflight))
@@ -150,7 +160,7 @@ func (b *Broker) Start(ctx context.Context) error {
 			return fail(fmt.Errorf("broker: MQTT listener: %w", err))
 		}
 		anon := anonymousAllowed(ln.Addr().String(), b.cfg.NoAnonymous)
-		lns = append(lns, newNetListener(listenerTCP, ln, anon, b.cfg.ConnectTimeout, b.log))
+		lns = append(lns, newNetListener(listenerTCP, ln, anon, b.cfg.ConnectTimeout, b.lim, b.log))
 		if ip := ln.Addr().(*net.TCPAddr).IP; !ip.IsLoopback() {
 			b.log.Warn("broker: plain MQTT listener is not on loopback: passwords and tokens cross the network in clear; prefer the TLS listener", "addr", ln.Addr().String())
 		}
@@ -161,12 +171,12 @@ func (b *Broker) Start(ctx context.Context) error {
 			return fail(fmt.Errorf("broker: MQTT TLS listener: %w", err))
 		}
 		anon := anonymousAllowed(ln.Addr().String(), b.cfg.NoAnonymous)
-		lns = append(lns, newNetListener(listenerTLS, tls.NewListener(ln, b.tlsCfg), anon, b.cfg.ConnectTimeout, b.log))
+		lns = append(lns, newNetListener(listenerTLS, tls.NewListener(ln, b.tlsCfg), anon, b.cfg.ConnectTimeout, b.lim, b.log))
 	}
 	b.conns = chanlisten.New(nil, 64)
 	// Connections handed over by ServeConn come from a public port: never
 	// anonymous, whatever their remote address.
-	lns = append(lns, newNetListener(listenerConn, b.conns, false, b.cfg.ConnectTimeout, b.log))
+	lns = append(lns, newNetListener(listenerConn, b.conns, false, b.cfg.ConnectTimeout, b.lim, b.log))
 	for _, l := range lns {
 		l.disconnect = b.disconnectClients
 		b.anonymous[l.id] = l.anonymous
@@ -193,6 +203,21 @@ func (b *Broker) Start(ctx context.Context) error {
 // Addr returns the plain listener's address, nil if it is off or the
 // broker is not started.
 func (b *Broker) Addr() net.Addr { return b.addr(listenerTCP) }
+
+// AnonymousAddrs returns the addresses of the listeners that accept
+// anonymous clients (loopback ones, unless Config.NoAnonymous), for
+// banners and logs.
+func (b *Broker) AnonymousAddrs() []net.Addr {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	var addrs []net.Addr
+	for _, l := range b.lns {
+		if l.anonymous && l.id != listenerConn {
+			addrs = append(addrs, l.ln.Addr())
+		}
+	}
+	return addrs
+}
 
 // TLSAddr returns the TLS listener's address, nil if there is none or the
 // broker is not started.
@@ -271,6 +296,10 @@ func (b *Broker) NotifyTunnel(_ context.Context, n notify.Notification) error {
 	}
 	return nil
 }
+
+// Stats returns the connection, session and queue counts, the limits,
+// and the refusals and drops by reason.
+func (b *Broker) Stats() Stats { return b.lim.stats() }
 
 // Done is closed once the broker has closed (by Close, or by the end of
 // Start's context) and all its goroutines are gone.

@@ -18,6 +18,17 @@ import (
 // DefaultAddr is the plain listener's default address: loopback only.
 const DefaultAddr = "127.0.0.1:1883"
 
+// Defaults of the limits (see Config).
+const (
+	DefaultMaxConns               = 10000
+	DefaultMaxConnsPerAddr        = 64
+	DefaultMaxConnsPerIdentity    = 8
+	DefaultMaxSessions            = 20000
+	DefaultMaxSessionsPerIdentity = 16
+	DefaultMaxQueuedPerSession    = 16
+	DefaultMaxQueued              = 100000
+)
+
 // Config configures a Broker. The zero value is a plain listener on
 // 127.0.0.1:1883 that accepts anonymous devices.
 type Config struct {
@@ -58,8 +69,46 @@ type Config struct {
 	// notify.DefaultTopicPrefix). It must match what devices subscribe to.
 	TopicPrefix string
 
-	// MaxClients bounds connected clients (default 100000).
-	MaxClients int
+	// The limits below bound what clients can make the broker hold; each
+	// has a default (0), and a negative value means no limit. A refused
+	// connection is closed at once (before CONNECT) or gets a refusing
+	// CONNACK ("server unavailable"; MQTT 5: "quota exceeded"); every
+	// refusal is counted by reason (Stats) and logged (rate-limited).
+
+	// MaxConns bounds open MQTT connections on all listeners together,
+	// counted from accept, CONNECT sent or not (default
+	// DefaultMaxConns). Each holds a file descriptor.
+	MaxConns int
+	// MaxConnsPerAddr bounds, per client address (IPv6: per /64), the
+	// connections that have not authenticated with a certificate or a
+	// password: those still in the TLS handshake or before CONNECT, and
+	// anonymous ones (default DefaultMaxConnsPerAddr). Authenticated
+	// devices behind one NAT address are bounded per identity instead.
+	MaxConnsPerAddr int
+	// MaxConnsPerIdentity bounds the connections of one identity: a
+	// certificate, user or admin name, or, for anonymous clients, their
+	// address (default DefaultMaxConnsPerIdentity). A device
+	// reconnecting with its client ID replaces its old connection and is
+	// not refused.
+	MaxConnsPerIdentity int
+	// MaxSessions bounds the sessions held: connected clients plus the
+	// sessions kept for disconnected persistent clients (clean session
+	// false) for SessionExpiry (default DefaultMaxSessions). Resuming a
+	// session is never refused by it.
+	MaxSessions int
+	// MaxSessionsPerIdentity bounds the sessions of one identity (as for
+	// MaxConnsPerIdentity; default DefaultMaxSessionsPerIdentity): a
+	// client that changes its client ID at every connection cannot fill
+	// the broker with kept sessions.
+	MaxSessionsPerIdentity int
+	// MaxQueuedPerSession bounds the QoS 1 messages held for one session,
+	// unacknowledged or queued while it is disconnected (default
+	// DefaultMaxQueuedPerSession); more are dropped.
+	MaxQueuedPerSession int
+	// MaxQueued bounds the QoS 1 messages held for all sessions together:
+	// once reached, messages for disconnected sessions are dropped
+	// (default DefaultMaxQueued).
+	MaxQueued int
 	// ConnectTimeout is the time a new connection has to finish its TLS
 	// handshake and send CONNECT (default 10s).
 	ConnectTimeout time.Duration
@@ -90,8 +139,21 @@ func (c *Config) setDefaults() {
 	if c.TopicPrefix == "" {
 		c.TopicPrefix = notify.DefaultTopicPrefix
 	}
-	if c.MaxClients <= 0 {
-		c.MaxClients = 100000
+	for _, d := range []struct {
+		v   *int
+		def int
+	}{
+		{&c.MaxConns, DefaultMaxConns},
+		{&c.MaxConnsPerAddr, DefaultMaxConnsPerAddr},
+		{&c.MaxConnsPerIdentity, DefaultMaxConnsPerIdentity},
+		{&c.MaxSessions, DefaultMaxSessions},
+		{&c.MaxSessionsPerIdentity, DefaultMaxSessionsPerIdentity},
+		{&c.MaxQueuedPerSession, DefaultMaxQueuedPerSession},
+		{&c.MaxQueued, DefaultMaxQueued},
+	} {
+		if *d.v == 0 {
+			*d.v = d.def
+		}
 	}
 	if c.ConnectTimeout <= 0 {
 		c.ConnectTimeout = 10 * time.Second

@@ -28,14 +28,48 @@
 //     the TLS-port connections of ServeConn. The thing is the client ID
 //     up to its first '@' ("dev-1" and "dev-1@agent" are both thing
 //     dev-1), which must be a valid thing name. This is the quick-start
-//     mode: any local process can claim any thing.
+//     mode: any local process can claim any thing that is not protected
+//     as below, and receive its notifications (destination tokens).
 //
 // A device (non-admin) must also use a client ID equal to its thing name,
 // or "<thing>@<anything>", or an empty one (the broker assigns a random
 // ID): client IDs key sessions, and a client taking over another thing's
 // client ID would otherwise take over its subscriptions. The client ID
 // "inline" is reserved. A will message must be on a topic the client may
-// publish to. Refused connections get CONNACK "bad user name or password".
+// publish to. Refused connections get CONNACK "bad user name or password"
+// (MQTT 3.1.1: "not authorized").
+//
+// # Session ownership
+//
+// A session belongs to the identity that made it. One made by a
+// certificate or a password may be resumed, or taken over (which
+// disconnects its live holder), only by the same thing (or admin)
+// authenticated again, by certificate or password; an anonymous one by the
+// same anonymous thing, or by that thing authenticated, which then owns
+// it. Anyone else gets CONNACK "identifier rejected" (MQTT 5: "client
+// identifier not valid"), logged at Warn. And while a thing's device holds
+// an authenticated session (connected, or kept after it disconnected), no
+// anonymous client may claim that thing under any client ID: CONNACK "not
+// authorized". (So an anonymous loopback client can neither disconnect a
+// device that uses its certificate nor receive the notification queued for
+// it; it can still claim a thing that has never authenticated, or whose
+// session has expired.) CONNECTs of one client ID are checked one after
+// the other.
+//
+// # Limits
+//
+// Config's Max* settings bound what clients can make the broker hold:
+// connections in all (from accept, before CONNECT), per address (those not
+// authenticated by certificate or password) and per identity (all the
+// anonymous clients of one address are one identity), sessions in all and
+// per identity, and queued QoS 1 messages per session and in all. A
+// connection over a connection limit is closed at once; a CONNECT over an
+// identity or session limit gets CONNACK "server unavailable" (MQTT 5:
+// "quota exceeded"); a message over a queue limit is dropped for that
+// session. Stats reports the counts, limits, refusals and drops by reason;
+// refusals are logged at Warn (the first and every 100th) and Debug. The
+// broker also finishes mochi v2.7.9's session expiry, which leaves the
+// expired session's subscriptions and queued-message count behind.
 //
 // # Access control (SUBSCRIBE, PUBLISH)
 //

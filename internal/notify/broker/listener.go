@@ -19,6 +19,7 @@ type netListener struct {
 	ln             net.Listener
 	anonymous      bool // the listener's anonymous policy (see anonymousAllowed)
 	connectTimeout time.Duration
+	lim            *limiter
 	log            *slog.Logger
 	// disconnect, when set, replaces mochi's closeListenerClients in
 	// Close (see Broker.disconnectClients).
@@ -32,12 +33,13 @@ type netListener struct {
 
 var _ listeners.Listener = (*netListener)(nil)
 
-func newNetListener(id string, ln net.Listener, anonymous bool, connectTimeout time.Duration, log *slog.Logger) *netListener {
+func newNetListener(id string, ln net.Listener, anonymous bool, connectTimeout time.Duration, lim *limiter, log *slog.Logger) *netListener {
 	return &netListener{
 		id:             id,
 		ln:             ln,
 		anonymous:      anonymous,
 		connectTimeout: connectTimeout,
+		lim:            lim,
 		log:            log.With("listener", id),
 		conns:          map[net.Conn]struct{}{},
 	}
@@ -76,12 +78,18 @@ func (l *netListener) Serve(establish listeners.EstablishFn) {
 			continue
 		}
 		delay = 0
+		if reason := l.lim.admit(c); reason != "" {
+			l.lim.refuse(reason, "remote", c.RemoteAddr().String(), "listener", l.id)
+			c.Close()
+			continue
+		}
 		// mochi replaces this deadline with the keep-alive one after CONNECT.
 		c.SetDeadline(time.Now().Add(l.connectTimeout))
 		l.mu.Lock()
 		if l.closed {
 			l.mu.Unlock()
 			c.Close()
+			l.lim.done(c)
 			return
 		}
 		l.conns[c] = struct{}{}
@@ -91,6 +99,7 @@ func (l *netListener) Serve(establish listeners.EstablishFn) {
 			defer l.wg.Done()
 			err := establish(l.id, c)
 			c.Close()
+			l.lim.done(c)
 			l.mu.Lock()
 			delete(l.conns, c)
 			l.mu.Unlock()
