@@ -88,15 +88,15 @@ type limiter struct {
 	b *Broker
 	// the limits; 0 = none
 	maxConns, perAddr, perIdentity, maxSessions, sessionsPerIdentity, queuedPerSession int
-	maxQueued                                                                           int64
+	maxQueued                                                                          int64
 
 	mu         sync.Mutex
 	conns      map[net.Conn]*connEntry
-	byAddr     map[string]int             // address key -> connections counted for it
-	byIdentity map[string]int             // limit key -> connections
-	sessions   map[string]sessionEntry    // client ID -> who holds its session
-	sessionsBy map[string]int             // limit key -> sessions
-	connecting map[string]chan struct{}   // client IDs with a CONNECT between check and registration
+	byAddr     map[string]int           // address key -> connections counted for it
+	byIdentity map[string]int           // limit key -> connections
+	sessions   map[string]sessionEntry  // client ID -> who holds its session
+	sessionsBy map[string]int           // limit key -> sessions
+	connecting map[string]chan struct{} // client IDs with a CONNECT between check and registration
 
 	refused map[string]*atomic.Int64 // fixed keys: refusalReasons
 	dropped map[string]*atomic.Int64 // fixed keys: dropReasons
