@@ -127,9 +127,21 @@ type Config struct {
 	ServiceIDsTimeout time.Duration
 	// NoReplyWarning (source, automatic peer version only): when a new
 	// connection has sent data and received nothing for this long, the
-	// session logs once that the destination may be V1/V2 (default 10 s;
-	// negative disables).
+	// session logs once that the destination may be V1/V2 (default 15 s,
+	// longer than the reference destination's retries of a refused local
+	// service, 5 x 2.5 s, whose reset is an answer; negative disables).
 	NoReplyWarning time.Duration
+	// V1Retry (source, automatic peer version only): when the first
+	// connection of a service has received nothing at all for this long,
+	// the session starts the same connection again in V1 framing beside
+	// the V3 stream, replaying what it sent so far (at most 64 KiB), and
+	// keeps whichever answers first: a V1 reply switches the session to
+	// V1 (the AWS IoT Device Client speaks subprotocol 3.0 but answers
+	// only in V1 framing and drops its replies otherwise), a V3 reply
+	// drops the retry. sectun destinations refuse such a retry at once
+	// (a V1-framed stream while a V3 stream is open), so a V3 destination
+	// that is merely slow is not switched. Default 4 s; negative disables.
+	V1Retry time.Duration
 	// SendBuffer is the per-connection send buffer in bytes (default 256
 	// KiB): Conn.Write blocks while it is full.
 	SendBuffer int
@@ -165,7 +177,9 @@ const (
 	defaultReconnectMin      = time.Second
 	defaultReconnectMax      = 2 * time.Minute
 	defaultServiceIDsTimeout = 5 * time.Second
-	defaultNoReplyWarning    = 10 * time.Second
+	defaultNoReplyWarning    = 15 * time.Second
+	defaultV1Retry           = 4 * time.Second
+	maxReplay                = 64 << 10 // bytes a V1 retry replays at most
 	defaultBuffer            = 256 << 10
 	defaultStallTimeout      = 30 * time.Second
 	defaultMaxDataSize       = wire.MaxPayloadSize
@@ -218,6 +232,7 @@ func (c *Config) normalize() (*url.URL, error) {
 	setDur(&c.ReconnectMax, defaultReconnectMax)
 	setDur(&c.ServiceIDsTimeout, defaultServiceIDsTimeout)
 	setDur(&c.NoReplyWarning, defaultNoReplyWarning)
+	setDur(&c.V1Retry, defaultV1Retry)
 	setDur(&c.StallTimeout, defaultStallTimeout)
 	if c.KeepaliveInterval < 0 || c.ReconnectMin < 0 || c.ReconnectMax < c.ReconnectMin || c.ServiceIDsTimeout < 0 {
 		return nil, fmt.Errorf("%w: negative or inverted durations", ErrInvalidConfig)

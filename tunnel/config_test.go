@@ -143,7 +143,8 @@ func TestHandshakeReason(t *testing.T) {
 		body   string
 		want   string
 	}{
-		{401, "access token already used", "pass a client token"},
+		{401, "access token already used", "aws iotsecuretunneling rotate-tunnel-access-token --tunnel-id TUNNEL_ID --client-mode SOURCE"},
+		{401, "access token already used with a different client token", "rotate-tunnel-access-token"},
 		{401, "Token expired", "rotate"},
 		{401, "invalid client-token", "client token"},
 		{401, "access token is not valid for local-proxy-mode=source", "other mode"},
@@ -152,7 +153,7 @@ func TestHandshakeReason(t *testing.T) {
 		{400, "", "endpoint"},
 		{503, "busy", "retried"},
 	} {
-		if got := handshakeReason(tc.status, tc.body); !strings.Contains(got, tc.want) {
+		if got := handshakeReason(tc.status, tc.body, ModeSource); !strings.Contains(got, tc.want) {
 			t.Errorf("handshakeReason(%d, %q) = %q, want it to say %q", tc.status, tc.body, got, tc.want)
 		}
 	}

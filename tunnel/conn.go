@@ -50,6 +50,14 @@ type Conn struct {
 	sentData bool
 	dwait    bool // the link's reader waits for room in rq
 	silent   *time.Timer
+	reason   error // see ResetReason
+
+	// The V1 retry (source; see Config.V1Retry).
+	replayOn     bool        // keep a copy of what is sent, for a retry
+	replay       []byte      // what was sent so far, at most maxReplay
+	retryTimer   *time.Timer // fires the retry
+	probeID      int32       // the retry's stream ID while it runs, else 0
+	probePending bool        // the writer has yet to start the retry
 
 	rwake, wwake, dwake chan struct{} // 1-buffered wake-ups for readers, writers, the link reader
 	rdl, wdl            deadline
@@ -423,6 +431,22 @@ func (c *Conn) stopSilentLocked() {
 		c.silent.Stop()
 		c.silent = nil
 	}
+	if c.retryTimer != nil {
+		c.retryTimer.Stop()
+		c.retryTimer = nil
+	}
+	c.replayOn, c.replay = false, nil
+}
+
+// ResetReason (source) tells why the destination ended the connection
+// before any reply, when the messages tell: ErrPeerNotConnected,
+// ErrServiceRefused or ErrResetBeforeReply (all wrap ErrStreamReset). It
+// is nil while the connection is open, after a local close, and after a
+// reset that followed a reply. Read still returns io.EOF at such a reset.
+func (c *Conn) ResetReason() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.reason
 }
 
 // buffered returns the bytes held in the receive and send buffers.

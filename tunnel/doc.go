@@ -27,7 +27,12 @@
 // exponential backoff, with the same client token, until Close or a
 // permanent error: a 4xx handshake refusal (*HandshakeError wrapping
 // ErrTokenRejected), a tunnel closed by the service (ErrTunnelClosed), or
-// Config.MaxAttempts failed attempts. (A close frame from the service ends
+// Config.MaxAttempts failed attempts. Before the session was first up,
+// a wrong scheme (ErrTLSRequired: a ws:// endpoint that speaks TLS;
+// ErrTLSNotSpoken: a wss:// one that does not) and a certificate that
+// does not verify (ErrCertificateUntrusted) end Connect at once too: no
+// retry can fix them; later they are retried, as a service being
+// redeployed may show them for a moment. (A close frame from the service ends
 // the session with ErrTunnelClosed, except the codes of a service going
 // away, restarting or overloaded, 1001, 1011, 1012 and 1013, and the
 // protocol-error codes 1002, 1003 and 1009, after which the session
@@ -59,7 +64,22 @@
 // previous connection, which fails with ErrStreamReset. If a new
 // connection gets no reply at all within NoReplyWarning, the session warns
 // once that the destination may be V1/V2 (PeerSilent), so that a version
-// mismatch never hangs silently. A destination answers each stream in the
+// mismatch never hangs silently (after a reset from the destination, or
+// a refused V1 retry, it does not: the destination did answer).
+//
+// The AWS IoT Device Client connects with subprotocol 3.0 but answers
+// only streams started in V1 framing and drops every other reply, so its
+// traffic shows nothing to detect. When the first connection of a service
+// has received nothing for Config.V1Retry, a source in automatic mode
+// starts it again in V1 framing beside the V3 stream (STREAM_START without
+// service ID, then the bytes sent so far, at most 64 KiB, and every later
+// write on both) and keeps whichever answers first: a reply on the V1
+// stream switches the session to V1 (logged, PeerVersionDetected), a
+// reply on the V3 stream resets the retry. A sectun destination refuses a
+// V1-framed stream while a V3 stream is open (STREAM_RESET), so a V3
+// destination that is merely slow is never switched. (A reference
+// destination might serve the retry as a second connection to its
+// service; set PeerVersion 3 to rule that out.) A destination answers each stream in the
 // format it was started with (no connection IDs for a V2 source, no
 // service ID for a V1 source), switching a stream to the V2 format when
 // DATA arrives without a connection ID, as the reference does.
@@ -79,9 +99,16 @@
 // the peer reads that data and then io.EOF. A peer's reset likewise gives
 // the data received before it, then io.EOF, and writes fail with
 // ErrStreamReset. SESSION_RESET from the service ends every connection with
-// ErrStreamReset. Conn.Reject (destination) sends STREAM_RESET, as the
-// reference does for a failed dial, or CONNECTION_RESET when other
-// connections of the stream are open.
+// ErrStreamReset. Conn.Reject (destination) sends CONNECTION_RESET on a V3
+// stream (the reference sends STREAM_RESET for a failed dial) and
+// STREAM_RESET on V1/V2 ones. A source tells from these why a connection
+// ended before any reply (Conn.ResetReason): a CONNECTION_RESET is the
+// destination's, whose service refused (ErrServiceRefused); a STREAM_RESET
+// of a just-started V3 stream is what the service sends when no
+// destination is connected (ErrPeerNotConnected); anything else is
+// ErrResetBeforeReply. It logs the destination coming (its first reply)
+// and going (not connected, or all its streams reset) and emits
+// DestinationStatus.
 //
 // # Data path, buffers and head-of-line blocking
 //
@@ -128,12 +155,18 @@
 //
 // Errors wrap the package's sentinels (ErrTunnelClosed, ErrTokenRejected,
 // ErrStreamReset, ErrSessionClosed, ErrDisconnected, ErrUnknownService,
-// ErrVersionMismatch, ErrWrongMode, ErrTooManyConns, ErrInvalidConfig);
+// ErrVersionMismatch, ErrWrongMode, ErrTooManyConns, ErrInvalidConfig,
+// ErrTLSRequired, ErrTLSNotSpoken, ErrCertificateUntrusted, and the
+// reset reasons ErrPeerNotConnected, ErrServiceRefused,
+// ErrResetBeforeReply, which wrap ErrStreamReset); their texts name
+// Config fields, never a program's flags (programs add those);
 // test them with errors.Is. A refused handshake is a *HandshakeError whose
 // text says what went wrong and what to do. Conn deadlines fail with
 // os.ErrDeadlineExceeded; use after Close fails with net.ErrClosed.
 //
 // Logs go to Config.Logger with the keys mode, channel_id, service_id,
 // stream_id and conn_id; access tokens are never logged (only a short
-// hash at debug level).
+// hash at debug level). A 4xx refusal of a used or unknown access token
+// says how to get a new one (aws iotsecuretunneling
+// rotate-tunnel-access-token ...).
 package tunnel

@@ -37,6 +37,38 @@ var (
 	ErrTooManyConns = errors.New("tunnel: too many connections")
 	// ErrInvalidConfig: Config failed validation.
 	ErrInvalidConfig = errors.New("tunnel: invalid config")
+
+	// ErrPeerNotConnected (source): a connection was reset before any
+	// reply in the way the service resets connections for an end that has
+	// no peer (STREAM_RESET for a just-started V3 stream): the destination
+	// is not connected to the tunnel. Conn.ResetReason returns it; it
+	// wraps ErrStreamReset.
+	ErrPeerNotConnected = fmt.Errorf("%w: the destination is not connected to the tunnel", ErrStreamReset)
+	// ErrServiceRefused (source): the destination reset a connection
+	// before sending anything (CONNECTION_RESET of a V3 connection, as
+	// sectun's destination answers a failed dial of its local service):
+	// it could not connect to its service (connection refused, or no
+	// mapping for the service). It wraps ErrStreamReset.
+	ErrServiceRefused = fmt.Errorf("%w: the destination could not connect to its service", ErrStreamReset)
+	// ErrResetBeforeReply (source): a connection was reset before any
+	// reply in a way that does not tell why (STREAM_RESET on a V1/V2
+	// stream, or from a destination that answered before): the
+	// destination could not connect to its service, or is not connected.
+	// It wraps ErrStreamReset.
+	ErrResetBeforeReply = fmt.Errorf("%w: the destination reset the connection before any reply (it could not connect to its service, or is not connected)", ErrStreamReset)
+
+	// ErrTLSRequired: a ws:// (plain) Endpoint answers with TLS: use
+	// wss://. Permanent when the session never connected (see Connect).
+	ErrTLSRequired = errors.New("tunnel: the endpoint speaks TLS: use a wss:// Endpoint (or host[:port])")
+	// ErrTLSNotSpoken: a wss:// Endpoint answers without TLS: use ws://.
+	// Permanent when the session never connected.
+	ErrTLSNotSpoken = errors.New("tunnel: the endpoint does not speak TLS: use a ws:// Endpoint")
+	// ErrCertificateUntrusted: the service's TLS certificate does not
+	// verify (unknown authority, wrong host name, expired): add its CA to
+	// Config.TLS's RootCAs (TLSConfig reads a CA file or directory), or,
+	// for tests only, set InsecureSkipVerify. Permanent when the session
+	// never connected.
+	ErrCertificateUntrusted = errors.New("tunnel: the service's certificate is not trusted")
 )
 
 // HandshakeError is a WebSocket upgrade refused by the service with an HTTP
@@ -77,7 +109,7 @@ func (e *HandshakeError) Unwrap() error {
 // handshakeReason explains a refused upgrade to the user: what went wrong
 // and what to do. The service's body is matched loosely because neither
 // AWS nor other services document it.
-func handshakeReason(status int, body string) string {
+func handshakeReason(status int, body string, mode Mode) string {
 	b := strings.ToLower(body)
 	switch {
 	case status == http.StatusTooManyRequests:
@@ -87,17 +119,28 @@ func handshakeReason(status int, body string) string {
 	case strings.Contains(b, "expired"):
 		return "access token expired: rotate the token or open a new tunnel"
 	case strings.Contains(b, "client token") || strings.Contains(b, "client-token"):
-		return "client token rejected: pass the same client token as the first connection (32-128 letters, digits, dashes), or rotate the access token"
+		return "client token rejected: the access token was first used with another client token (another process or machine, or one started without a client token): use the same client token as that first connection (Config.ClientToken), or get a new access token: " + rotateCommand(mode)
 	case strings.Contains(b, "already") || strings.Contains(b, "used") || strings.Contains(b, "in use"):
-		return "access token already used: pass a client token to reconnect, or rotate the token"
+		return "access token already used (a first connection without a client token consumes it; one with a client token binds it to that client token): reconnect with that connection's client token (Config.ClientToken), or get a new access token: " + rotateCommand(mode)
 	case strings.Contains(b, "mode"):
 		return "access token is for the other mode: use the source token in source mode and the destination token in destination mode"
 	case status == 410 || strings.Contains(b, "closed"):
 		return "the tunnel is closed: open a new tunnel"
 	case status == 401 || status == 403:
-		return "access token rejected: check the token and the mode, or rotate the token"
+		return "access token rejected: check the token and the mode, or get a new one: " + rotateCommand(mode)
 	case status == 404 || status == 400:
 		return "bad request: check the endpoint (it must serve /tunnel) and the options"
 	}
 	return "the service refused the connection: check the token, mode and endpoint"
+}
+
+// rotateCommand is the AWS CLI command that issues a new access token for
+// mode; against tunneld, the same with --endpoint-url.
+func rotateCommand(mode Mode) string {
+	cm := "SOURCE"
+	if mode == ModeDestination {
+		cm = "DESTINATION"
+	}
+	return "aws iotsecuretunneling rotate-tunnel-access-token --tunnel-id TUNNEL_ID --client-mode " + cm +
+		" (against tunneld add --endpoint-url https://HOST:PORT)"
 }

@@ -83,6 +83,12 @@ type PeerSilent struct {
 	After     time.Duration
 }
 
+// DestinationStatus (source): what the session learned about the
+// destination's presence: Connected when it answered (data or a
+// connection reset), not Connected when the service reset a connection in
+// the way it does for a missing destination, or all streams when it left.
+type DestinationStatus struct{ Connected bool }
+
 // Stopped: the session ended for good (Close, 4xx refusal, tunnel closed,
 // attempts exhausted). Err is what Session.Err returns. It is the last event.
 type Stopped struct{ Err error }
@@ -98,6 +104,7 @@ func (SessionReset) event()        {}
 func (PeerVersionDetected) event() {}
 func (PeerSilent) event()          {}
 func (Stopped) event()             {}
+func (DestinationStatus) event()   {}
 
 const maxQueuedEvents = 1024
 

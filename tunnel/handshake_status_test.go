@@ -16,7 +16,7 @@ func TestHandshakeStatusIsPermanent(t *testing.T) {
 		{400, true}, {401, true}, {403, true}, {410, true},
 		{429, false}, {500, false}, {502, false}, {503, false},
 	} {
-		err := error(&HandshakeError{StatusCode: c.status, Reason: handshakeReason(c.status, "")})
+		err := error(&HandshakeError{StatusCode: c.status, Reason: handshakeReason(c.status, "", ModeSource)})
 		if got := errors.Is(err, ErrTokenRejected); got != c.permanent {
 			t.Errorf("HTTP %d: ErrTokenRejected = %v, want %v", c.status, got, c.permanent)
 		}
@@ -24,7 +24,7 @@ func TestHandshakeStatusIsPermanent(t *testing.T) {
 			t.Errorf("HTTP %d: permanent = %v, want %v", c.status, got, c.permanent)
 		}
 	}
-	if r := handshakeReason(429, "too many failed handshakes"); !strings.Contains(r, "retried") {
+	if r := handshakeReason(429, "too many failed handshakes", ModeSource); !strings.Contains(r, "retried") {
 		t.Errorf("429 reason %q", r)
 	}
 }

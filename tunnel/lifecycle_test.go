@@ -123,7 +123,7 @@ func TestTokenReuse(t *testing.T) {
 	}
 	cfg.ClientToken = strings.Repeat("b", 32)
 	_, err := Connect(testCtx(t), cfg)
-	if !errors.Is(err, ErrTokenRejected) || !strings.Contains(err.Error(), "pass a client token") {
+	if !errors.Is(err, ErrTokenRejected) || !strings.Contains(err.Error(), "rotate-tunnel-access-token --tunnel-id TUNNEL_ID --client-mode SOURCE") {
 		t.Fatalf("reuse with another client token: %v", err)
 	}
 	cfg.ClientToken = strings.Repeat("a", 32)

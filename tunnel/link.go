@@ -313,7 +313,15 @@ func (l *link) writeConn(fw *wire.FrameWriter, c *Conn) (bool, error) {
 	if st.connIDs {
 		m.ConnectionID = c.id
 	}
+	probeID := st.probeID
 	s.mu.Unlock()
+	probeSent := false
+	if probeID != 0 {
+		var err error
+		if probeSent, err = l.startProbe(fw, c, probeID); err != nil {
+			return false, err
+		}
+	}
 	// A DATA message is never cut short to fill the end of a WebSocket
 	// message: the message goes first. Cut, it would leave the rest of
 	// its chunk for a small DATA of its own, and every later DATA of a
@@ -331,11 +339,32 @@ func (l *link) writeConn(fw *wire.FrameWriter, c *Conn) (bool, error) {
 	if c.gone {
 		c.queued = false
 		c.mu.Unlock()
-		return false, nil
+		return probeSent, nil
+	}
+	if c.probeID != probeID {
+		// The V1 retry started, ended or took over since st was read:
+		// m may name the wrong stream. Try again.
+		c.mu.Unlock()
+		l.pushReady(c)
+		return probeSent, nil
 	}
 	if c.sq.n > 0 {
 		m.Payload = c.sq.peek(min(s.cfg.MaxDataSize, fw.Available()-overhead))
 		err := fw.Write(&m) // fits: no flush under the lock
+		var dup []byte
+		if c.probeID != 0 && !c.probePending {
+			dup = append(dup, m.Payload...) // the V1 retry gets it too
+		} else if c.replayOn {
+			if len(c.replay)+len(m.Payload) > maxReplay {
+				c.replayOn, c.replay = false, nil // too much to replay: no retry
+				if c.retryTimer != nil {
+					c.retryTimer.Stop()
+					c.retryTimer = nil
+				}
+			} else {
+				c.replay = append(c.replay, m.Payload...)
+			}
+		}
 		c.sq.discard(len(m.Payload))
 		first := !c.sentData
 		c.sentData = true
@@ -344,17 +373,21 @@ func (l *link) writeConn(fw *wire.FrameWriter, c *Conn) (bool, error) {
 		if first && !c.gotData && s.watchSilence() {
 			c.silent = time.AfterFunc(s.cfg.NoReplyWarning, func() { s.silent(c) })
 		}
+		probe := c.probeID
 		c.mu.Unlock()
 		signal(c.wwake)
 		if requeue {
 			l.pushReady(c)
+		}
+		if err == nil && dup != nil {
+			err = fw.Write(&wire.Message{Type: wire.TypeData, StreamID: probe, Payload: dup})
 		}
 		return true, err
 	}
 	if !c.closing {
 		c.queued = false
 		c.mu.Unlock()
-		return false, nil
+		return probeSent, nil
 	}
 	c.gone = true
 	c.queued = false
@@ -368,6 +401,33 @@ func (l *link) writeConn(fw *wire.FrameWriter, c *Conn) (bool, error) {
 	}
 	l.log.Debug("sent", "msg", m.String())
 	return true, fw.Write(&m)
+}
+
+// startProbe writes the start of c's V1 retry if it is pending: a
+// STREAM_START without service ID and the data sent so far, in V1
+// framing. It reports whether it wrote anything.
+func (l *link) startProbe(fw *wire.FrameWriter, c *Conn, id int32) (bool, error) {
+	c.mu.Lock()
+	if !c.probePending || c.probeID != id || c.gone {
+		c.mu.Unlock()
+		return false, nil
+	}
+	c.probePending = false
+	replay := c.replay
+	c.replayOn, c.replay = false, nil
+	c.mu.Unlock()
+	if err := fw.Write(&wire.Message{Type: wire.TypeStreamStart, StreamID: id}); err != nil {
+		return true, err
+	}
+	for len(replay) > 0 {
+		n := min(len(replay), l.s.cfg.MaxDataSize)
+		if err := fw.Write(&wire.Message{Type: wire.TypeData, StreamID: id, Payload: replay[:n]}); err != nil {
+			return true, err
+		}
+		replay = replay[n:]
+	}
+	l.log.Debug("sent the V1 retry", "stream_id", id)
+	return true, nil
 }
 
 // closeError classifies a close frame from the service: going away,

@@ -375,7 +375,9 @@ func TestDestinationV3(t *testing.T) {
 	expectMsgs(t, src, wire.Message{Type: tCReset, StreamID: 1, ServiceID: "SSH1", ConnectionID: 3})
 
 	// Reject of one of several connections: CONNECTION_RESET; of the only
-	// one: STREAM_RESET, like the reference.
+	// one too (the reference sends STREAM_RESET): the source tells a
+	// refused service from a missing destination, whose STREAM_START the
+	// service answers with STREAM_RESET.
 	send(t, src, wire.Message{Type: tCStart, StreamID: 1, ServiceID: "SSH1", ConnectionID: 4})
 	c4, _ := dst.Accept(testCtx(t))
 	c4.Reject()
@@ -383,7 +385,7 @@ func TestDestinationV3(t *testing.T) {
 	send(t, src, wire.Message{Type: tStart, StreamID: 2, ServiceID: "HTTP1", ConnectionID: 1})
 	h, _ := dst.Accept(testCtx(t))
 	h.Reject()
-	expectMsgs(t, src, wire.Message{Type: tReset, StreamID: 2, ServiceID: "HTTP1"})
+	expectMsgs(t, src, wire.Message{Type: tCReset, StreamID: 2, ServiceID: "HTTP1", ConnectionID: 1})
 
 	// A new STREAM_START replaces the service's stream: its connections end.
 	send(t, src,

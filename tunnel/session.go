@@ -2,7 +2,6 @@ package tunnel
 
 import (
 	"context"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -37,6 +36,7 @@ type Session struct {
 	done      chan struct{}
 
 	warnedSilent atomic.Bool
+	everUp       atomic.Bool // a link has been activated once
 
 	mu            sync.Mutex
 	stopped       bool
@@ -52,7 +52,19 @@ type Session struct {
 	nconns        int
 	acceptQ       chan *Conn
 	listeners     map[string]*listener
+	peer          peerState       // source: what the destination's messages say of its presence
+	answered      map[string]bool // source: services whose destination sent anything
+	retried       map[string]bool // source: services given a V1 retry
 }
+
+// peerState is what a source knows of the destination's presence.
+type peerState int
+
+const (
+	peerUnknown peerState = iota
+	peerPresent
+	peerAbsent
+)
 
 // stream is a service's active stream. Guarded by Session.mu.
 type stream struct {
@@ -62,6 +74,11 @@ type stream struct {
 	connIDs  bool   // V3 message format: connection IDs on the wire
 	conns    map[uint32]*Conn
 	nextConn uint32
+
+	// The V1 retry of the stream's first connection (source).
+	probeID      int32 // its stream ID while it runs
+	probeConn    *Conn
+	probeRefused bool // the destination reset it: it speaks V2/V3
 }
 
 // Connect connects to the tunneling service and returns the session once
@@ -110,6 +127,8 @@ func newSession(cfg Config) (*Session, error) {
 		streams:   map[string]*stream{},
 		acceptQ:   make(chan *Conn, cfg.MaxConns),
 		listeners: map[string]*listener{},
+		answered:  map[string]bool{},
+		retried:   map[string]bool{},
 	}
 	return s, nil
 }
@@ -186,6 +205,15 @@ func permanent(err error) bool {
 		errors.Is(err, ErrVersionMismatch) || errors.Is(err, ErrSessionClosed)
 }
 
+// permanentAtStart reports errors that end Connect at once, before the
+// session was ever up: a wrong scheme or an untrusted certificate cannot
+// change without the user. Once a session has been up they are retried
+// like network errors, as a service being redeployed may show them for a
+// moment.
+func permanentAtStart(err error) bool {
+	return errors.Is(err, ErrTLSRequired) || errors.Is(err, ErrTLSNotSpoken) || errors.Is(err, ErrCertificateUntrusted)
+}
+
 // run supervises the links: it waits for the active one to die, fails its
 // connections and connects again.
 func (s *Session) run(l *link) {
@@ -226,6 +254,7 @@ func (s *Session) run(l *link) {
 }
 
 func (s *Session) activate(l *link, reconnect bool) {
+	s.everUp.Store(true)
 	s.mu.Lock()
 	s.link = l
 	s.version = l.version
@@ -284,7 +313,7 @@ func (s *Session) connectLoop(ctx context.Context, delayFirst bool, lastErr erro
 			}
 			return nil, connectCanceled(ctx, lastErr)
 		}
-		if permanent(err) {
+		if permanent(err) || !s.everUp.Load() && permanentAtStart(err) {
 			return nil, err
 		}
 		s.log.Warn("connection attempt failed", "attempt", attempt, "err", err)
@@ -328,22 +357,7 @@ func handshake(ctx context.Context, cfg *Config, url, clientToken string) (ws *w
 		WriteBufferSize: 64 << 10,
 	})
 	if err != nil {
-		var he *wsconn.HandshakeError
-		if errors.As(err, &he) {
-			return nil, 0, "", &HandshakeError{
-				StatusCode: he.StatusCode,
-				ChannelID:  he.Header.Get("channel-id"),
-				Body:       he.Body,
-				Reason:     handshakeReason(he.StatusCode, he.Body),
-			}
-		}
-		var ua x509.UnknownAuthorityError
-		var hne x509.HostnameError
-		var ci x509.CertificateInvalidError
-		if errors.As(err, &ua) || errors.As(err, &hne) || errors.As(err, &ci) {
-			return nil, 0, "", fmt.Errorf("tunnel: connect: %w (the service's certificate is not trusted: give its CA with TLSConfig (-c), or skip verification (-k))", err)
-		}
-		return nil, 0, "", fmt.Errorf("tunnel: connect: %w", err)
+		return nil, 0, "", classifyDialError(ctx, cfg, url, err)
 	}
 	channelID = resp.Header.Get("channel-id")
 	version, err = negotiated(ws.Subprotocol(), cfg.Subprotocols)
@@ -506,6 +520,10 @@ func (s *Session) openLocked(l *link, serviceID string) (*Conn, error) {
 		}
 		s.streams[svc] = st
 		c := s.addConnLocked(l, st, 1)
+		if s.v1RetryEligibleLocked(st) {
+			c.replayOn = true
+			c.retryTimer = time.AfterFunc(s.cfg.V1Retry, func() { s.retryV1(c) })
+		}
 		m := wire.Message{Type: wire.TypeStreamStart, StreamID: st.id, ServiceID: st.wireSvc}
 		if st.connIDs {
 			m.ConnectionID = 1
@@ -537,6 +555,7 @@ func (s *Session) removeConnLocked(st *stream, c *Conn) {
 
 // endStreamLocked terminates every connection of st and forgets it.
 func (s *Session) endStreamLocked(st *stream, rerr, werr error) {
+	s.dropProbeLocked(st)
 	for _, c := range st.conns {
 		c.terminate(rerr, werr)
 		s.removeConnLocked(st, c)
@@ -671,10 +690,19 @@ func (s *Session) handle(l *link, m *wire.Message) error {
 		}
 		s.incomingLocked(l, st, m.ConnectionID, false)
 	case wire.TypeStreamReset:
+		if s.cfg.Mode == ModeSource && m.ServiceID == "" {
+			if st := s.probeOwnerLocked(m.StreamID); st != nil {
+				s.probeRefusedLocked(l, st)
+				return nil
+			}
+		}
 		st := s.lookupLocked(m)
 		if st == nil {
 			l.log.Debug("dropped stale STREAM_RESET", "msg", m.String())
 			return nil
+		}
+		if s.cfg.Mode == ModeSource {
+			s.remoteResetLocked(l, st, nil)
 		}
 		s.endStreamLocked(st, io.EOF, fmt.Errorf("%w: stream %d reset by the peer", ErrStreamReset, st.id))
 		s.ev.emit(StreamReset{ServiceID: st.service, StreamID: st.id, Remote: true})
@@ -687,6 +715,12 @@ func (s *Session) handle(l *link, m *wire.Message) error {
 		c := st.conns[id]
 		if c == nil {
 			return nil
+		}
+		if s.cfg.Mode == ModeSource {
+			s.remoteResetLocked(l, st, c)
+			if st.probeConn == c {
+				s.dropProbeLocked(st)
+			}
 		}
 		c.terminate(io.EOF, fmt.Errorf("%w: stream %d connection %d reset by the peer", ErrStreamReset, st.id, id))
 		// The stream stays even when this was its last connection, as
@@ -725,17 +759,28 @@ func (s *Session) lookupLocked(m *wire.Message) *stream {
 }
 
 func (s *Session) dataTargetLocked(l *link, m *wire.Message) *Conn {
+	if s.cfg.Mode == ModeSource && m.ServiceID == "" {
+		if st := s.probeOwnerLocked(m.StreamID); st != nil {
+			s.probeAnsweredLocked(l, st)
+		}
+	}
 	st := s.lookupLocked(m)
 	if st == nil {
 		l.log.Debug("dropped stale DATA", "stream_id", m.StreamID, "service_id", m.ServiceID, "conn_id", m.ConnectionID)
 		return nil
 	}
 	if s.cfg.Mode == ModeSource {
+		s.setPeerLocked(l, peerPresent, "")
+		s.answered[st.service] = true
+		if st.probeID != 0 {
+			l.log.Info("the destination answered in V3 after all: the V1 retry is dropped", "service_id", st.service, "stream_id", st.id)
+			s.dropProbeLocked(st)
+		}
 		if s.cfg.PeerVersion == 0 {
 			if m.ServiceID == "" && st.wireSvc != "" {
-				s.detectedLocked(l, st, 1)
+				s.detectedLocked(l, st, 1, "")
 			} else if m.ConnectionID == 0 && st.connIDs {
-				s.detectedLocked(l, st, 2)
+				s.detectedLocked(l, st, 2, "")
 			}
 		}
 	} else if m.ConnectionID == 0 && st.connIDs {
@@ -747,7 +792,7 @@ func (s *Session) dataTargetLocked(l *link, m *wire.Message) *Conn {
 }
 
 // detectedLocked switches a source to the peer version v its replies show.
-func (s *Session) detectedLocked(l *link, cur *stream, v int) {
+func (s *Session) detectedLocked(l *link, cur *stream, v int, why string) {
 	if s.detected != 0 && s.detected <= v {
 		return
 	}
@@ -769,10 +814,13 @@ func (s *Session) detectedLocked(l *link, cur *stream, v int) {
 			}
 		}
 	}
-	if v == 1 {
-		l.log.Warn("destination speaks protocol V1 (no service IDs): switched to V1, one connection per tunnel; pass -y V1 (PeerVersion 1) to skip detection")
-	} else {
-		l.log.Warn("destination speaks protocol V2 (no connection IDs): switched to V2, one connection per service; pass -y V2 (PeerVersion 2) to skip detection")
+	switch {
+	case why != "":
+		l.log.Warn(why)
+	case v == 1:
+		l.log.Warn("destination speaks protocol V1 (no service IDs): switched to V1, one connection per tunnel; set PeerVersion 1 to skip detection")
+	default:
+		l.log.Warn("destination speaks protocol V2 (no connection IDs): switched to V2, one connection per service; set PeerVersion 2 to skip detection")
 	}
 	s.ev.emit(PeerVersionDetected{ServiceID: cur.service, Version: v})
 }
@@ -786,6 +834,14 @@ func (s *Session) streamStartLocked(l *link, m *wire.Message) {
 	if s.servicesKnown && svc != "" && !slices.Contains(s.services, svc) {
 		l.log.Warn("rejected stream for a service the tunnel does not have", "service_id", svc, "stream_id", m.StreamID)
 		l.pushCtrl(wire.Message{Type: wire.TypeStreamReset, StreamID: m.StreamID, ServiceID: svc})
+		return
+	}
+	if svc == "" && s.namedStreamOpenLocked() {
+		// A V1-framed stream while a V3 one is open is a sectun source's
+		// V1 retry (Config.V1Retry) of a connection whose reply is slow:
+		// refuse it, which tells that source we speak V2/V3.
+		l.log.Debug("refused a V1-framed stream while a V2/V3 stream is open (a source's V1 retry)", "stream_id", m.StreamID)
+		l.pushCtrl(wire.Message{Type: wire.TypeStreamReset, StreamID: m.StreamID})
 		return
 	}
 	if old := s.streams[svc]; old != nil {
@@ -857,7 +913,11 @@ func (s *Session) reject(c *Conn) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.resetLocked(c, true, fmt.Errorf("%w: rejected", ErrStreamReset)) {
+	// On a V3 stream CONNECTION_RESET, even for its only connection: a
+	// source tells it from the STREAM_RESET the service sends for a
+	// missing destination (ErrServiceRefused), and the stream stays, as
+	// after a local close. V1/V2 streams get STREAM_RESET.
+	if s.resetLocked(c, false, fmt.Errorf("%w: rejected", ErrStreamReset)) {
 		c.l.log.Info("rejected incoming connection", "service_id", c.service, "stream_id", c.streamID, "conn_id", c.id)
 	}
 }
@@ -880,6 +940,9 @@ func (s *Session) finishLocalClose(c *Conn) (streamReset bool) {
 	defer s.mu.Unlock()
 	st := c.st
 	streamReset = !st.connIDs
+	if st.probeConn == c {
+		s.dropProbeLocked(st)
+	}
 	s.removeConnLocked(st, c)
 	// A V3 stream outlives its connections: the next connection of the
 	// service is a CONNECTION_START on it, as the reference source does. The
@@ -918,11 +981,209 @@ func (s *Session) silent(c *Conn) {
 	}
 	s.mu.Lock()
 	detected := s.detected
+	refused := c.st.probeRefused || s.peer == peerAbsent
 	s.mu.Unlock()
-	if detected != 0 || !s.warnedSilent.CompareAndSwap(false, true) {
+	if detected != 0 || refused || !s.warnedSilent.CompareAndSwap(false, true) {
 		return
 	}
-	s.log.Warn("no reply from the destination on a new connection; if it runs an older local proxy, pass -y V2 or -y V1 (PeerVersion 2 or 1)",
+	s.log.Warn("no reply from the destination on a new connection: it may not be connected, its service may be slow, or it may run an older local proxy (set PeerVersion 2 or 1)",
 		"service_id", c.service, "stream_id", c.streamID, "conn_id", c.id, "after", s.cfg.NoReplyWarning)
 	s.ev.emit(PeerSilent{ServiceID: c.service, StreamID: c.streamID, After: s.cfg.NoReplyWarning})
+}
+
+// setPeerLocked records what a source learned of the destination's
+// presence and logs changes. left says the destination went away.
+func (s *Session) setPeerLocked(l *link, p peerState, how string) {
+	if s.cfg.Mode != ModeSource || s.peer == p {
+		return
+	}
+	prev := s.peer
+	s.peer = p
+	switch {
+	case p == peerPresent && prev == peerAbsent:
+		l.log.Info("the destination is connected again")
+	case p == peerPresent:
+		l.log.Info("the destination is connected")
+	case how == "left":
+		l.log.Warn("the destination left the tunnel: its connections were reset; new ones are reset until it connects again")
+	default:
+		l.log.Warn("the destination is not connected to the tunnel: connections are reset until it connects")
+	}
+	s.ev.emit(DestinationStatus{Connected: p == peerPresent})
+}
+
+// remoteResetLocked (source) classifies a reset from the destination's
+// side before the connections are terminated: of the whole stream st
+// (STREAM_RESET, one == nil) or of connection one (CONNECTION_RESET). It
+// sets the connections' ResetReason and the destination's presence.
+func (s *Session) remoteResetLocked(l *link, st *stream, one *Conn) {
+	replied := func(c *Conn) bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.gotData
+	}
+	any := false
+	if one != nil {
+		any = replied(one)
+	} else {
+		for _, c := range st.conns {
+			any = any || replied(c)
+		}
+	}
+	var reason error
+	switch {
+	case one != nil:
+		// Only the destination sends CONNECTION_RESET for a connection the
+		// service saw started: it is there.
+		s.setPeerLocked(l, peerPresent, "")
+		if !any {
+			reason = ErrServiceRefused
+		}
+	case any && st.connIDs:
+		// A V3 destination closes connections with CONNECTION_RESET; a
+		// STREAM_RESET of a stream that carried data is the service's,
+		// sent when the destination leaves.
+		s.setPeerLocked(l, peerAbsent, "left")
+	case any:
+	case st.connIDs && s.peer != peerPresent:
+		reason = ErrPeerNotConnected
+		s.setPeerLocked(l, peerAbsent, "")
+	default:
+		reason = ErrResetBeforeReply
+	}
+	if reason == nil {
+		return
+	}
+	set := func(c *Conn) {
+		c.mu.Lock()
+		if !c.gone && c.reason == nil {
+			c.reason = reason
+		}
+		c.mu.Unlock()
+	}
+	if one != nil {
+		set(one)
+		return
+	}
+	for _, c := range st.conns {
+		set(c)
+	}
+}
+
+// namedStreamOpenLocked (destination) reports whether a stream with a
+// service ID has an open connection.
+func (s *Session) namedStreamOpenLocked() bool {
+	for _, st := range s.streams {
+		if st.wireSvc != "" && len(st.conns) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// v1RetryEligibleLocked reports whether the first connection of the new
+// stream st gets a V1 retry when its destination stays silent.
+func (s *Session) v1RetryEligibleLocked(st *stream) bool {
+	return s.cfg.PeerVersion == 0 && s.cfg.V1Retry > 0 && st.wireSvc != "" && s.detected == 0 &&
+		!s.answered[st.service] && !s.retried[st.service]
+}
+
+// retryV1 runs when the first connection of a service got nothing for
+// V1Retry: it starts the V1 retry, which the writer sends (STREAM_START
+// without service ID, then the replayed data; see writeConn).
+func (s *Session) retryV1(c *Conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := c.st
+	if s.stopped || s.streams[st.service] != st || st.conns[c.id] != c || st.wireSvc == "" || s.detected != 0 ||
+		s.answered[st.service] || s.retried[st.service] || st.probeID != 0 || isClosed(c.l.done) || s.link != c.l {
+		return
+	}
+	c.mu.Lock()
+	if c.gotData || c.gone || c.closed || !c.replayOn {
+		c.mu.Unlock()
+		return
+	}
+	s.nextStreamID++
+	if s.nextStreamID <= 0 {
+		s.nextStreamID = 1
+	}
+	pid := s.nextStreamID
+	s.retried[st.service] = true
+	st.probeID, st.probeConn = pid, c
+	c.probeID, c.probePending = pid, true
+	c.retryTimer = nil
+	push := !c.queued
+	c.queued = true
+	sent := len(c.replay)
+	c.mu.Unlock()
+	c.l.log.Warn("no reply at all from the destination on the first connection of the service: retrying it in V1 framing beside the V3 stream (the AWS IoT Device Client answers only in V1 framing); the first to answer is kept; set PeerVersion to skip this",
+		"service_id", st.service, "stream_id", st.id, "retry_stream_id", pid, "after", s.cfg.V1Retry, "replayed_bytes", sent)
+	if push {
+		c.l.pushReady(c)
+	}
+}
+
+// probeOwnerLocked returns the stream whose V1 retry has stream ID id.
+func (s *Session) probeOwnerLocked(id int32) *stream {
+	for _, st := range s.streams {
+		if st.probeID != 0 && st.probeID == id {
+			return st
+		}
+	}
+	return nil
+}
+
+// dropProbeLocked ends st's V1 retry, if any: it is reset on the wire
+// unless the writer never started it.
+func (s *Session) dropProbeLocked(st *stream) {
+	if st.probeID == 0 {
+		return
+	}
+	pid, c := st.probeID, st.probeConn
+	st.probeID, st.probeConn = 0, nil
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	pending := c.probePending
+	c.probeID, c.probePending = 0, false
+	c.mu.Unlock()
+	if !pending {
+		c.l.pushCtrl(wire.Message{Type: wire.TypeStreamReset, StreamID: pid})
+	}
+}
+
+// probeRefusedLocked: the destination reset st's V1 retry, so it speaks
+// V2/V3 and the V3 stream goes on waiting for its reply.
+func (s *Session) probeRefusedLocked(l *link, st *stream) {
+	c := st.probeConn
+	st.probeID, st.probeConn = 0, nil
+	st.probeRefused = true
+	if c != nil {
+		c.mu.Lock()
+		c.probeID, c.probePending = 0, false
+		c.mu.Unlock()
+	}
+	s.setPeerLocked(l, peerPresent, "")
+	l.log.Info("the destination refused the V1 retry, so it speaks V2/V3: the connection stays on its V3 stream", "service_id", st.service, "stream_id", st.id)
+}
+
+// probeAnsweredLocked: the destination answered st's V1 retry: the
+// connection moves to the retry's stream and the session to V1.
+func (s *Session) probeAnsweredLocked(l *link, st *stream) {
+	c, pid := st.probeConn, st.probeID
+	old := st.id
+	st.probeID, st.probeConn = 0, nil
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	c.probeID, c.probePending = 0, false
+	c.mu.Unlock()
+	l.pushCtrl(wire.Message{Type: wire.TypeStreamReset, StreamID: old, ServiceID: st.wireSvc})
+	st.id = pid
+	s.detectedLocked(l, st, 1, "the destination answered the V1 retry and not the V3 stream: it answers only in V1 framing (as the AWS IoT Device Client does); switched to V1, one connection per tunnel; set PeerVersion 1 to skip this")
+	s.answered[st.service] = true
+	s.setPeerLocked(l, peerPresent, "")
 }

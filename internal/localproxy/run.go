@@ -243,6 +243,10 @@ func eventLogger(log *slog.Logger) func(tunnel.Event) {
 			log.Debug("connection started", "service_id", e.ServiceID, "stream_id", e.StreamID, "conn_id", e.ConnectionID, "remote", e.Remote)
 		case tunnel.StreamReset:
 			log.Debug("stream reset", "service_id", e.ServiceID, "stream_id", e.StreamID, "remote", e.Remote)
+		case tunnel.PeerSilent:
+			log.Info("if the destination runs an older local proxy, pass -y V2 or -y V1", "service_id", e.ServiceID)
+		case tunnel.PeerVersionDetected:
+			log.Info(fmt.Sprintf("pass -y V%d to skip the detection", e.Version), "service_id", e.ServiceID)
 		case tunnel.ConnectionReset:
 			log.Debug("connection reset", "service_id", e.ServiceID, "stream_id", e.StreamID, "conn_id", e.ConnectionID, "remote", e.Remote)
 		}

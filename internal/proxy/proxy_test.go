@@ -71,7 +71,9 @@ func newRig(t *testing.T, o rigOpts) *rig {
 			scfg.Services = append(scfg.Services, Service{ServiceID: id, Address: "127.0.0.1:0"})
 		}
 	}
-	scfg.Logger = testLogger(t).With("side", "source")
+	if scfg.Logger == nil {
+		scfg.Logger = testLogger(t).With("side", "source")
+	}
 	s, err := NewSource(testCtx(t), r.src, scfg)
 	if err != nil {
 		t.Fatal(err)
@@ -513,4 +515,51 @@ func TestV2PeerOneConnectionPerService(t *testing.T) {
 	c2 := dialLocal(t, r.source, "S")
 	roundTrip(t, c2, []byte("second replaces the first"))
 	expectEOF(t, c1, 5*time.Second)
+}
+
+// TestSourceSaysWhyBeforeReply: the source's log says that the
+// destination's service refused, or that no destination is connected,
+// rather than only that the connection closed.
+func TestSourceSaysWhyBeforeReply(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := ln.Addr().String()
+	ln.Close()
+	t.Run("refused", func(t *testing.T) {
+		ch := make(chan struct{}, 1)
+		r := newRig(t, rigOpts{services: []string{"S"}, targets: map[string]string{"S": closed},
+			srcCfg: SourceConfig{Logger: slog.New(&notifyHandler{Handler: testLogger(t).Handler(), match: "could not connect to its service (connection refused? check its mapping", ch: ch})}})
+		c := dialLocal(t, r.source, "S")
+		c.Write([]byte("hello?"))
+		expectEOF(t, c, 5*time.Second)
+		select {
+		case <-ch:
+		case <-time.After(testTimeout):
+			t.Fatal("no log line saying the destination's service refused")
+		}
+	})
+	t.Run("no destination", func(t *testing.T) {
+		w := newWorld(t)
+		st, _ := w.open("S")
+		src := w.connect(t, tunnel.ModeSource, st, nil)
+		ch := make(chan struct{}, 1)
+		s, err := NewSource(testCtx(t), src, SourceConfig{
+			Services: []Service{{ServiceID: "S", Address: "127.0.0.1:0"}},
+			Logger:   slog.New(&notifyHandler{Handler: testLogger(t).Handler(), match: "the destination is not connected", ch: ch}),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		c := dialLocal(t, s, "S")
+		c.Write([]byte("hello?"))
+		expectEOF(t, c, 5*time.Second)
+		select {
+		case <-ch:
+		case <-time.After(testTimeout):
+			t.Fatal("no log line saying the destination is not connected")
+		}
+	})
 }

@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/sectun/sectun/tunnel"
 )
 
 // SourceConfig configures a Source. The zero value of every field but
@@ -311,7 +313,23 @@ func (s *Source) handle(svc Service, p *pair) {
 	log := s.log.With("service_id", svc.ServiceID, "stream_id", tc.StreamID(), "conn_id", tc.ConnectionID())
 	log.Info("accepted connection", "remote", remote, "local", p.local.LocalAddr().String())
 	r := join(p.local, tc, s.pool)
+	if reason := tc.ResetReason(); reason != nil && !r.localEnded && s.ctx.Err() == nil {
+		log.Warn("connection closed: "+explainReset(reason), "sent", r.sent, "received", r.received)
+		return
+	}
 	logEnd(log, r, s.ctx.Err() != nil)
+}
+
+// explainReset says why the destination ended a connection before any
+// reply (tunnel.Conn.ResetReason) and what to check.
+func explainReset(reason error) string {
+	switch {
+	case errors.Is(reason, tunnel.ErrPeerNotConnected):
+		return "the destination is not connected to the tunnel (is the device's agent or local proxy running with the destination token?)"
+	case errors.Is(reason, tunnel.ErrServiceRefused):
+		return "the destination could not connect to its service (connection refused? check its mapping: -d of localproxy, --map of tunnel-agent)"
+	}
+	return "the destination reset it before any reply: it could not connect to its service (check its -d or --map), or it is not connected"
 }
 
 // logEnd logs the end of a joined pair.
