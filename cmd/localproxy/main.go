@@ -32,5 +32,5 @@ func main() {
 	}()
 	err = localproxy.Run(ctx, cfg, log)
 	stop()
-	os.Exit(localproxy.Exit(log, err))
+	os.Exit(localproxy.Exit(log, err, cfg.StrictExit))
 }

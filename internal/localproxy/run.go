@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"sync/atomic"
 	"time"
@@ -40,6 +41,9 @@ func TunnelConfig(cfg *config.Config, log *slog.Logger) (tunnel.Config, error) {
 		DisableReconnect:  !s.ReconnectOnDataError,
 		Logger:            log,
 	}
+	if tc.ClientToken == "" && !cfg.SingleUseToken {
+		tc.ClientToken = DerivedClientToken(cfg.AccessToken)
+	}
 	if cfg.Mode == config.ModeDestination {
 		tc.Mode = tunnel.ModeDestination
 	} else {
@@ -66,7 +70,7 @@ func TunnelConfig(cfg *config.Config, log *slog.Logger) (tunnel.Config, error) {
 	tc.Proxy = func(*url.URL) (*url.URL, error) { return webProxy, nil }
 	tlsCfg, err := tunnel.TLSConfig(cfg.CAPath, cfg.NoSSLHostVerify)
 	if err != nil {
-		return tunnel.Config{}, err
+		return tunnel.Config{}, fmt.Errorf("-c/--capath: %w", err)
 	}
 	tc.TLS = tlsCfg
 	return tc, nil
@@ -120,11 +124,26 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		log.Debug("-y is for source mode: a destination answers in the format the source uses")
 	}
 	log.Info("Starting proxy in "+cfg.Mode.String()+" mode", "endpoint", cfg.URL(), "token_id", token.Short(cfg.AccessToken))
-	if cfg.ClientToken == "" && tc.DisableReconnect {
-		log.Debug("no client token: the access token is used once")
-	} else if cfg.ClientToken == "" {
-		log.Info("no client token (-i): reconnects use one generated for this process, so a restarted localproxy needs a new (rotated) access token; pass -i to be able to restart with the same one")
+	switch {
+	case cfg.ClientToken == "" && cfg.SingleUseToken:
+		log.Info("no client token (-i) and --single-use-token: reconnects use one generated for this process, so a restarted localproxy needs a new (rotated) access token")
+	case cfg.ClientToken == "":
+		log.Info("no client token (-i): using one derived from the access token and this machine, so that a restart here reconnects with the same access token (--single-use-token: a random one)")
 	}
+	// What can be checked here is checked before the handshake, which
+	// uses up the access token: the source's listen ports.
+	held, err := bindSourcePorts(ctx, cfg, log)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	defer func() {
+		for _, ln := range held {
+			ln.Close() // those NewSource did not take
+		}
+	}()
 	sess, err := tunnel.Connect(ctx, tc)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -138,7 +157,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	services := sess.Services()
 	mappings, err := cfg.Resolve(services)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w; %s", err, restartHint(cfg))
 	}
 	log.Info("Use port mapping: " + config.FormatMappings(mappings))
 
@@ -150,6 +169,10 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		svcs := make([]proxy.Service, len(mappings))
 		for i, m := range mappings {
 			svcs[i] = proxy.Service{ServiceID: m.ServiceID, Network: "tcp", Address: cfg.ListenAddress(m)}
+			if ln := held[m.Port]; ln != nil && m.Port != 0 {
+				svcs[i].Listener = ln
+				delete(held, m.Port)
+			}
 		}
 		src, err := proxy.NewSource(ctx, sess, proxy.SourceConfig{
 			Services:         svcs,
@@ -203,6 +226,59 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		}
 		return failed()
 	}
+}
+
+// bindSourcePorts listens on the ports of a source's -s mappings before
+// the handshake, so that a port in use fails before the access token is
+// used. It returns the listeners by port (none in destination mode, for
+// port 0 and for --config-dir mappings, which depend on the tunnel's
+// services).
+func bindSourcePorts(ctx context.Context, cfg *config.Config, log *slog.Logger) (map[int]net.Listener, error) {
+	held := map[int]net.Listener{}
+	if cfg.Mode != config.ModeSource {
+		return held, nil
+	}
+	retries, delay := cfg.Settings.TCPConnectionRetryCount, cfg.Settings.TCPConnectionRetryDelay
+	var lc net.ListenConfig
+	for _, m := range cfg.Mappings {
+		if m.Port == 0 || held[m.Port] != nil {
+			continue
+		}
+		addr := cfg.ListenAddress(m)
+		for attempt := 0; ; attempt++ {
+			ln, err := lc.Listen(ctx, "tcp", addr)
+			if err == nil {
+				held[m.Port] = ln
+				break
+			}
+			if ctx.Err() != nil || retries >= 0 && attempt >= retries {
+				for _, l := range held {
+					l.Close()
+				}
+				return nil, fmt.Errorf("%w for %s on %s: %w (checked before connecting, so the access token is not used: pick another -s port or stop what listens there)", proxy.ErrListen, m, addr, err)
+			}
+			log.Warn("cannot listen; retrying", "addr", addr, "err", err, "attempt", attempt+1, "delay", delay)
+			t := time.NewTimer(delay)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+			}
+		}
+	}
+	return held, nil
+}
+
+// restartHint says how to try again after a mistake found once the
+// access token was used.
+func restartHint(cfg *config.Config) string {
+	switch {
+	case cfg.ClientToken != "":
+		return "fix it and start again with the same access token and -i: it reconnects"
+	case cfg.SingleUseToken:
+		return "fix it and start again with a new access token (aws iotsecuretunneling rotate-tunnel-access-token), as --single-use-token used this one up"
+	}
+	return "fix it and start again on this machine with the same access token: it reconnects (the client token is derived from it and this machine)"
 }
 
 // copyBuffer sizes the copy buffers from tcp.read_buffer_size, at most 32
@@ -268,13 +344,47 @@ func ExitCode(err error) int {
 	return 1
 }
 
+// ExitTokenRefused is the exit code with --strict-exit when the service
+// refuses the access token (any 4xx answer to the upgrade).
+const ExitTokenRefused = 2
+
+// StrictExitCode is ExitCode with --strict-exit: a refused access token
+// exits ExitTokenRefused, so that scripts and systemd can tell it from a
+// normal end; the rest as ExitCode.
+func StrictExitCode(err error) int {
+	if errors.Is(err, tunnel.ErrTokenRejected) {
+		return ExitTokenRefused
+	}
+	return ExitCode(err)
+}
+
+// Hint says which localproxy option fixes err, "" if none: the tunnel
+// library names its Config fields, the user knows the flags.
+func Hint(err error) string {
+	switch {
+	case errors.Is(err, tunnel.ErrTLSRequired):
+		return "give -e as HOST[:PORT] or wss://HOST:PORT (the service speaks TLS)"
+	case errors.Is(err, tunnel.ErrTLSNotSpoken):
+		return "give -e as ws://HOST:PORT (the service does not speak TLS)"
+	case errors.Is(err, tunnel.ErrCertificateUntrusted):
+		return "pass the service's CA with -c FILE or -c DIR, or -k to skip verification (testing only)"
+	}
+	return ""
+}
+
 // Exit logs the outcome of Run in one line and returns the exit code (see
-// ExitCode).
-func Exit(log *slog.Logger, err error) int {
+// ExitCode; StrictExitCode with strict, for --strict-exit).
+func Exit(log *slog.Logger, err error, strict bool) int {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	code := ExitCode(err)
+	if strict {
+		code = StrictExitCode(err)
+	}
+	if h := Hint(err); h != "" {
+		err = fmt.Errorf("%w: %s", err, h)
+	}
 	var he *tunnel.HandshakeError
 	switch {
 	case err == nil:

@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -19,6 +21,7 @@ import (
 
 	"github.com/sectun/sectun/internal/localproxy/config"
 	"github.com/sectun/sectun/internal/localproxy/metrics"
+	"github.com/sectun/sectun/internal/proxy"
 	"github.com/sectun/sectun/internal/relaytest"
 	"github.com/sectun/sectun/internal/server/relay"
 	"github.com/sectun/sectun/internal/tcptest"
@@ -196,7 +199,7 @@ func TestRunTokenRejectedExitsZero(t *testing.T) {
 		t.Fatalf("ExitCode = %d, want 0 (as the reference)", ExitCode(err))
 	}
 	var b bytes.Buffer
-	Exit(NewLogger(&b, 4), err)
+	Exit(NewLogger(&b, 4), err, false)
 	if !strings.Contains(b.String(), "[error]") || !strings.Contains(b.String(), "401") {
 		t.Errorf("exit line: %q", b.String())
 	}
@@ -208,7 +211,10 @@ func TestRunTokenReuseRefused(t *testing.T) {
 	a := tcptest.EchoServer(t).Addr()
 	d1 := run(t, "-t", dst, "-e", svc.url, "-d", "SSH="+a)
 	d1.log.wait(t, `Use port mapping`)
-	d2 := run(t, "-t", dst, "-e", svc.url, "-d", "SSH="+a)
+	// Another machine, or --single-use-token: another client token. (On
+	// the same machine the derived client token reconnects, replacing
+	// the first: TestRunRestartAfterMistake.)
+	d2 := run(t, "-t", dst, "-e", svc.url, "-d", "SSH="+a, "--single-use-token")
 	err := d2.wait(t)
 	var he *tunnel.HandshakeError
 	if !errors.As(err, &he) || he.StatusCode != 401 {
@@ -283,7 +289,7 @@ func TestTunnelConfig(t *testing.T) {
 		check func(t *testing.T, c tunnel.Config)
 	}{
 		{"source defaults", []string{"-t", "tok", "-r", "us-east-1", "-s", "5555"}, func(t *testing.T, c tunnel.Config) {
-			if c.Mode != tunnel.ModeSource || c.AccessToken != "tok" || c.ClientToken != "" {
+			if c.Mode != tunnel.ModeSource || c.AccessToken != "tok" || c.ClientToken != DerivedClientToken("tok") || len(c.ClientToken) != 64 {
 				t.Errorf("mode/tokens: %+v", c)
 			}
 			if c.Endpoint != "wss://data.tunneling.iot.us-east-1.amazonaws.com:443" {
@@ -431,4 +437,106 @@ func scrape(t *testing.T, url string) string {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
+}
+
+// TestRunBusyPortBeforeHandshake: a source port in use fails before the
+// handshake, so the (single-use) access token still works for the
+// corrected command.
+func TestRunBusyPortBeforeHandshake(t *testing.T) {
+	svc := newService(t)
+	_, src, _ := svc.open("SSH")
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	_, port, _ := net.SplitHostPort(busy.Addr().String())
+	settings := filepath.Join(t.TempDir(), "s.json")
+	if err := os.WriteFile(settings, []byte(`{"tunneling":{"proxy":{"tcp":{"connection_retry_count":"0"}}}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := run(t, "-t", src, "-e", svc.url, "-s", "SSH="+port, "-b", "127.0.0.1", "--single-use-token", "--settings-json", settings)
+	err = p.wait(t)
+	if !errors.Is(err, proxy.ErrListen) || !strings.Contains(err.Error(), "access token is not used") {
+		t.Fatalf("err = %v, want ErrListen before connecting", err)
+	}
+	if strings.Contains(p.log.String(), "connected") {
+		t.Fatalf("it connected before failing:\n%s", p.log.String())
+	}
+	q := run(t, "-t", src, "-e", svc.url, "-s", "SSH=0", "-b", "127.0.0.1", "--single-use-token")
+	q.log.wait(t, `Listening for SSH on`)
+}
+
+// TestRunRestartAfterMistake: a destination started with a wrong service
+// ID fails after the handshake; started again on the same machine with the
+// same access token and the right mapping, it reconnects (the client
+// token is derived from the access token and the machine) and serves.
+func TestRunRestartAfterMistake(t *testing.T) {
+	svc := newService(t)
+	_, src, dst := svc.open("SSH")
+	echo := tcptest.EchoServer(t).Addr()
+	d := run(t, "-t", dst, "-e", svc.url, "-d", "VNC="+echo)
+	err := d.wait(t)
+	if !errors.Is(err, config.ErrServiceIDs) || !strings.Contains(err.Error(), "start again on this machine with the same access token") {
+		t.Fatalf("err = %v, want ErrServiceIDs saying how to restart", err)
+	}
+	d2 := run(t, "-t", dst, "-e", svc.url, "-d", "SSH="+echo)
+	d2.log.wait(t, `Use port mapping`)
+	s := run(t, "-t", src, "-e", svc.url, "-s", "SSH=0", "-b", "127.0.0.1")
+	addr := s.log.wait(t, `Listening for SSH on (127\.0\.0\.1:\d+)`)[1]
+	echoThrough(t, addr, "after the restart")
+
+	// With --single-use-token the reference's behaviour: used up, and the
+	// refusal names the rotate command.
+	_, _, dst2 := svc.open("SSH")
+	e := run(t, "-t", dst2, "-e", svc.url, "-d", "VNC="+echo, "--single-use-token")
+	e.wait(t)
+	e2 := run(t, "-t", dst2, "-e", svc.url, "-d", "SSH="+echo, "--single-use-token")
+	err = e2.wait(t)
+	if !errors.Is(err, tunnel.ErrTokenRejected) || !strings.Contains(err.Error(), "aws iotsecuretunneling rotate-tunnel-access-token --tunnel-id TUNNEL_ID --client-mode DESTINATION") {
+		t.Fatalf("err = %v, want a refusal naming the rotate command", err)
+	}
+}
+
+// TestStrictExit: the reference exits 0 when the service refuses the
+// token; --strict-exit makes it 2.
+func TestStrictExit(t *testing.T) {
+	svc := newService(t)
+	p := run(t, "-t", "not-a-token", "-e", svc.url, "-s", "0", "--strict-exit")
+	err := p.wait(t)
+	if ExitCode(err) != 0 || StrictExitCode(err) != ExitTokenRefused {
+		t.Fatalf("ExitCode %d, StrictExitCode %d, want 0 and %d", ExitCode(err), StrictExitCode(err), ExitTokenRefused)
+	}
+	if got := Exit(nil, err, true); got != 2 {
+		t.Fatalf("Exit(strict) = %d", got)
+	}
+	cfg, _, err := config.Parse([]string{"-t", "x", "-e", "h:1", "-s", "1", "--strict-exit"}, config.Environment{})
+	if err != nil || !cfg.StrictExit {
+		t.Fatalf("--strict-exit: %v, %+v", err, cfg)
+	}
+}
+
+// TestSchemeHint: the library's error names its Config field; Exit adds
+// the localproxy option that fixes it.
+func TestSchemeHint(t *testing.T) {
+	svc := newService(t)
+	_, src, _ := svc.open("SSH")
+	p := run(t, "-t", src, "-e", "wss://"+strings.TrimPrefix(svc.url, "ws://"), "-s", "0", "--single-use-token")
+	err := p.wait(t)
+	if !errors.Is(err, tunnel.ErrTLSNotSpoken) {
+		t.Fatalf("err = %v, want ErrTLSNotSpoken at once", err)
+	}
+	var b bytes.Buffer
+	Exit(NewLogger(&b, 4), err, false)
+	if !strings.Contains(b.String(), "-e as ws://HOST:PORT") {
+		t.Fatalf("exit log does not say what to pass: %s", b.String())
+	}
+	for _, e := range []error{tunnel.ErrTLSRequired, tunnel.ErrCertificateUntrusted} {
+		if h := Hint(fmt.Errorf("x: %w", e)); h == "" {
+			t.Errorf("no hint for %v", e)
+		}
+	}
+	if !strings.Contains(Hint(tunnel.ErrCertificateUntrusted), "-c FILE or -c DIR") {
+		t.Error("the CA hint does not name -c")
+	}
 }

@@ -35,6 +35,12 @@ type Service struct {
 	// Address is host:port for TCP (a Source listening on port 0 picks a
 	// free port), a socket path for Unix.
 	Address string
+	// Listener (Source only), if set, is served instead of listening on
+	// Address at start, so that a caller can bind its ports before it
+	// opens the tunnel; NewSource owns it from then on (it closes it on
+	// failure and at Close). Listening again after a failure uses its
+	// address.
+	Listener net.Listener
 }
 
 func (s Service) network() string {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -78,13 +79,28 @@ type listener struct {
 // bounded by ctx) and starts serving. It fails with ErrListen if an address
 // cannot be listened on; no listener is left open then.
 func NewSource(ctx context.Context, d Dialer, cfg SourceConfig) (*Source, error) {
+	cfg.Services = slices.Clone(cfg.Services)
+	for i := range cfg.Services {
+		if l := cfg.Services[i].Listener; l != nil && cfg.Services[i].Address == "" {
+			cfg.Services[i].Address = l.Addr().String()
+		}
+	}
+	closeGiven := func() {
+		for _, svc := range cfg.Services {
+			if svc.Listener != nil {
+				svc.Listener.Close()
+			}
+		}
+	}
 	if d == nil {
+		closeGiven()
 		return nil, fmt.Errorf("%w: nil Dialer", ErrConfig)
 	}
 	if len(cfg.Services) == 0 {
 		return nil, fmt.Errorf("%w: no services", ErrConfig)
 	}
 	if err := checkServices(cfg.Services); err != nil {
+		closeGiven()
 		return nil, err
 	}
 	if cfg.MaxConns == 0 {
@@ -104,12 +120,24 @@ func NewSource(ctx context.Context, d Dialer, cfg SourceConfig) (*Source, error)
 		done: make(chan struct{}),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	for _, svc := range cfg.Services {
-		ln, err := s.listen(ctx, svc)
+	for i, svc := range cfg.Services {
+		ln, err := svc.Listener, error(nil)
+		svc.Listener = nil
+		if ln != nil {
+			s.log.Info(fmt.Sprintf("Listening for %s on %s", svc.name(), ln.Addr()),
+				"service_id", svc.ServiceID, "addr", ln.Addr().String())
+		} else {
+			ln, err = s.listen(ctx, svc)
+		}
 		if err != nil {
 			s.cancel()
 			for _, l := range s.listeners {
 				l.ln.Close()
+			}
+			for _, o := range cfg.Services[i+1:] {
+				if o.Listener != nil {
+					o.Listener.Close()
+				}
 			}
 			return nil, err
 		}

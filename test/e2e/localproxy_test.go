@@ -412,7 +412,9 @@ func TestLocalproxyTokenReuse(t *testing.T) {
 	tun := d.openTunnel(t, "thing1", "SSH")
 	echo := echoService(t)
 	startDestination(t, d.wsURL, tun.DestinationAccessToken, "SSH="+echo)
-	p := start(t, "localproxy", tokenEnv(tun.DestinationAccessToken), "-e", d.wsURL, "-d", "SSH="+echo)
+	// --single-use-token: a random client token, as the reference and another
+	// machine have (on this machine the derived one would reconnect).
+	p := start(t, "localproxy", tokenEnv(tun.DestinationAccessToken), "-e", d.wsURL, "-d", "SSH="+echo, "--single-use-token")
 	if code := p.waitExit(lpWait); code != 0 {
 		t.Fatalf("exit %d, want 0 (HTTP 401, as the reference)", code)
 	}

@@ -113,7 +113,8 @@ type Config struct {
 	// (port 0) and, as the reference does, dials it for mappings that
 	// name no host.
 	BindAddress string
-	// CAPath is -c/--capath: an extra CA certificate directory ("" = none).
+	// CAPath is -c/--capath: an extra CA certificate file or directory
+	// ("" = none).
 	CAPath string
 	// NoSSLHostVerify is -k/--no-ssl-host-verify.
 	NoSSLHostVerify bool
@@ -142,6 +143,13 @@ type Config struct {
 	// MetricsAllowRemote permits a non-loopback MetricsListen
 	// (--metrics-allow-remote).
 	MetricsAllowRemote bool
+	// StrictExit (--strict-exit) makes a refused access token exit 2
+	// instead of 0 (see localproxy.ExitCode).
+	StrictExit bool
+	// SingleUseToken (--single-use-token): without ClientToken, use a
+	// random client token rather than one derived from the access token
+	// and this machine.
+	SingleUseToken bool
 	// Origins says where each option's value came from, keyed by long
 	// option name: "-r/--region", "--config file F line N" or an
 	// environment variable name. For debug logs.
@@ -427,6 +435,12 @@ func (c *Config) build(values map[string]sourced, env Environment) error {
 	}
 	if v, ok := get(optMetricsRemote); ok {
 		c.MetricsAllowRemote = v.value == "true"
+	}
+	if v, ok := get(optStrictExit); ok {
+		c.StrictExit = v.value == "true"
+	}
+	if v, ok := get(optSingleUse); ok {
+		c.SingleUseToken = v.value == "true"
 	}
 	if c.MetricsListen != "" {
 		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {

@@ -755,3 +755,20 @@ func TestMetricsOptions(t *testing.T) {
 }
 
 func slicesClone(s []string) []string { return append([]string(nil), s...) }
+
+// TestHelpSaysCAPathFileOrDirectory: -c takes a PEM file or a directory
+// (the README passes a file), and --help says both work.
+func TestHelpSaysCAPathFileOrDirectory(t *testing.T) {
+	var b strings.Builder
+	if _, action, err := Parse([]string{"--help"}, Environment{Stdout: &b}); err != nil || action != ActionHelp {
+		t.Fatalf("--help: %v, %v", action, err)
+	}
+	if !strings.Contains(b.String(), "-c, --capath DIR|FILE") || !strings.Contains(b.String(), "a PEM file, or a directory of PEM files (both work)") {
+		t.Fatalf("--help on -c:\n%s", b.String())
+	}
+	for _, flag := range []string{"--strict-exit", "--single-use-token"} {
+		if !strings.Contains(b.String(), flag) {
+			t.Errorf("--help does not list %s", flag)
+		}
+	}
+}

@@ -47,6 +47,8 @@ const (
 	optConfigDir     = "config-dir"
 	optMetricsListen = "metrics-listen"
 	optMetricsRemote = "metrics-allow-remote"
+	optStrictExit    = "strict-exit"
+	optSingleUse     = "single-use-token"
 	envAccessToken   = "AWSIOT_TUNNEL_ACCESS_TOKEN"
 	envEndpoint      = "AWSIOT_TUNNEL_ENDPOINT"
 	envRegion        = "AWSIOT_TUNNEL_REGION"
@@ -72,8 +74,8 @@ var optionDefs = []optionDef{
 		help: "destination mode: services to reach, PORT, HOST:PORT or ID=[HOST:]PORT,... (e.g. SSH1=22,HTTP1=10.0.0.1:80); a value holding '/' is a Unix socket"},
 	{long: optBindAddress, short: "b", arg: "ADDRESS",
 		help: "local address to listen on (source) or to connect from (destination)"},
-	{long: optCAPath, short: "c", arg: "DIR",
-		help: "extra directory of CA certificates for verifying the service"},
+	{long: optCAPath, short: "c", arg: "DIR|FILE",
+		help: "extra CA certificates for verifying the service: a PEM file, or a directory of PEM files (both work)"},
 	{long: optNoVerify, short: "k",
 		help: "do not verify the service's TLS certificate (testing only)"},
 	{long: optExport, arg: "FILE", notInFile: true,
@@ -94,6 +96,10 @@ var optionDefs = []optionDef{
 		help: "sectun: serve Prometheus metrics (goroutines, tunnel connected, reconnects, connections per service) on http://ADDRESS/metrics, e.g. 127.0.0.1:9090 (port 0: any free port; the bound address is logged); loopback only unless --metrics-allow-remote; off by default"},
 	{long: optMetricsRemote, sectunOnly: true,
 		help: "sectun: allow a non-loopback --metrics-listen address (the metrics hold no secret but tell service IDs and activity)"},
+	{long: optStrictExit, sectunOnly: true,
+		help: "sectun: exit 2 when the service refuses the access token (HTTP 4xx on the upgrade: used, expired, wrong mode, closed tunnel) instead of 0 as the reference does, so that scripts and systemd see it"},
+	{long: optSingleUse, sectunOnly: true,
+		help: "sectun: without -i, use a random client token (the reference's behaviour: the first connection consumes the access token and a restart needs a rotated one) instead of one derived from the access token and this machine"},
 }
 
 func lookupLong(name string) *optionDef {
