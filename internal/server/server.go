@@ -69,6 +69,14 @@ type Config struct {
 	BandwidthLimit int64
 	// PostgresDSN selects PostgreSQL storage instead of SQLite.
 	PostgresDSN string
+	// AllowEmptyDB opens an existing zero-byte SQLite file as a new,
+	// empty database; by default it is refused (a truncated file or a
+	// failed copy would otherwise start tunneld with no tunnels).
+	AllowEmptyDB bool
+	// SkipDBCheck skips the integrity check (PRAGMA quick_check) of the
+	// SQLite file at start, which reads the whole file (see
+	// docs/storage.md for how long it takes).
+	SkipDBCheck bool
 	// MQTT configures device notifications.
 	MQTT MQTTConfig
 	// Logger receives structured logs; nil discards them.
@@ -130,6 +138,7 @@ type Server struct {
 	// are verified (MQTT over TLS on the embedded broker).
 	deviceCAPath string
 
+	health    *storeHealth
 	lock      *os.File // the data directory's lock, held until Close
 	closeOnce sync.Once
 }
@@ -219,13 +228,8 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		}
 	}
 
-	if cfg.PostgresDSN != "" {
-		s.store, err = postgres.Open(ctx, cfg.PostgresDSN)
-	} else {
-		s.store, err = sqlite.Open(ctx, filepath.Join(cfg.DataDir, "tunneld.db"))
-	}
-	if err != nil {
-		return nil, fmt.Errorf("tunneld: storage: %w", err)
+	if err := s.openStore(ctx); err != nil {
+		return nil, err
 	}
 	ok := false
 	defer func() { started = ok }()
@@ -237,11 +241,22 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 			s.store.Close()
 		}
 	}()
+	if db, isSQLite := s.store.(*sqlite.Store); isSQLite && !cfg.SkipDBCheck {
+		t0 := time.Now()
+		if err := db.QuickCheck(ctx); err != nil {
+			return nil, fmt.Errorf("tunneld: storage: %w (to start anyway, for a look at what still works: --skip-db-check)", err)
+		}
+		logger.Info("database checked", "check", "PRAGMA quick_check", "duration", time.Since(t0).Round(time.Millisecond))
+	}
+	s.store = healthStore{Store: s.store, h: s.health}
 	// No peer survives a restart: rows a killed tunneld left CONNECTED
 	// would otherwise stay so forever. (The data directory's lock makes
 	// this process the only one on an SQLite database.)
 	if n, err := s.store.ResetConnections(ctx, cfg.Now()); err != nil {
-		return nil, fmt.Errorf("tunneld: storage: %w", err)
+		if s.health.damaged == nil || !s.health.damaged(err) {
+			return nil, fmt.Errorf("tunneld: storage: %w", err)
+		}
+		s.health.note(err) // started with --skip-db-check: carry on, unhealthy
 	} else if n > 0 {
 		logger.Info("tunnel ends left connected by the previous run marked disconnected", "ends", n)
 	}
@@ -368,6 +383,31 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	return s, nil
 }
 
+// openStore opens the configured store and prepares its health record.
+func (s *Server) openStore(ctx context.Context) error {
+	cfg := s.cfg
+	s.health = &storeHealth{log: s.logger, now: time.Now}
+	if cfg.PostgresDSN != "" {
+		st, err := postgres.Open(ctx, cfg.PostgresDSN)
+		if err != nil {
+			return fmt.Errorf("tunneld: storage: %w", err)
+		}
+		s.store, s.health.st = st, st
+		return nil
+	}
+	path := filepath.Join(cfg.DataDir, "tunneld.db")
+	s.health.damaged, s.health.advice = sqlite.Damaged, sqlite.RepairAdvice(path)
+	st, err := sqlite.OpenWith(ctx, path, sqlite.Options{AllowEmptyFile: cfg.AllowEmptyDB})
+	if err != nil {
+		if sqlite.Damaged(err) {
+			return fmt.Errorf("tunneld: storage: %w: %s", err, s.health.advice)
+		}
+		return fmt.Errorf("tunneld: storage: %w", err)
+	}
+	s.store, s.health.st = st, st
+	return nil
+}
+
 func (s *Server) setupTLS(listenHost string) (cfg *tls.Config, certFile, keyFile string, err error) {
 	certFile, keyFile = s.cfg.TLSCertFile, s.cfg.TLSKeyFile
 	if (certFile == "") != (keyFile == "") {
@@ -407,10 +447,8 @@ func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/tunnel", s.relay)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-		defer cancel()
-		if _, err := s.store.CountOpen(ctx); err != nil {
-			http.Error(w, "storage unavailable", http.StatusServiceUnavailable)
+		if err := s.health.status(r.Context()); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
 		}
 		io.WriteString(w, "ok\n")

@@ -37,6 +37,8 @@ type Store struct {
 	get, find                            *sql.Stmt // on r
 	lock, insert, update, tokDel, tokIns *sql.Stmt // on w
 
+	path string // for messages about the file
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -80,7 +82,7 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	w.SetMaxIdleConns(1)
 	w.SetConnMaxLifetime(0)
 	w.SetConnMaxIdleTime(0)
-	s := &Store{w: w, r: w}
+	s := &Store{w: w, r: w, path: path}
 	if err := migrateWaiting(ctx, w); err != nil {
 		w.Close()
 		return nil, fmt.Errorf("sqlite: %s: %w", path, err)

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/sectun/sectun/internal/store"
+	"github.com/sectun/sectun/internal/store/sqlite/sqlitetest"
 	"github.com/sectun/sectun/internal/store/storetest"
 	"github.com/sectun/sectun/internal/token"
 )
@@ -284,4 +285,64 @@ func TestInMemoryIsPrivate(t *testing.T) {
 	if _, err := b.Get(ctx, "x"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("second in-memory store sees the first's tunnel: %v", err)
 	}
+}
+
+// TestDamagedFile: a damaged inner page of the tunnels table is found by
+// QuickCheck (with what to do), and reads that meet it report Damaged.
+func TestDamagedFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "tunneld.db")
+	s, err := Open(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 300 {
+		tun, _, _ := tunnel(fmt.Sprintf("t%03d", i))
+		if err := s.Create(context.Background(), tun); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.QuickCheck(context.Background()); err != nil {
+		t.Fatalf("QuickCheck of a sound file: %v", err)
+	}
+	s.Close()
+	sqlitetest.DamageInnerPage(t, path, "tunnels")
+
+	s, err = OpenWith(context.Background(), path, Options{})
+	if err != nil {
+		t.Fatalf("the damaged file does not open: %v", err)
+	}
+	defer s.Close()
+	err = s.QuickCheck(context.Background())
+	if !errors.Is(err, ErrDamaged) || !Damaged(err) || !strings.Contains(err.Error(), ".recover") || !strings.Contains(err.Error(), "backup") {
+		t.Fatalf("QuickCheck = %v; want ErrDamaged with how to restore or recover", err)
+	}
+	t.Logf("QuickCheck: %v", err)
+	_, err = s.Get(context.Background(), "t150")
+	if err == nil || !Damaged(err) {
+		t.Fatalf("Get on the damaged table = %v; want an error Damaged reports", err)
+	}
+}
+
+// TestEmptyFileRefused: an existing zero-byte file is not opened as a new
+// database unless allowed.
+func TestEmptyFileRefused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "tunneld.db")
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := OpenWith(context.Background(), path, Options{})
+	if !errors.Is(err, ErrEmptyFile) || !strings.Contains(err.Error(), "--allow-empty-db") || !strings.Contains(err.Error(), "backup") {
+		t.Fatalf("OpenWith(empty file) = %v; want ErrEmptyFile saying what to do", err)
+	}
+	s, err := OpenWith(context.Background(), path, Options{AllowEmptyFile: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	// A path that does not exist yet is a new database, as before.
+	s, err = OpenWith(context.Background(), filepath.Join(t.TempDir(), "new.db"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
 }
