@@ -44,6 +44,12 @@ type sshServer struct {
 
 func startSSHD(t *testing.T) sshServer {
 	t.Helper()
+	return startSSHDPort(t, 0)
+}
+
+// startSSHDPort is startSSHD on 127.0.0.1:port (0: a free port).
+func startSSHDPort(t *testing.T, port int) sshServer {
+	t.Helper()
 	for _, prog := range []string{"/usr/sbin/sshd", "ssh", "ssh-keygen"} {
 		if _, err := exec.LookPath(prog); err != nil {
 			t.Skipf("%s not installed (Debian: openssh-server, openssh-client): %v", prog, err)
@@ -72,7 +78,9 @@ func startSSHD(t *testing.T) sshServer {
 			t.Skipf("cannot create /run/sshd: %v", err)
 		}
 	}
-	port := freePort(t)
+	if port == 0 {
+		port = freePort(t)
+	}
 	conf := fmt.Sprintf("Port %d\nListenAddress 127.0.0.1\nHostKey %s\nPidFile none\nUsePAM no\nStrictModes no\n"+
 		"AuthorizedKeysFile %s\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"+
 		"PermitRootLogin prohibit-password\nLogLevel VERBOSE\n",

@@ -22,11 +22,19 @@ import (
 	"github.com/sectun/sectun/tunnel"
 )
 
-// The Device Client end-to-end test runs the real tunneld, `tunneld device
-// create`, sectun connect and localproxy against an emulated AWS IoT
-// Device Client (internal/server/devicetest: MQTT 3.1.1 by ALPN
-// x-amzn-mqtt-ca with the issued certificate, a V1-only destination) and a
-// real sshd, all on tunneld's one TLS port.
+// The proof that the AWS IoT Device Client works is TestRealDeviceClient
+// (deviceclient_real_test.go), with the real binary on ports 443 and 22.
+// TestDeviceClient runs the real tunneld, `tunneld device create`, sectun
+// connect and localproxy against an emulated Device Client
+// (internal/server/devicetest: MQTT 3.1.1 by ALPN x-amzn-mqtt-ca with the
+// issued certificate, a V1-only destination) and a real sshd, all on
+// tunneld's one TLS port. It stays for what the real binary cannot show:
+// a device subscribing to another thing's topic is refused; a second
+// connection with an already used destination token gets HTTP 401 while
+// the first tunnel goes on; the device's tunnel ends with ErrTunnelClosed
+// on CloseTunnel; HTTPS clients on the port are never asked for a
+// certificate. It needs neither root nor ../shared, so it also runs on a
+// user's clone, on any port.
 
 // deviceClientConfig is what the test reads back from the Device Client
 // configuration written by tunneld device create.

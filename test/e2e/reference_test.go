@@ -23,32 +23,15 @@ import (
 
 // The reference interop tests run the real AWS reference local proxy (C++,
 // aws-samples/aws-iot-securetunneling-localproxy, v3.x) against tunneld and
-// against our localproxy. They are skipped unless SECTUN_REFERENCE_LOCALPROXY
-// names the reference binary (see docs/interop.md for building it):
+// against our localproxy. They find it in ../shared/peers/localproxy, or
+// where SECTUN_REFERENCE_LOCALPROXY says, and skip when neither has it
+// (peers_test.go; docs/interop.md says how to build one):
 //
 //	SECTUN_REFERENCE_LOCALPROXY=/path/to/localproxy go test -run Reference ./test/e2e/
 //
 // The reference always speaks TLS, so tunneld runs with its generated
 // certificate; the reference trusts its CA with -c DIR (after openssl
 // rehash DIR) and dials -e 127.0.0.1:PORT.
-
-const referenceEnv = "SECTUN_REFERENCE_LOCALPROXY"
-
-// referenceBinary returns the reference binary or skips the test.
-func referenceBinary(t *testing.T) string {
-	t.Helper()
-	p := os.Getenv(referenceEnv)
-	if p == "" {
-		t.Skipf("%s is not set: no reference local proxy to test against", referenceEnv)
-	}
-	if fi, err := os.Stat(p); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
-		t.Fatalf("%s=%q is not an executable file (%v)", referenceEnv, p, err)
-	}
-	if _, err := exec.LookPath("openssl"); err != nil {
-		t.Skip("openssl (for openssl rehash) is not installed")
-	}
-	return p
-}
 
 // refRig is a TLS tunneld the reference can use: its endpoint in the
 // reference's -e form and a -c directory holding its CA.
