@@ -27,7 +27,21 @@ import (
 const (
 	referenceEnv    = "SECTUN_REFERENCE_LOCALPROXY" // path of the reference localproxy
 	deviceClientEnv = "SECTUN_DEVICE_CLIENT"        // path of aws-iot-device-client
+	// requirePeersEnv, when set (CI sets it where ../shared/peers exists),
+	// turns every "skipping: peer unavailable" below into a failure, so
+	// the real-peer tests cannot silently stop running.
+	requirePeersEnv = "SECTUN_REQUIRE_PEERS"
 )
+
+// peerUnavailable skips t with the reason, or fails it under
+// SECTUN_REQUIRE_PEERS.
+func peerUnavailable(t *testing.T, format string, args ...any) {
+	t.Helper()
+	if os.Getenv(requirePeersEnv) != "" {
+		t.Fatalf(format+" ("+requirePeersEnv+" is set: the real peers must run)", args...)
+	}
+	t.Skipf(format, args...)
+}
 
 // sharedPeersDir is ../shared/peers relative to the module root (this
 // package is test/e2e).
@@ -52,7 +66,7 @@ func peerBinary(t *testing.T, env, name string) string {
 	}
 	p := filepath.Join(sharedPeersDir(), name)
 	if _, err := os.Stat(p); err != nil {
-		t.Skipf("skipping: no %s: %s is absent and %s is not set (see docs/interop.md)", name, p, env)
+		peerUnavailable(t, "skipping: no %s: %s is absent and %s is not set (see docs/interop.md)", name, p, env)
 	}
 	if !isExecutable(p) {
 		t.Fatalf("%s is not an executable file", p)
@@ -95,7 +109,7 @@ func referenceBinary(t *testing.T) string {
 	t.Helper()
 	p := peerBinary(t, referenceEnv, "localproxy")
 	if _, err := exec.LookPath("openssl"); err != nil {
-		t.Skip("skipping: openssl (for openssl rehash) is not installed")
+		peerUnavailable(t, "skipping: openssl (for openssl rehash) is not installed")
 	}
 	peerRuns(t, p, "Debian: libboost-program-options1.74.0 libboost-log1.74.0 libboost-thread1.74.0 libboost-filesystem1.74.0 libprotobuf-lite32 libssl3")
 	return p
@@ -171,7 +185,7 @@ func startDeviceClient(t *testing.T, opts ...dcOptions) *deviceClientRig {
 	t.Helper()
 	path := deviceClientBinary(t)
 	if os.Geteuid() != 0 {
-		t.Skip("skipping: the Device Client needs tunneld on port 443 and sshd on port 22: run as root")
+		peerUnavailable(t, "skipping: the Device Client needs tunneld on port 443 and sshd on port 22: run as root")
 	}
 	var o dcOptions
 	for _, x := range opts {
@@ -183,7 +197,7 @@ func startDeviceClient(t *testing.T, opts ...dcOptions) *deviceClientRig {
 	for _, port := range []string{"443", "22"} {
 		ln, err := net.Listen("tcp", "127.0.0.1:"+port)
 		if err != nil {
-			t.Skipf("skipping: port %s on 127.0.0.1 is taken (the Device Client uses fixed ports 443 and 22): %v", port, err)
+			peerUnavailable(t, "skipping: port %s on 127.0.0.1 is taken (the Device Client uses fixed ports 443 and 22): %v", port, err)
 		}
 		ln.Close()
 	}
@@ -223,7 +237,7 @@ func startDeviceClient(t *testing.T, opts ...dcOptions) *deviceClientRig {
 	dc := startPath(t, "aws-iot-device-client", path, []string{"HOME=" + home}, cargs...)
 	if _, err := dc.WaitLine(context.Background(), rxSubscribed, agentWait); err != nil {
 		if strings.Contains(dc.output(), "devicecl.lock") && dc.Exited() {
-			t.Skipf("skipping: another AWS IoT Device Client holds its lock file (/run/lock/devicecl.lock):\n%s", dc.Tail(5))
+			peerUnavailable(t, "skipping: another AWS IoT Device Client holds its lock file (/run/lock/devicecl.lock):\n%s", dc.Tail(5))
 		}
 		t.Fatalf("the Device Client did not subscribe to its notifications: %v", err)
 	}

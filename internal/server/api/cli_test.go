@@ -320,3 +320,30 @@ func TestAWSCLI(t *testing.T) {
 		}
 	})
 }
+
+// TestFindAWSCLI: the CLI is looked up on PATH, and one that does not
+// answer --version (a broken pyenv shim) is passed over for /usr/bin/aws.
+func TestFindAWSCLI(t *testing.T) {
+	dir := t.TempDir()
+	script := func(body string) {
+		if err := os.WriteFile(filepath.Join(dir, "aws"), []byte("#!/bin/sh\n"+body+"\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Setenv("PATH", dir+":/usr/bin:/bin")
+	script(`echo "aws-cli/9.9.9 Python/3 test"`)
+	if path, version, tried := findAWSCLI(t.TempDir()); path != filepath.Join(dir, "aws") || version != "aws-cli/9.9.9 Python/3 test" {
+		t.Errorf("findAWSCLI = %q %q (%v), want the aws on PATH", path, version, tried)
+	}
+	script(`echo "pyenv: aws: command not found" >&2; exit 127`)
+	path, _, tried := findAWSCLI(t.TempDir())
+	if path == filepath.Join(dir, "aws") {
+		t.Errorf("findAWSCLI chose a CLI that does not run")
+	}
+	if len(tried) == 0 || !strings.Contains(tried[0], "command not found") {
+		t.Errorf("tried = %q, want the broken one's output", tried)
+	}
+	if _, err := os.Stat(awsCLIFallback); err == nil && path != awsCLIFallback {
+		t.Errorf("findAWSCLI = %q, want %s after a broken one on PATH", path, awsCLIFallback)
+	}
+}
