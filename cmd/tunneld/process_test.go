@@ -65,7 +65,18 @@ type tunneldProc struct {
 // waits until it listens or exits.
 func startTunneld(t *testing.T, dataDir string, args ...string) *tunneldProc {
 	t.Helper()
-	args = append([]string{"--plaintext", "--no-auth", "--listen", "127.0.0.1:0", "--mqtt-listen", "off", "--data-dir", dataDir}, args...)
+	return startTunneldArgs(t, append([]string{"--plaintext", "--no-auth", "--listen", "127.0.0.1:0", "--mqtt-listen", "off", "--data-dir", dataDir}, args...)...)
+}
+
+// startTunneldTLS runs tunneld with TLS (its development CA) and the
+// embedded broker on a free port.
+func startTunneldTLS(t *testing.T, dataDir string) *tunneldProc {
+	t.Helper()
+	return startTunneldArgs(t, "--listen", "127.0.0.1:0", "--mqtt-listen", "127.0.0.1:0", "--data-dir", dataDir)
+}
+
+func startTunneldArgs(t *testing.T, args ...string) *tunneldProc {
+	t.Helper()
 	p := &tunneldProc{cmd: exec.Command(os.Args[0], args...), stderr: &syncBuffer{}, done: make(chan struct{})}
 	p.cmd.Env = append(os.Environ(), asMainEnv+"=1")
 	p.cmd.Stderr = p.stderr

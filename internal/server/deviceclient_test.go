@@ -360,7 +360,17 @@ func TestMQTTALPNOff(t *testing.T) {
 func TestCreateDevice(t *testing.T) {
 	data := t.TempDir()
 	out := filepath.Join(t.TempDir(), "out")
-	f, err := CreateDevice(DeviceRequest{DataDir: data, Thing: "pump-7", OutDir: out, Endpoint: "tunnels.example.com", DeviceDir: "/etc/aws-iot-device-client"})
+	// A data directory that is not tunneld's (mistyped, missing) is
+	// refused: a CA made there would be trusted by no tunneld.
+	for _, dir := range []string{filepath.Join(data, "missing"), data} {
+		if _, err := CreateDevice(DeviceRequest{DataDir: dir, Thing: "pump-7", OutDir: out}); err == nil || !strings.Contains(err.Error(), "--init-data-dir") {
+			t.Fatalf("CreateDevice on %s (not a data directory): %v; want a refusal naming --init-data-dir", dir, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(data, "devices")); err == nil {
+		t.Fatal("a refused CreateDevice made a device CA")
+	}
+	f, err := CreateDevice(DeviceRequest{DataDir: data, InitDataDir: true, Thing: "pump-7", OutDir: out, Endpoint: "tunnels.example.com", DeviceDir: "/etc/aws-iot-device-client"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -405,6 +415,9 @@ func TestCreateDevice(t *testing.T) {
 	}
 	if len(f.Warnings) == 0 {
 		t.Error("no warning that the self-signed certificate does not cover the endpoint")
+	}
+	if f.DeviceConfigFile != "/etc/aws-iot-device-client/pump-7.device-client.json" || !strings.HasPrefix(f.DeviceCASubject, "CN=sectun device CA") || len(f.DeviceCAFingerprint) != 95 {
+		t.Errorf("device config %q, CA %q %q", f.DeviceConfigFile, f.DeviceCASubject, f.DeviceCAFingerprint)
 	}
 
 	// Existing files are kept unless forced; the same CA signs again.

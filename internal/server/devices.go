@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -12,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/sectun/sectun/internal/certs"
@@ -70,9 +72,15 @@ func devicePool(dataDir, extraFile string) (pool *x509.CertPool, caPath string, 
 // by tunneld's device CA, for a device that connects the way the AWS IoT
 // Device Client does.
 type DeviceRequest struct {
-	// DataDir is tunneld's data directory (default tunneld-data). The
-	// device CA is created in DataDir/devices if it is missing.
+	// DataDir is tunneld's data directory (default tunneld-data). It must
+	// exist and be one (hold tunneld's database, lock, credentials or
+	// CAs), unless InitDataDir: a mistyped path would otherwise get a new
+	// device CA that no running tunneld trusts.
 	DataDir string
+	// InitDataDir creates DataDir if missing and the device CA (and,
+	// without RootCAFile, the development CA) in it, for a tunneld that
+	// has not run yet.
+	InitDataDir bool
 	// Thing is the thing name: the certificate's CommonName, which the
 	// broker takes as the device's identity, and its MQTT client ID.
 	Thing string
@@ -110,8 +118,18 @@ type DeviceFiles struct {
 	// 0600), RootCAFile (root-ca.pem, 0644) and ConfigFile
 	// (<thing>.device-client.json, 0640) are in OutDir.
 	CertFile, KeyFile, RootCAFile, ConfigFile string
-	// DeviceCAFile is the device CA certificate that signed CertFile.
-	DeviceCAFile string
+	// DeviceCAFile is the device CA certificate that signed CertFile;
+	// DeviceCASubject and DeviceCAFingerprint (SHA-256 of the
+	// certificate, hex with colons) identify it.
+	DeviceCAFile, DeviceCASubject, DeviceCAFingerprint string
+	// RootCASource is where root-ca.pem was copied from: RootCAFile or
+	// DataDir/tls/ca.pem.
+	RootCASource string
+	// DeviceConfigFile is ConfigFile's path on the device (in DeviceDir),
+	// the one to give aws-iot-device-client --config-file.
+	DeviceConfigFile string
+	// DeviceDir is the directory of the files on the device.
+	DeviceDir string
 	// Config is the AWS IoT Device Client JSON configuration written to
 	// ConfigFile, with DeviceDir paths.
 	Config []byte
@@ -133,6 +151,9 @@ var ErrDeviceExists = errors.New("tunneld: device files already exist")
 func CreateDevice(req DeviceRequest) (*DeviceFiles, error) {
 	if req.DataDir == "" {
 		req.DataDir = "tunneld-data"
+	}
+	if abs, err := filepath.Abs(req.DataDir); err == nil {
+		req.DataDir = abs // printed paths must work from any directory
 	}
 	if req.Endpoint == "" {
 		req.Endpoint = "localhost"
@@ -173,15 +194,40 @@ func CreateDevice(req DeviceRequest) (*DeviceFiles, error) {
 		}
 	}
 
+	if err := checkDataDir(req.DataDir, req.InitDataDir); err != nil {
+		return nil, err
+	}
+	if !req.InitDataDir {
+		if _, err := os.Stat(filepath.Join(DeviceCADir(req.DataDir), "ca.pem")); err != nil {
+			// tunneld makes it at start when it serves devices; a data
+			// directory without one was made by a tunneld that does not.
+			if _, err := os.Stat(filepath.Join(req.DataDir, "tunneld.db")); err != nil {
+				return nil, fmt.Errorf("tunneld: %s has no device CA (%s) and no database: give the --data-dir tunneld runs with, or pass --init-data-dir to make a device CA there", req.DataDir, filepath.Join(DeviceCADir(req.DataDir), "ca.pem"))
+			}
+		}
+		if req.RootCAFile == "" {
+			if _, err := os.Stat(filepath.Join(req.DataDir, "tls", "ca.pem")); err != nil {
+				return nil, fmt.Errorf("tunneld: %s has no development CA (tls/ca.pem): tunneld runs with --tls-cert or --plaintext? Give --root-ca with the CA that signed tunneld's certificate, or --init-data-dir to make a development CA", req.DataDir)
+			}
+		}
+	}
 	rootPEM, devCA, err := serverRootCA(req.DataDir, req.RootCAFile)
 	if err != nil {
 		return nil, err
+	}
+	f.RootCASource = req.RootCAFile
+	if devCA {
+		f.RootCASource = filepath.Join(req.DataDir, "tls", "ca.pem")
 	}
 	ca, caPath, err := DeviceCA(req.DataDir)
 	if err != nil {
 		return nil, err
 	}
 	f.DeviceCAFile = caPath
+	f.DeviceCASubject = ca.Cert.Subject.String()
+	f.DeviceCAFingerprint = Fingerprint(ca.Cert)
+	f.DeviceDir = req.DeviceDir
+	f.DeviceConfigFile = filepath.Join(req.DeviceDir, filepath.Base(f.ConfigFile))
 	validity := req.Validity
 	if left := ca.Cert.NotAfter.Sub(req.Now()); left < validity {
 		validity = left
@@ -241,6 +287,49 @@ func CreateDevice(req DeviceRequest) (*DeviceFiles, error) {
 		}
 	}
 	return f, nil
+}
+
+// dataDirMarkers are files only a tunneld data directory holds.
+var dataDirMarkers = []string{"tunneld.db", lockFileName, "aws-credentials", "devices/ca.pem", "tls/ca.pem"}
+
+// checkDataDir fails unless dir is an existing tunneld data directory;
+// with init it creates a missing one (an existing one must still be
+// empty or tunneld's).
+func checkDataDir(dir string, init bool) error {
+	fi, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, os.ErrNotExist) && init:
+		return os.MkdirAll(dir, 0o700)
+	case errors.Is(err, os.ErrNotExist):
+		return fmt.Errorf("tunneld: data directory %s does not exist: give the --data-dir tunneld runs with (a new CA here would be trusted by no running tunneld), or pass --init-data-dir to create it", dir)
+	case err != nil:
+		return fmt.Errorf("tunneld: data directory: %w", err)
+	case !fi.IsDir():
+		return fmt.Errorf("tunneld: data directory %s is not a directory", dir)
+	}
+	for _, m := range dataDirMarkers {
+		if _, err := os.Stat(filepath.Join(dir, m)); err == nil {
+			return nil
+		}
+	}
+	if init {
+		return nil
+	}
+	return fmt.Errorf("tunneld: %s is not a tunneld data directory (none of %v in it): give the --data-dir tunneld runs with, or pass --init-data-dir to make one there", dir, dataDirMarkers)
+}
+
+// Fingerprint is the SHA-256 of a certificate, in upper-case hex pairs
+// joined by colons (as openssl x509 -fingerprint -sha256 prints it).
+func Fingerprint(c *x509.Certificate) string {
+	sum := sha256.Sum256(c.Raw)
+	var b strings.Builder
+	for i, x := range sum {
+		if i > 0 {
+			b.WriteByte(':')
+		}
+		fmt.Fprintf(&b, "%02X", x)
+	}
+	return b.String()
 }
 
 // serverRootCA returns the PEM of the CA the device trusts for tunneld:
@@ -359,4 +448,16 @@ func deviceClientConfig(thing, endpoint, deviceDir string, f *DeviceFiles) ([]by
 		return nil, err
 	}
 	return buf.Bytes(), nil
+}
+
+// DataDirDeviceCA is DeviceCA for the device commands: dataDir must be an
+// existing tunneld data directory unless init, which creates it.
+func DataDirDeviceCA(dataDir string, init bool) (*certs.CA, string, error) {
+	if abs, err := filepath.Abs(dataDir); err == nil {
+		dataDir = abs
+	}
+	if err := checkDataDir(dataDir, init); err != nil {
+		return nil, "", err
+	}
+	return DeviceCA(dataDir)
 }
