@@ -17,6 +17,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/sectun/sectun/internal/clidoc"
 	"github.com/sectun/sectun/internal/operator"
 	"github.com/sectun/sectun/internal/version"
 	"github.com/sectun/sectun/tunnel"
@@ -95,12 +96,16 @@ func connect(ctx context.Context, args []string, getenv func(string) string, std
 	user := fs.String("ssh-user", "", "user name in the printed ssh command")
 	wait := fs.Duration("wait-device", time.Minute, "how long to wait for the device to connect before printing the commands (negative: do not wait)")
 	logLevel := fs.String("log-level", "warn", "debug, info, warn or error (diagnostics go to stderr)")
+	genDoc := clidoc.AddFlag(fs)
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usageConnect)
 		fmt.Fprint(stderr, fs.FlagUsages())
 	}
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *genDoc != "" {
+		return clidoc.Write(stdout, *genDoc, clidoc.For("sectun", fs))
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("connect: unexpected argument %q (see --help)", fs.Arg(0))

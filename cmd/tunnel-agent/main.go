@@ -20,6 +20,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/sectun/sectun/internal/agent"
+	"github.com/sectun/sectun/internal/clidoc"
 	"github.com/sectun/sectun/internal/localproxy/metrics"
 	"github.com/sectun/sectun/internal/version"
 	"github.com/sectun/sectun/tunnel"
@@ -158,6 +159,7 @@ func parse(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 	metricsListen := fs.String("metrics-listen", "", "serve Prometheus metrics (goroutines, sessions, tunnel connected, reconnects, connections per service) on http://`ADDRESS`/metrics, e.g. 127.0.0.1:9090 (port 0: any free port; the bound address is logged); loopback only unless --metrics-allow-remote; off by default")
 	metricsRemote := fs.Bool("metrics-allow-remote", false, "allow a non-loopback --metrics-listen address (the metrics hold no secret but tell service IDs and activity)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
+	genDoc := clidoc.AddFlag(fs)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, usageHead, tokenEnv)
 		fmt.Fprint(stderr, fs.FlagUsages())
@@ -171,6 +173,9 @@ func parse(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 	if *showVersion {
 		fmt.Fprintln(stdout, "tunnel-agent", version.String())
 		return nil, nil
+	}
+	if *genDoc != "" {
+		return nil, clidoc.Write(stdout, *genDoc, clidoc.For("tunnel-agent", fs))
 	}
 
 	file := &agent.File{}

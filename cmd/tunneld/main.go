@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/sectun/sectun/internal/cliconf"
+	"github.com/sectun/sectun/internal/clidoc"
 	"github.com/sectun/sectun/internal/ratelimit"
 	"github.com/sectun/sectun/internal/server"
 	"github.com/sectun/sectun/internal/tunnelsctl"
@@ -100,6 +101,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	logFormat := fs.String("log-format", "text", "text or json")
 	configFile := fs.String("config", "", "file of `name = value` lines using these option names")
 	showVersion := fs.Bool("version", false, "print the version and exit")
+	genDoc := clidoc.AddFlag(fs)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: tunneld [options]\n       tunneld device create|ca [options]   (device identities; see tunneld device --help)\n       tunneld tunnels list|describe|close  (a running tunneld's tunnels; see tunneld tunnels --help)\n       tunneld version\n\nA self-hosted, AWS-compatible secure tunneling service.\n\nOptions:\n%s", fs.FlagUsages())
 	}
@@ -109,6 +111,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *showVersion {
 		fmt.Fprintln(stdout, "tunneld", version.String())
 		return nil
+	}
+	if *genDoc != "" {
+		return clidoc.Write(stdout, *genDoc, clidoc.For("tunneld", fs))
 	}
 	if *configFile != "" {
 		if err := cliconf.ApplyFile(fs, *configFile); err != nil {

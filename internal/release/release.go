@@ -143,11 +143,6 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	res := &Result{Version: cfg.Version, Binaries: map[string]string{}}
 	fmt.Fprintf(cfg.Log, "release %s (timestamps %s), %d targets\n", cfg.Version, cfg.Time.Format(time.RFC3339), len(cfg.Targets))
 
-	docs, err := generateDocs(ctx, cfg)
-	if err != nil {
-		return nil, err
-	}
-	var sbomBins []string
 	for _, t := range cfg.Targets {
 		start := time.Now()
 		dir := filepath.Join(cfg.Out, "bin", t.Name())
@@ -155,12 +150,20 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			return nil, err
 		}
 		res.Binaries[t.Name()] = dir
+		fmt.Fprintf(cfg.Log, "  built %-14s (%.1fs)\n", t.Name(), time.Since(start).Seconds())
+	}
+	docs, err := generateDocs(ctx, cfg, res)
+	if err != nil {
+		return nil, err
+	}
+	var sbomBins []string
+	for _, t := range cfg.Targets {
+		dir := res.Binaries[t.Name()]
 		name, err := writeArchive(cfg, t, dir, docs)
 		if err != nil {
 			return nil, err
 		}
 		res.Artifacts = append(res.Artifacts, name)
-		fmt.Fprintf(cfg.Log, "  %-14s %s (%.1fs)\n", t.Name(), name, time.Since(start).Seconds())
 		if t.GOOS == "linux" && sbomBins == nil {
 			for _, b := range Binaries {
 				sbomBins = append(sbomBins, filepath.Join(dir, b))

@@ -230,6 +230,25 @@ func expandLongPrefixes(args []string) ([]string, error) {
 	return out, nil
 }
 
+// FlagSet returns the options as a pflag set, for the generated man page
+// and shell completions (internal/clidoc); parsing does not use it.
+func FlagSet() *pflag.FlagSet {
+	fs := pflag.NewFlagSet("localproxy", pflag.ContinueOnError)
+	fs.SortFlags = false
+	for i := range optionDefs {
+		d := &optionDefs[i]
+		help := d.help
+		if d.arg != "" {
+			help = "`" + d.arg + "`: " + help
+		}
+		f := fs.VarPF(&cliValue{def: d}, d.long, d.short, help)
+		if d.arg == "" {
+			f.NoOptDefVal = "true"
+		}
+	}
+	return fs
+}
+
 // commandLine parses args into option values keyed by long name.
 func commandLine(args []string) (map[string]*cliValue, error) {
 	args, err := expandLongPrefixes(args)
