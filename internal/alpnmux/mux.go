@@ -49,6 +49,13 @@ type Config struct {
 	Backlog int
 	// Logger receives failed handshakes (nil = discard).
 	Logger *slog.Logger
+	// OnHandshakeError, when set, is called instead of logging a failed
+	// handshake (not one aborted by Close), with the client's raw
+	// connection, still open (for example to answer a plain HTTP request
+	// with a 400), and the handshake's error; proto is the route's ALPN
+	// protocol the client offered, or "". It runs on the connection's
+	// goroutine.
+	OnHandshakeError func(raw net.Conn, proto string, err error)
 }
 
 // Mux is a TLS listener that dispatches connections by ALPN protocol.
@@ -57,6 +64,7 @@ type Mux struct {
 	timeout  time.Duration
 	sem      chan struct{}
 	log      *slog.Logger
+	onErr    func(net.Conn, string, error)
 	front    *tls.Config          // only GetConfigForClient: the per-client choice
 	fallback *tls.Config          // Config.TLS
 	plain    *tls.Config          // Config.TLS without ALPN, for clients offering nothing we know
@@ -104,6 +112,7 @@ func New(ln net.Listener, cfg Config) (*Mux, error) {
 		timeout:  cfg.HandshakeTimeout,
 		sem:      make(chan struct{}, cfg.MaxHandshakes),
 		log:      cfg.Logger,
+		onErr:    cfg.OnHandshakeError,
 		fallback: cfg.TLS.Clone(),
 		plain:    cfg.TLS.Clone(),
 		def:      chanlisten.New(ln.Addr(), cfg.Backlog),
@@ -240,6 +249,15 @@ func (m *Mux) handle(raw net.Conn) {
 	raw.SetDeadline(time.Now().Add(m.timeout))
 	err := tc.HandshakeContext(m.ctx)
 	if err != nil {
+		if m.onErr != nil && m.ctx.Err() == nil {
+			proto := ""
+			if wrapped.route != nil {
+				proto = wrapped.route.proto
+			}
+			m.onErr(raw, proto, err)
+			tc.Close()
+			return
+		}
 		tc.Close()
 		if m.ctx.Err() != nil {
 			return

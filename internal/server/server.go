@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -123,7 +124,10 @@ type Server struct {
 	api      *api.Server
 	relay    *relay.Relay
 	ln       net.Listener // the bound listener (TLS-wrapped unless mux is set)
-	mux      *alpnmux.Mux // set when MQTT shares the TLS listener
+	mux      *alpnmux.Mux // the TLS handshakes (and MQTT by ALPN when mqttALPN)
+	mqttALPN bool         // MQTT is served on the TLS listener
+	connLog  *logLimiter  // rate-limited connection-level logs
+	inflight atomic.Int64 // HTTP requests being served
 	httpLn   net.Listener // what http serves: ln, or mux's default listener
 	http     *http.Server
 	registry *prometheus.Registry
@@ -195,7 +199,8 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, logger: logger, registry: prometheus.NewRegistry(), scheme: "https", lock: lock}
+	s := &Server{cfg: cfg, logger: logger, registry: prometheus.NewRegistry(), scheme: "https", lock: lock,
+		connLog: newLogLimiter(logger, connLogBurst, connLogPeriod)}
 	started := false
 	defer func() {
 		if !started {
@@ -337,17 +342,19 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.conns = newConnLimiter(s.ln, cfg.MaxConns, cfg.MaxConnsPerIP, logger)
 	s.ln = s.conns
 	s.registerLimitMetrics()
-	switch {
-	case mqttALPN:
-		// Devices (AWS IoT Device Client) reach MQTT on this port by ALPN,
-		// with a verified certificate; everything else is HTTPS.
-		deviceTLS := tlsConfig.Clone()
-		deviceTLS.ClientAuth = tls.RequireAndVerifyClientCert
-		deviceTLS.ClientCAs = devices
-		b := s.notifier.broker
-		s.mux, err = alpnmux.New(s.ln, alpnmux.Config{
-			TLS: tlsConfig,
-			Routes: []alpnmux.Route{{
+	if tlsConfig != nil {
+		// The handshakes are the mux's, with or without MQTT routes, so
+		// that failed ones (plain HTTP on this port among them) are
+		// answered and logged in one place.
+		var routes []alpnmux.Route
+		if mqttALPN {
+			// Devices (AWS IoT Device Client) reach MQTT on this port by
+			// ALPN, with a verified certificate; everything else is HTTPS.
+			deviceTLS := tlsConfig.Clone()
+			deviceTLS.ClientAuth = tls.RequireAndVerifyClientCert
+			deviceTLS.ClientCAs = devices
+			b := s.notifier.broker
+			routes = []alpnmux.Route{{
 				Proto: MQTTALPN,
 				TLS:   deviceTLS,
 				Serve: func(ctx context.Context, c *tls.Conn) {
@@ -356,27 +363,30 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 						logger.Warn("MQTT connection not served", "remote", c.RemoteAddr().String(), "err", err)
 					}
 				},
-			}},
+			}}
+			s.mqttALPN = true
+		}
+		s.mux, err = alpnmux.New(s.ln, alpnmux.Config{
+			TLS:              tlsConfig,
+			Routes:           routes,
 			HandshakeTimeout: cfg.ReadHeaderTimeout,
 			Logger:           logger,
+			OnHandshakeError: s.handshakeFailed,
 		})
 		if err != nil {
 			s.ln.Close()
 			return nil, fmt.Errorf("tunneld: %w", err)
 		}
 		s.httpLn = s.mux.Listener()
-	case tlsConfig != nil:
-		s.ln = tls.NewListener(s.ln, tlsConfig)
-		s.httpLn = s.ln
-	default:
+	} else {
 		s.httpLn = s.ln
 	}
 	s.http = &http.Server{
-		Handler:           requestDeadlines(s.routes(), cfg.RequestTimeout),
+		Handler:           s.countRequests(requestDeadlines(s.routes(), cfg.RequestTimeout)),
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    16 << 10,
-		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
+		ErrorLog:          s.httpErrorLog(),
 		ConnState:         s.conns.connState,
 	}
 	ok = true
@@ -462,6 +472,15 @@ func (s *Server) routes() http.Handler {
 	return mux
 }
 
+// countRequests keeps s.inflight, for the shutdown's log.
+func (s *Server) countRequests(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.inflight.Add(1)
+		defer s.inflight.Add(-1)
+		h.ServeHTTP(w, r)
+	})
+}
+
 // registerLimitMetrics exports the connection and API failure limits.
 func (s *Server) registerLimitMetrics() {
 	s.registry.MustRegister(
@@ -495,7 +514,7 @@ func (s *Server) DeviceCAPath() string { return s.deviceCAPath }
 
 // MQTTOnTLSPort reports whether MQTT (ALPN x-amzn-mqtt-ca) is served on
 // the main TLS listener.
-func (s *Server) MQTTOnTLSPort() bool { return s.mux != nil }
+func (s *Server) MQTTOnTLSPort() bool { return s.mqttALPN }
 
 // CredentialsPath returns the generated credentials file, or "".
 func (s *Server) CredentialsPath() string { return s.credPath }
@@ -520,23 +539,40 @@ func (s *Server) Run(ctx context.Context) error {
 	go func() { errc <- s.http.Serve(s.httpLn) }()
 	s.logger.Info("tunneld listening", "addr", s.ln.Addr().String(), "tls", s.scheme == "https")
 	var err error
+	reason := "asked to stop"
 	select {
 	case <-ctx.Done():
+		if c := context.Cause(ctx); c != nil && c != context.Canceled {
+			reason = c.Error()
+		}
 	case err = <-errc:
+		reason = "listener failed: " + err.Error()
 	}
+	t0 := time.Now()
+	peers := s.relay.Stats().Peers
+	s.logger.Info("tunneld shutting down", "reason", reason, "api_requests_in_flight", s.inflight.Load(), "peers", peers)
 	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if s.mux != nil {
 		s.mux.Close() // stop accepting first, as Shutdown does for its own listener
 	}
-	s.http.Shutdown(shutCtx)
-	s.relay.Shutdown(shutCtx)
+	if serr := s.http.Shutdown(shutCtx); serr != nil {
+		s.logger.Warn("shutdown: API requests still running at the deadline were cut", "api_requests_in_flight", s.inflight.Load(), "err", serr)
+	} else {
+		s.logger.Info("shutdown: API requests finished", "waited", time.Since(t0).Round(time.Millisecond))
+	}
+	if serr := s.relay.Shutdown(shutCtx); serr != nil {
+		s.logger.Warn("shutdown: tunnel connections not all closed by the deadline", "err", serr)
+	} else {
+		s.logger.Info("shutdown: tunnel connections dropped; their clients reconnect when tunneld is back", "peers", peers)
+	}
 	stopSweep()
 	if s.notifier != nil {
 		s.notifier.close()
 	}
 	wg.Wait()
 	s.Close()
+	s.logger.Info("tunneld stopped", "took", time.Since(t0).Round(time.Millisecond))
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
 	}
@@ -581,7 +617,7 @@ func (s *Server) printBanner() {
 			fmt.Fprintf(w, "    %s\n", warn)
 		}
 	}
-	if s.mux != nil {
+	if s.mqttALPN {
 		fmt.Fprintf(w, "  AWS IoT Device Client: MQTT on this port (ALPN %s) with a device certificate from the CA at %s\n", MQTTALPN, s.deviceCAPath)
 		fmt.Fprintf(w, "    issue one: tunneld device create --data-dir %s --thing <thing> --endpoint <host> --out <dir>\n", s.cfg.DataDir)
 	}

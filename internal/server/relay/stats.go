@@ -17,7 +17,8 @@ type Stats struct {
 	// client_token, subprotocol, shutting_down, unauthorized, internal,
 	// upgrade (failed after Authorize), fenced (tunnel closed or token
 	// rotated during the handshake), rate_limited (429: the address failed
-	// too often). Only non-zero reasons are present.
+	// too often), early_data (bytes sent before the 101). Only non-zero
+	// reasons are present.
 	HandshakeFailures map[string]int64
 	// AddressesBlocked counts times a client address was blocked for
 	// failing too many handshakes (Config.HandshakeFailureLimit).
