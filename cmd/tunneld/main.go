@@ -18,6 +18,7 @@ import (
 
 	"github.com/sectun/sectun/internal/cliconf"
 	"github.com/sectun/sectun/internal/clidoc"
+	"github.com/sectun/sectun/internal/notify/broker"
 	"github.com/sectun/sectun/internal/ratelimit"
 	"github.com/sectun/sectun/internal/server"
 	"github.com/sectun/sectun/internal/tunnelsctl"
@@ -89,6 +90,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&m.ClientCAFile, "mqtt-client-ca", "", "PEM file of further CAs whose certificates identify devices (CommonName = thing name), trusted with the device CA on the main TLS listener and the broker's TLS listener")
 	fs.StringVar(&m.UsersFile, "mqtt-users", "", "file of `name password [admin]` lines for the embedded broker")
 	fs.BoolVar(&m.NoAnonymous, "mqtt-no-anonymous", false, "refuse anonymous MQTT clients even on loopback (by default, on the loopback listener, any local process may connect as any thing not authenticated by certificate or password and receive its notifications)")
+	fs.IntVar(&m.MaxConns, "mqtt-max-conns", 0, "open MQTT connections at once on all the embedded broker's listeners, counted from accept (0 = what the file descriptor limit, RLIMIT_NOFILE, leaves after --mqtt-reserve-conns, at most 20000; -1 = unlimited)")
+	fs.IntVar(&m.ReserveConns, "mqtt-reserve-conns", 0, "connection slots of --max-conns and file descriptors that MQTT can never take, kept for HTTPS, the API and /tunnel (0 = an eighth of --max-conns or of the descriptors, at least 16; -1 = none)")
+	fs.IntVar(&m.MaxConnsPerAddr, "mqtt-max-conns-per-addr", broker.DefaultMaxConnsPerAddr, "MQTT connections per client address (IPv6: per /64; all of loopback is one) not authenticated by a certificate or password: in the TLS handshake, before CONNECT, or anonymous (0 = unlimited)")
+	fs.IntVar(&m.MaxConnsPerIdentity, "mqtt-max-conns-per-identity", broker.DefaultMaxConnsPerIdentity, "MQTT connections per identity: a certificate, user or admin name; all anonymous clients of one address are one identity (0 = unlimited)")
+	fs.IntVar(&m.MaxSessions, "mqtt-max-sessions", broker.DefaultMaxSessions, "MQTT sessions held: connected clients plus the sessions kept for an hour for disconnected persistent clients; resuming one is never refused (0 = unlimited)")
+	fs.IntVar(&m.MaxSessionsPerIdentity, "mqtt-max-sessions-per-identity", broker.DefaultMaxSessionsPerIdentity, "MQTT sessions per identity (as --mqtt-max-conns-per-identity), e.g. of a client that changes its client ID at every connection (0 = unlimited)")
+	fs.IntVar(&m.MaxQueuedPerSession, "mqtt-max-queued-per-session", broker.DefaultMaxQueuedPerSession, "QoS 1 messages (notifications) held per MQTT session, unacknowledged or queued while it is disconnected; more are dropped (0 = 64)")
+	fs.IntVar(&m.MaxQueued, "mqtt-max-queued", broker.DefaultMaxQueued, "QoS 1 messages held for all MQTT sessions together; once reached, messages for disconnected sessions are dropped (0 = unlimited)")
 	fs.StringVar(&m.TopicPrefix, "mqtt-topic-prefix", "$aws", "topic prefix of <prefix>/things/<thing>/tunnels/notify")
 	fs.StringVar(&m.BrokerURL, "mqtt-broker", "", "external broker URL (tcp://, ssl://, ws://, wss://) instead of the embedded one")
 	fs.StringVar(&m.ClientID, "mqtt-client-id", "", "client ID at the external broker (default tunneld-<random>)")
@@ -142,6 +151,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cfg.APIFailureLimit = failureLimit(*apiLimit, *exemptLoopback)
 	if cfg.MaxConns <= 0 {
 		cfg.MaxConns = -1
+	}
+	for _, v := range []*int{&m.MaxConnsPerAddr, &m.MaxConnsPerIdentity, &m.MaxSessions, &m.MaxSessionsPerIdentity, &m.MaxQueuedPerSession, &m.MaxQueued} {
+		if *v <= 0 {
+			*v = -1 // 0 is unlimited here, the default in server.MQTTConfig
+		}
 	}
 	if cfg.MaxConnsPerIP <= 0 {
 		cfg.MaxConnsPerIP = -1

@@ -47,6 +47,21 @@ type MQTTConfig struct {
 	NoAnonymous bool
 	// TopicPrefix replaces "$aws" in $aws/things/<thing>/tunnels/notify.
 	TopicPrefix string
+
+	// Limits of the embedded broker (see broker.Config): 0 means the
+	// default, negative means none. MaxConns (all MQTT connections, every
+	// listener) defaults to what RLIMIT_NOFILE leaves after the reserve,
+	// at most broker.DefaultMaxSessions; the others default to
+	// broker.Default*.
+	MaxConns, MaxConnsPerAddr, MaxConnsPerIdentity int
+	MaxSessions, MaxSessionsPerIdentity            int
+	MaxQueuedPerSession, MaxQueued                 int
+	// ReserveConns are the connection slots of the main listener (of
+	// Config.MaxConns) and the file descriptors that MQTT connections can
+	// never take: kept for HTTPS, the API and /tunnel. Default an eighth
+	// of Config.MaxConns (or of the descriptors, if fewer), at least 16;
+	// negative means none.
+	ReserveConns int
 	// BrokerURL selects an external broker (tcp://, ssl://, ws://, wss://)
 	// instead of the embedded one.
 	BrokerURL string
@@ -148,6 +163,14 @@ func startNotifier(ctx context.Context, cfg MQTTConfig, serverCert, serverKey st
 			NoAnonymous: cfg.NoAnonymous,
 			TopicPrefix: cfg.TopicPrefix,
 			Logger:      logger,
+
+			MaxConns:               cfg.MaxConns,
+			MaxConnsPerAddr:        cfg.MaxConnsPerAddr,
+			MaxConnsPerIdentity:    cfg.MaxConnsPerIdentity,
+			MaxSessions:            cfg.MaxSessions,
+			MaxSessionsPerIdentity: cfg.MaxSessionsPerIdentity,
+			MaxQueuedPerSession:    cfg.MaxQueuedPerSession,
+			MaxQueued:              cfg.MaxQueued,
 		}
 		if bc.Addr == "" {
 			bc.Addr = "127.0.0.1:1883"

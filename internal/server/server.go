@@ -145,6 +145,10 @@ type Server struct {
 	health    *storeHealth
 	lock      *os.File // the data directory's lock, held until Close
 	closeOnce sync.Once
+
+	// mqttBudget shares connections between the embedded broker and the
+	// rest (mqttlimits.go); nil without the embedded broker.
+	mqttBudget *mqttBudget
 }
 
 // New opens storage, prepares TLS and credentials and binds the listener.
@@ -277,6 +281,10 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, errors.New("tunneld: --mqtt-client-ca verifies devices on an MQTT TLS listener of the embedded broker: keep TLS and MQTT on the main listener (the default), or add --mqtt-tls-listen")
 	}
 	var notifier api.Notifier
+	if embedded {
+		s.mqttBudget = sizeMQTT(&cfg.MQTT, cfg.MaxConns, fileLimit(), logger)
+		cfg.MQTT.MaxConns = s.mqttBudget.mqttConns
+	}
 	if !cfg.MQTT.Off {
 		if s.notifier, err = startNotifier(ctx, cfg.MQTT, certFile, keyFile, devices, logger); err != nil {
 			return nil, fmt.Errorf("tunneld: %w", err)
@@ -285,6 +293,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 
 	s.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if s.mqttBudget != nil {
+		s.registry.MustRegister(newMQTTCollector(s))
+	}
 	s.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "tunneld_tunnels_open", Help: "Tunnels in the OPEN state.",
 	}, func() float64 {
@@ -353,16 +364,10 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 			deviceTLS := tlsConfig.Clone()
 			deviceTLS.ClientAuth = tls.RequireAndVerifyClientCert
 			deviceTLS.ClientCAs = devices
-			b := s.notifier.broker
 			routes = []alpnmux.Route{{
 				Proto: MQTTALPN,
 				TLS:   deviceTLS,
-				Serve: func(ctx context.Context, c *tls.Conn) {
-					s.conns.markLong(c)
-					if err := b.ServeConn(ctx, c); err != nil && ctx.Err() == nil {
-						logger.Warn("MQTT connection not served", "remote", c.RemoteAddr().String(), "err", err)
-					}
-				},
+				Serve: s.serveMQTT, // mqttlimits.go
 			}}
 			s.mqttALPN = true
 		}

@@ -98,6 +98,13 @@ type limiter struct {
 	sessionsBy map[string]int           // limit key -> sessions
 	connecting map[string]chan struct{} // client IDs with a CONNECT between check and registration
 
+	// queued messages, summed over the sessions at most every
+	// queuedEvery and counted up in between (mochi's Info.Inflight drifts:
+	// v2.7.9 subtracts a resumed session's messages though the new
+	// connection keeps them).
+	qmu     sync.Mutex
+	qN      int64
+	qAt     time.Time
 	refused map[string]*atomic.Int64 // fixed keys: refusalReasons
 	dropped map[string]*atomic.Int64 // fixed keys: dropReasons
 	logged  atomic.Int64             // refusals and drops logged at Warn, for rate-limiting
@@ -174,7 +181,10 @@ func (l *limiter) refuse(reason string, attrs ...any) {
 
 // admit counts a newly accepted connection, or refuses it ("" = admitted).
 func (l *limiter) admit(c net.Conn) string {
-	addr, _ := ratelimit.Key(c.RemoteAddr().String())
+	addr, loopback := ratelimit.Key(c.RemoteAddr().String())
+	if loopback {
+		addr = "loopback" // 127.0.0.0/8 and ::1 are all this host
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	switch {
@@ -395,7 +405,7 @@ func (l *limiter) mayQueue(cl *mqtt.Client, topic string) bool {
 	switch {
 	case l.queuedPerSession > 0 && cl.State.Inflight.Len() >= l.queuedPerSession:
 		reason = DropSessionQueue
-	case l.maxQueued > 0 && atomic.LoadInt64(&l.b.srv.Info.Inflight) >= l.maxQueued:
+	case l.maxQueued > 0 && !l.queueOne():
 		reason = DropQueue
 	default:
 		return true
@@ -410,13 +420,46 @@ func (l *limiter) mayQueue(cl *mqtt.Client, topic string) bool {
 	return false
 }
 
+const queuedEvery = 100 * time.Millisecond
+
+// queued returns the QoS 1 and 2 messages held for all sessions.
+func (l *limiter) queued() int64 {
+	l.qmu.Lock()
+	defer l.qmu.Unlock()
+	return l.queuedLocked(true)
+}
+
+// queuedLocked is queued with l.qmu held; fresh forces a new sum.
+func (l *limiter) queuedLocked(fresh bool) int64 {
+	if fresh || time.Since(l.qAt) >= queuedEvery {
+		var n int64
+		for _, cl := range l.b.srv.Clients.GetAll() {
+			n += int64(cl.State.Inflight.Len())
+		}
+		l.qN, l.qAt = n, time.Now()
+	}
+	return l.qN
+}
+
+// queueOne reports whether one more message fits under MaxQueued, and
+// counts it if so.
+func (l *limiter) queueOne() bool {
+	l.qmu.Lock()
+	defer l.qmu.Unlock()
+	if l.queuedLocked(false) >= l.maxQueued {
+		return false
+	}
+	l.qN++
+	return true
+}
+
 // stats returns the counts and limits.
 func (l *limiter) stats() Stats {
 	s := Stats{
 		MaxConns: l.maxConns, MaxSessions: l.maxSessions, MaxQueued: l.maxQueued,
 		MaxConnsPerAddr: l.perAddr, MaxConnsPerIdentity: l.perIdentity,
 		MaxSessionsPerIdentity: l.sessionsPerIdentity, MaxQueuedPerSession: l.queuedPerSession,
-		Queued:  atomic.LoadInt64(&l.b.srv.Info.Inflight),
+		Queued:  l.queued(),
 		Refused: make(map[string]int64, len(l.refused)),
 		Dropped: make(map[string]int64, len(l.dropped)),
 	}
