@@ -106,6 +106,8 @@ type Console struct {
 	sessions map[string]*session // by sha256 of the cookie value
 }
 
+//go:generate sh scripts/build-wasm.sh
+
 //go:embed assets
 var assetFS embed.FS
 

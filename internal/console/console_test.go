@@ -555,3 +555,18 @@ func TestTunnelListPaging(t *testing.T) {
 		t.Errorf("bad limit: %d", a.status)
 	}
 }
+
+func decode(t *testing.T, body string) map[string]string {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal([]byte(body), &m); err != nil {
+		t.Fatalf("%v: %s", err, body)
+	}
+	out := map[string]string{}
+	for k, v := range m {
+		if s, ok := v.(string); ok {
+			out[k] = s
+		}
+	}
+	return out
+}
