@@ -81,6 +81,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&cfg.PostgresDSN, "postgres", os.Getenv("SECTUN_POSTGRES_DSN"), "PostgreSQL DSN instead of SQLite (env SECTUN_POSTGRES_DSN)")
 	fs.BoolVar(&cfg.AllowEmptyDB, "allow-empty-db", false, "start on a zero-byte <data-dir>/tunneld.db as a new, empty database (refused by default: a truncated file or failed copy would silently lose every tunnel)")
 	fs.BoolVar(&cfg.SkipDBCheck, "skip-db-check", false, "skip the integrity check (PRAGMA quick_check) of <data-dir>/tunneld.db at start (measured 0.4 s for 100,000 tunnels, an 80 MB file: docs/storage.md); a damaged file then shows in /healthz and the log")
+	cl := &cfg.Cluster
+	fs.StringVar(&cl.NodeID, "node-id", "", "cluster mode: this node's name, unique and stable across restarts (needs --cluster-listen, --postgres and --mqtt-broker; see docs/cluster.md)")
+	fs.StringVar(&cl.Listen, "cluster-listen", "", "cluster mode: address of the node-to-node link listener (never behind the load balancer)")
+	fs.StringVar(&cl.Advertise, "cluster-advertise", "", "cluster mode: host:port other nodes dial for the link (default --cluster-listen)")
+	fs.BoolVar(&cl.PlaintextLink, "cluster-plaintext", false, "cluster mode: no TLS on the node-to-node link (private networks only; logs a warning)")
+	fs.DurationVar(&cl.LeaseTTL, "cluster-lease-ttl", 10*time.Second, "cluster mode: node lease on the database clock, renewed every third; a dead node's peers show DISCONNECTED within it")
+	fs.DurationVar(&cl.LinkPing, "cluster-link-ping", time.Second, "cluster mode: link ping interval; a link silent for three is ended and its tunnel's peer gets STREAM_RESET")
+	fs.DurationVar(&cl.DrainGrace, "drain-grace", 5*time.Second, "cluster mode: after SIGTERM, how long /healthz answers 503 (so the load balancer moves clients away) before WebSockets are dropped")
 	m := &cfg.MQTT
 	fs.StringVar(&m.Listen, "mqtt-listen", "127.0.0.1:1883", "embedded MQTT broker address for device notifications (\"off\" disables notifications)")
 	fs.StringVar(&m.TLSListen, "mqtt-tls-listen", "", "add a TLS listener to the embedded broker (uses the server certificate unless --mqtt-tls-cert)")

@@ -187,3 +187,27 @@ func TestDevicePrintedCommand(t *testing.T) {
 		t.Errorf("no copy instruction:\n%s", stdout.String())
 	}
 }
+
+// TestClusterModeRefusals: cluster mode without what it needs is refused
+// at startup, with a message naming the flag to add.
+func TestClusterModeRefusals(t *testing.T) {
+	data := t.TempDir()
+	base := []string{"--data-dir", data, "--plaintext", "--no-auth", "--listen", "127.0.0.1:0"}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--cluster-listen", "127.0.0.1:0"}, "add --node-id"},
+		{[]string{"--node-id", "n1"}, "add --cluster-listen"},
+		{[]string{"--node-id", "n1", "--cluster-listen", "127.0.0.1:0"}, "add --postgres"},
+		{[]string{"--node-id", "n1", "--cluster-listen", "127.0.0.1:0", "--postgres", "postgres://x@127.0.0.1:1/db"}, "add --mqtt-broker"},
+		{[]string{"--node-id", "n1", "--cluster-listen", "nonsense", "--postgres", "postgres://x@127.0.0.1:1/db", "--mqtt-listen", "off"}, "--cluster-listen \"nonsense\""},
+		{[]string{"--node-id", "n1", "--cluster-listen", "127.0.0.1:0", "--cluster-advertise", "nohost", "--postgres", "postgres://x@127.0.0.1:1/db", "--mqtt-listen", "off"}, "--cluster-advertise"},
+	} {
+		var stdout, stderr bytes.Buffer
+		err := run(context.Background(), append(append([]string{}, base...), tc.args...), &stdout, &stderr)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: err = %v, want one saying %q", tc.args, err, tc.want)
+		}
+	}
+}

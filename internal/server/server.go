@@ -23,6 +23,7 @@ import (
 
 	"github.com/sectun/sectun/internal/alpnmux"
 	"github.com/sectun/sectun/internal/certs"
+	"github.com/sectun/sectun/internal/cluster"
 	"github.com/sectun/sectun/internal/console"
 	"github.com/sectun/sectun/internal/ratelimit"
 	"github.com/sectun/sectun/internal/server/api"
@@ -80,6 +81,9 @@ type Config struct {
 	SkipDBCheck bool
 	// MQTT configures device notifications.
 	MQTT MQTTConfig
+	// Cluster, when set, makes this process a node of a cluster
+	// (cluster.go, docs/cluster.md).
+	Cluster ClusterConfig
 	// Logger receives structured logs; nil discards them.
 	Logger *slog.Logger
 	// Banner, when set, receives a few lines saying how to use the server.
@@ -141,6 +145,9 @@ type Server struct {
 	// deviceCAPath is the device CA certificate, when device certificates
 	// are verified (MQTT over TLS on the embedded broker).
 	deviceCAPath string
+	// node and outbox are set in cluster mode (cluster.go).
+	node   *cluster.Node
+	outbox *outboxNotifier
 
 	health    *storeHealth
 	lock      *os.File // the data directory's lock, held until Close
@@ -180,6 +187,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	logger := cfg.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
+	}
+	if err := validateCluster(cfg); err != nil {
+		return nil, err
 	}
 	host, _, err := net.SplitHostPort(cfg.Listen)
 	if err != nil {
@@ -244,6 +254,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	defer func() { started = ok }()
 	defer func() {
 		if !ok {
+			if s.node != nil {
+				s.node.Close()
+			}
 			if s.notifier != nil {
 				s.notifier.close()
 			}
@@ -291,6 +304,17 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		}
 		notifier = s.notifier
 	}
+	if err := s.startCluster(ctx); err != nil {
+		return nil, err
+	}
+	var authz relay.Authorizer = &storeAuthorizer{store: s.store, now: cfg.Now, logger: logger}
+	var peers api.Peers
+	if s.node != nil {
+		authz = s.node
+		if s.outbox != nil {
+			notifier = s.outbox
+		}
+	}
 
 	s.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if s.mqttBudget != nil {
@@ -312,7 +336,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("tunneld: API failure limit: %w", err)
 	}
 	s.relay, err = relay.New(relay.Config{
-		Authorizer:            &storeAuthorizer{store: s.store, now: cfg.Now, logger: logger},
+		Authorizer:            authz,
 		Logger:                logger,
 		BandwidthLimit:        cfg.BandwidthLimit,
 		Registerer:            s.registry,
@@ -320,6 +344,11 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("tunneld: relay: %w", err)
+	}
+	peers = s.relay
+	if s.node != nil {
+		s.node.SetRelay(s.relay)
+		peers = s.node
 	}
 	s.api, err = api.New(api.Config{
 		Store:                s.store,
@@ -331,7 +360,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		Retention:            cfg.Retention,
 		Credentials:          creds,
 		NoAuth:               cfg.NoAuth,
-		Peers:                s.relay,
+		Peers:                peers,
 		Notifier:             notifier,
 		Logger:               logger,
 		Now:                  cfg.Now,
@@ -462,6 +491,10 @@ func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/tunnel", s.relay)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		if s.node != nil && s.node.Draining() {
+			http.Error(w, "draining", http.StatusServiceUnavailable)
+			return
+		}
 		if err := s.health.status(r.Context()); err != nil {
 			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
@@ -542,6 +575,10 @@ func (s *Server) Run(ctx context.Context) error {
 		go func() { errc <- s.mux.Serve() }()
 	}
 	go func() { errc <- s.http.Serve(s.httpLn) }()
+	if s.node != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); s.node.Run(sweepCtx) }()
+	}
 	s.logger.Info("tunneld listening", "addr", s.ln.Addr().String(), "tls", s.scheme == "https")
 	var err error
 	reason := "asked to stop"
@@ -552,6 +589,9 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	case err = <-errc:
 		reason = "listener failed: " + err.Error()
+	}
+	if s.node != nil && err == nil {
+		s.node.Drain(context.Background(), s.cfg.Cluster.drainGrace())
 	}
 	t0 := time.Now()
 	peers := s.relay.Stats().Peers
@@ -570,6 +610,9 @@ func (s *Server) Run(ctx context.Context) error {
 		s.logger.Warn("shutdown: tunnel connections not all closed by the deadline", "err", serr)
 	} else {
 		s.logger.Info("shutdown: tunnel connections dropped; their clients reconnect when tunneld is back", "peers", peers)
+	}
+	if s.node != nil {
+		s.node.Close()
 	}
 	stopSweep()
 	if s.notifier != nil {

@@ -72,6 +72,14 @@ type Notifier interface {
 	NotifyTunnel(ctx context.Context, n Notification)
 }
 
+// TunnelCreator is a Notifier that stores a new tunnel and its
+// notification in one transaction (a cluster's outbox), then publishes it:
+// OpenTunnel calls CreateTunnel instead of Store.Create and NotifyTunnel
+// for tunnels with a thing name. n.TunnelID is t.ID.
+type TunnelCreator interface {
+	CreateTunnel(ctx context.Context, t *store.Tunnel, n Notification) error
+}
+
 // Config configures a Server. The zero value of every field but Store and
 // Credentials/NoAuth means its default.
 type Config struct {

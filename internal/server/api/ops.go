@@ -77,14 +77,21 @@ func (s *Server) openTunnel(ctx context.Context, body []byte) (any, string, erro
 		Source:          store.Peer{TokenHash: srcHash, UpdatedAt: now},
 		Destination:     store.Peer{TokenHash: dstHash, UpdatedAt: now},
 	}
-	if err := s.create(ctx, t); err != nil {
+	tc, outbox := s.notifier.(TunnelCreator)
+	outbox = outbox && t.ThingName != ""
+	if err := s.create(ctx, t, func(ctx context.Context, t *store.Tunnel) error {
+		if outbox {
+			return tc.CreateTunnel(ctx, t, s.notification(t, dstPlain))
+		}
+		return s.store.Create(ctx, t)
+	}); err != nil {
 		return nil, "", err
 	}
 	s.log.LogAttrs(ctx, slog.LevelInfo, "tunnel opened",
 		slog.String("tunnel_id", t.ID), slog.String("thing_name", t.ThingName),
 		slog.Any("services", t.Services), slog.Int("lifetime_minutes", t.LifetimeMinutes),
 		slog.String("source_token", token.Short(srcPlain)), slog.String("destination_token", token.Short(dstPlain)))
-	if t.ThingName != "" {
+	if t.ThingName != "" && !outbox {
 		s.notify(ctx, t, dstPlain)
 	}
 	return &openTunnelOut{
@@ -96,7 +103,7 @@ func (s *Server) openTunnel(ctx context.Context, body []byte) (any, string, erro
 }
 
 // create stores t under a fresh ID, enforcing MaxOpenTunnels.
-func (s *Server) create(ctx context.Context, t *store.Tunnel) error {
+func (s *Server) create(ctx context.Context, t *store.Tunnel, put func(context.Context, *store.Tunnel) error) error {
 	if s.maxOpen > 0 {
 		s.openMu.Lock()
 		defer s.openMu.Unlock()
@@ -112,7 +119,7 @@ func (s *Server) create(ctx context.Context, t *store.Tunnel) error {
 	for range 3 { // a UUID v4 collision is all but impossible; retry anyway
 		t.ID = newUUID()
 		t.ARN = s.TunnelARN(t.ID)
-		err := s.store.Create(ctx, t)
+		err := put(ctx, t)
 		if !errors.Is(err, store.ErrExists) {
 			if err != nil {
 				return fmt.Errorf("api: creating tunnel: %w", err)
@@ -128,13 +135,17 @@ func (s *Server) notify(ctx context.Context, t *store.Tunnel, dstToken string) {
 		return
 	}
 	// Not canceled when the request ends: a notifier may publish later.
-	s.notifier.NotifyTunnel(context.WithoutCancel(ctx), Notification{
+	s.notifier.NotifyTunnel(context.WithoutCancel(ctx), s.notification(t, dstToken))
+}
+
+func (s *Server) notification(t *store.Tunnel, dstToken string) Notification {
+	return Notification{
 		TunnelID:  t.ID,
 		ThingName: t.ThingName,
 		Token:     dstToken,
 		Region:    s.region,
 		Services:  slices.Clone(t.Services),
-	})
+	}
 }
 
 func (s *Server) closeTunnel(ctx context.Context, body []byte) (any, string, error) {

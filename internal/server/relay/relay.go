@@ -43,6 +43,10 @@ var (
 	// handshake (bad, unknown, used or rotated token, wrong mode, closed or
 	// expired tunnel). The handshake is answered 401.
 	ErrUnauthorized = errors.New("relay: unauthorized")
+	// ErrUnavailable is wrapped by Authorizer errors that mean the
+	// tunnel's state cannot be reached now (a cluster's database is
+	// down). The handshake is answered 503, which clients retry.
+	ErrUnavailable = errors.New("relay: service unavailable")
 	// ErrConfig reports an invalid Config.
 	ErrConfig = errors.New("relay: invalid config")
 )
@@ -344,6 +348,9 @@ func (r *Relay) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	if err != nil {
 		if errors.Is(err, ErrUnauthorized) {
 			r.reject(w, req, channelID, hs, &handshakeError{http.StatusUnauthorized, failUnauthorized, unauthorizedText(err)})
+		} else if errors.Is(err, ErrUnavailable) {
+			r.log.Warn("handshake refused: storage unavailable", "channel_id", channelID, "mode", hs.Mode, "err", err)
+			r.reject(w, req, channelID, hs, &handshakeError{http.StatusServiceUnavailable, failInternal, "the tunneling service is temporarily unavailable: retry later"})
 		} else {
 			level := slog.LevelError
 			if req.Context().Err() != nil {
