@@ -85,7 +85,7 @@ func (s *Server) startCluster(ctx context.Context) error {
 	if !c.enabled() {
 		return nil
 	}
-	cs, ok := s.store.(store.ClusterStore)
+	cs, ok := s.health.st.(store.ClusterStore) // the store itself, not the health wrapper
 	if !ok {
 		return errors.New("tunneld: cluster mode needs --postgres")
 	}
