@@ -14,9 +14,30 @@
 // client gets HTTPS without being asked for a certificate
 // (internal/alpnmux does the split). MQTTConfig.NoALPN turns this off.
 //
+// # One process per data directory, and its database
+//
+// New takes DataDir/tunneld.lock (flock, held until Close; ErrDataDirInUse
+// names the holder), so no two tunneld share a database. It refuses a
+// zero-byte SQLite file (AllowEmptyDB), checks the file with PRAGMA
+// quick_check (SkipDBCheck) and marks every tunnel end disconnected (no
+// peer survives a restart). /healthz answers 503 with the reason once any
+// store call met a damaged database (sticky) or when its probe, cached
+// for 5 s, fails; see docs/storage.md.
+//
+// # Logs for operators
+//
+// Every TLS handshake runs in internal/alpnmux: plain HTTP on the TLS port
+// is answered 400 ("use https://") and logged, failed handshakes are
+// logged with the address and cause, net/http's ErrorLog becomes slog
+// records; each kind at most 10 a minute, then with a suppressed count.
+// An address blocked by a failure limit is logged once per block. Run
+// logs the shutdown's start (reason, requests in flight, peers), what it
+// waited for, and its end.
+//
 // Concurrency: New prepares everything and binds the listener; Run serves
-// until its context ends and then shuts down gracefully (WebSockets get a
-// going-away close frame). A Server is run once.
+// until its context ends and then shuts down (WebSockets are dropped
+// without a close frame so that clients reconnect, see relay.Shutdown). A
+// Server is run once.
 //
 // Security defaults: TLS is on (a development CA and certificate are made in
 // the data directory when no certificate is given; TLS 1.2 or later, and

@@ -9,9 +9,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/sectun/sectun/internal/store"
 	"github.com/sectun/sectun/internal/store/sqlite"
 	"github.com/sectun/sectun/internal/store/sqlite/sqlitetest"
 	"github.com/sectun/sectun/internal/store/storetest"
@@ -89,4 +91,62 @@ func TestEmptyDatabaseFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv.Close()
+}
+
+// failingStore fails Get with err while it is set.
+type failingStore struct {
+	store.Store
+	mu  sync.Mutex
+	err error
+}
+
+func (f *failingStore) Get(ctx context.Context, id string) (*store.Tunnel, error) {
+	f.mu.Lock()
+	err := f.err
+	f.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	return f.Store.Get(ctx, id)
+}
+
+// TestHealthProbe: the probe's answer is reused for healthProbeInterval;
+// an ordinary failure clears when the store recovers, damage stays.
+func TestHealthProbe(t *testing.T) {
+	mem, err := sqlite.Open(context.Background(), sqlite.Memory)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mem.Close()
+	fs := &failingStore{Store: mem}
+	now := time.Now()
+	h := &storeHealth{st: fs, damaged: sqlite.Damaged, advice: "restore it", log: slogTo(io.Discard), now: func() time.Time { return now }}
+	set := func(err error) { fs.mu.Lock(); fs.err = err; fs.mu.Unlock() }
+
+	if err := h.status(context.Background()); err != nil {
+		t.Fatalf("healthy store: %v", err)
+	}
+	set(errors.New("disk I/O error"))
+	if err := h.status(context.Background()); err != nil {
+		t.Fatalf("within the probe interval the cached answer is used, got %v", err)
+	}
+	now = now.Add(healthProbeInterval)
+	if err := h.status(context.Background()); err == nil || !strings.Contains(err.Error(), "disk I/O error") {
+		t.Fatalf("failing store: %v", err)
+	}
+	set(nil)
+	now = now.Add(healthProbeInterval)
+	if err := h.status(context.Background()); err != nil {
+		t.Fatalf("recovered store: %v", err)
+	}
+	set(fmt.Errorf("sqlite: get: %w", sqlite.ErrDamaged))
+	now = now.Add(healthProbeInterval)
+	if err := h.status(context.Background()); err == nil || !strings.Contains(err.Error(), "damaged") || !strings.Contains(err.Error(), "restore it") {
+		t.Fatalf("damaged store: %v", err)
+	}
+	set(nil)
+	now = now.Add(healthProbeInterval)
+	if err := h.status(context.Background()); err == nil {
+		t.Fatal("damage must stay reported")
+	}
 }
