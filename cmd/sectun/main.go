@@ -6,12 +6,15 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -154,12 +157,14 @@ func connect(ctx context.Context, args []string, getenv func(string) string, std
 		Credentials: creds,
 		HTTP:        operator.NewHTTPClient(tlsCfg),
 	}
-	return operator.Connect(ctx, operator.ConnectConfig{
+	err = operator.Connect(ctx, operator.ConnectConfig{
 		API:             api,
 		ThingName:       *thing,
 		Services:        specs,
 		TunnelEndpoint:  *tunnelEndpoint,
 		TunnelTLS:       tlsCfg,
+		TunnelCAFile:    *caFile,
+		TunnelInsecure:  *insecure,
 		PeerVersion:     peer,
 		LifetimeMinutes: *lifetime,
 		CloseOnExit:     *closeOnExit,
@@ -168,4 +173,29 @@ func connect(ctx context.Context, args []string, getenv func(string) string, std
 		Out:             stdout,
 		Logger:          logger,
 	})
+	if h := connectHint(err); h != "" {
+		err = fmt.Errorf("%w: %s", err, h)
+	}
+	return err
+}
+
+// connectHint says which sectun option fixes a connection error, "" if
+// none: the tunnel library names its Config fields.
+func connectHint(err error) string {
+	var ua x509.UnknownAuthorityError
+	var hn x509.HostnameError
+	var ve *tls.CertificateVerificationError
+	switch {
+	case err == nil:
+		return ""
+	case errors.Is(err, tunnel.ErrTLSRequired):
+		return "the service speaks TLS: use an https:// --endpoint-url or a wss:// --tunnel-endpoint"
+	case errors.Is(err, tunnel.ErrTLSNotSpoken):
+		return "the service does not speak TLS: use an http:// --endpoint-url or a ws:// --tunnel-endpoint"
+	case errors.Is(err, tunnel.ErrCertificateUntrusted), errors.As(err, &ua), errors.As(err, &hn), errors.As(err, &ve):
+		return "pass tunneld's CA with --ca FILE (e.g. <data-dir>/tls/ca.pem), or --insecure (testing only)"
+	case strings.Contains(err.Error(), "server gave HTTP response to HTTPS client"):
+		return "the service does not speak TLS: use an http:// --endpoint-url"
+	}
+	return ""
 }

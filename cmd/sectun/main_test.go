@@ -2,10 +2,16 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/sectun/sectun/tunnel"
 )
 
 func TestRunErrors(t *testing.T) {
@@ -44,5 +50,24 @@ func TestHelp(t *testing.T) {
 	out.Reset()
 	if err := run(context.Background(), []string{"version"}, nil, &out, io.Discard); err != nil || !strings.HasPrefix(out.String(), "sectun ") {
 		t.Fatalf("version: %v %q", err, out.String())
+	}
+}
+
+// TestConnectCAHint: an API endpoint whose certificate does not verify
+// (no --ca) fails with a hint naming --ca.
+func TestConnectCAHint(t *testing.T) {
+	srv := httptest.NewTLSServer(http.NotFoundHandler())
+	defer srv.Close()
+	creds := filepath.Join(t.TempDir(), "credentials")
+	if err := os.WriteFile(creds, []byte("[default]\naws_access_key_id = AKID\naws_secret_access_key = secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"AWS_SHARED_CREDENTIALS_FILE": creds}
+	err := run(context.Background(), []string{"connect", "--service", "SSH", "--endpoint-url", srv.URL}, func(k string) string { return env[k] }, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "--ca FILE") {
+		t.Fatalf("run: %v; want a hint naming --ca", err)
+	}
+	if h := connectHint(fmt.Errorf("x: %w", tunnel.ErrTLSNotSpoken)); !strings.Contains(h, "http://") {
+		t.Fatalf("scheme hint %q", h)
 	}
 }

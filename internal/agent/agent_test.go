@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"strings"
@@ -455,4 +456,23 @@ func TestBrokerPassword(t *testing.T) {
 	good := startAgent(t, Config{ThingName: thing, BrokerURL: url, Username: thing, Password: "device-password", TunnelEndpoint: "ws://127.0.0.1:1"})
 	cur = 0
 	good.ev.wait(t, &cur, "Subscribed", isSubscribed)
+}
+
+// TestRunTokenSchemeHint: a wss:// endpoint that speaks no TLS fails at
+// once, and the error names tunnel-agent's option, not the library's
+// Config field only.
+func TestRunTokenSchemeHint(t *testing.T) {
+	svc := newService(t)
+	_, _, dst := svc.open("SSH")
+	err := RunToken(testCtx(t), Config{
+		TunnelEndpoint: "wss://" + strings.TrimPrefix(svc.url, "ws://"),
+		Services:       map[string]string{"SSH": "127.0.0.1:1"},
+		Logger:         testLogger(t),
+	}, dst)
+	if !errors.Is(err, tunnel.ErrTLSNotSpoken) || !strings.Contains(err.Error(), "--tunnel-endpoint (tunnelEndpoint) as ws://HOST:PORT") {
+		t.Fatalf("RunToken: %v", err)
+	}
+	if h := TunnelHint(fmt.Errorf("x: %w", tunnel.ErrCertificateUntrusted)); !strings.Contains(h, "--tunnel-ca") {
+		t.Fatalf("CA hint %q", h)
+	}
 }

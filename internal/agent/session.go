@@ -49,6 +49,9 @@ func runSession(ctx context.Context, cfg *Config, p sessionParams) (started bool
 		if ctx.Err() != nil {
 			err = fmt.Errorf("%w (while connecting: %w)", tunnel.ErrSessionClosed, err)
 		}
+		if h := TunnelHint(err); h != "" {
+			err = fmt.Errorf("%w: %s", err, h)
+		}
 		log.Error("cannot start the tunnel session", "err", err)
 		return false, err
 	}
@@ -158,4 +161,18 @@ func RunToken(ctx context.Context, cfg Config, accessToken string) error {
 		return nil
 	}
 	return err
+}
+
+// TunnelHint says which tunnel-agent option fixes a tunnel connection
+// error, "" if none: the tunnel library names its Config fields.
+func TunnelHint(err error) string {
+	switch {
+	case errors.Is(err, tunnel.ErrTLSRequired):
+		return "the tunneling service speaks TLS: give --tunnel-endpoint (tunnelEndpoint) as wss://HOST:PORT or HOST[:PORT]"
+	case errors.Is(err, tunnel.ErrTLSNotSpoken):
+		return "the tunneling service does not speak TLS: give --tunnel-endpoint (tunnelEndpoint) as ws://HOST:PORT"
+	case errors.Is(err, tunnel.ErrCertificateUntrusted):
+		return "pass the tunneling service's CA with --tunnel-ca FILE (tunnelCa), or --tunnel-insecure (testing only)"
+	}
+	return ""
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -69,6 +70,14 @@ type ConnectConfig struct {
 	TunnelEndpoint string
 	// TunnelTLS configures wss:// (nil: system roots).
 	TunnelTLS *tls.Config
+	// TunnelCAFile and TunnelInsecure are where TunnelTLS came from
+	// (sectun's --ca and --insecure); they go into the device command
+	// printed without ThingName.
+	TunnelCAFile   string
+	TunnelInsecure bool
+	// ProgressInterval is how often a line says that Connect still waits
+	// for the device (default 5 s).
+	ProgressInterval time.Duration
 	// PeerVersion is the device's protocol version when it is older than
 	// V3 (1 or 2: the reference proxy's -y); 0 detects it.
 	PeerVersion int
@@ -146,6 +155,23 @@ func Connect(ctx context.Context, cfg ConnectConfig) (err error) {
 	if api.Endpoint == "" {
 		api.Endpoint = DefaultEndpoint(api.Region)
 	}
+	// The local ports first: a busy one must not open a tunnel (and
+	// notify a device) for nothing.
+	lns := make([]net.Listener, 0, len(cfg.Services))
+	defer func() {
+		for _, ln := range lns {
+			if ln != nil {
+				ln.Close() // those NewSource did not take
+			}
+		}
+	}()
+	for _, sv := range cfg.Services {
+		ln, err := net.Listen("tcp", sv.Listen)
+		if err != nil {
+			return fmt.Errorf("connect: cannot listen for %s on %s: %w (no tunnel was opened)", sv.ID, sv.Listen, err)
+		}
+		lns = append(lns, ln)
+	}
 	opened, err := api.OpenTunnel(ctx, in)
 	if err != nil {
 		return err
@@ -193,7 +219,8 @@ func Connect(ctx context.Context, cfg ConnectConfig) (err error) {
 
 	svcs := make([]proxy.Service, len(cfg.Services))
 	for i, s := range cfg.Services {
-		svcs[i] = proxy.Service{ServiceID: s.ID, Address: s.Listen}
+		svcs[i] = proxy.Service{ServiceID: s.ID, Address: s.Listen, Listener: lns[i]}
+		lns[i] = nil // NewSource owns it now
 		if cfg.PeerVersion == 1 {
 			// A V1 tunnel carries no service IDs.
 			svcs[i].ServiceID = ""
@@ -206,8 +233,7 @@ func Connect(ctx context.Context, cfg ConnectConfig) (err error) {
 	defer src.Close()
 
 	if cfg.ThingName == "" {
-		fmt.Fprintf(out, "No thing given, so no device is notified. On the device run:\n  tunnel-agent --token %s --tunnel-endpoint %s --map %s=localhost:PORT\n",
-			opened.DestinationAccessToken, displayEndpoint(endpoint, api.Region), ids[0])
+		printDeviceCommand(out, cfg, displayEndpoint(endpoint, api.Region), opened.DestinationAccessToken)
 	}
 	if cfg.WaitDevice >= 0 {
 		wait := cfg.WaitDevice
@@ -215,7 +241,14 @@ func Connect(ctx context.Context, cfg ConnectConfig) (err error) {
 			wait = time.Minute
 		}
 		fmt.Fprintf(out, "Waiting for the device to connect...\n")
-		switch werr := waitDevice(ctx, &api, opened.TunnelID, wait, sess); {
+		every := cfg.ProgressInterval
+		if every <= 0 {
+			every = 5 * time.Second
+		}
+		progress := func(waited time.Duration, state string) {
+			fmt.Fprintf(out, "Still waiting for the device: %v of %v (destination %s)\n", waited.Round(time.Second), wait, state)
+		}
+		switch werr := waitDevice(ctx, &api, opened.TunnelID, wait, sess, every, progress); {
 		case werr == nil:
 			fmt.Fprintf(out, "Device connected.\n")
 		case ctx.Err() != nil:
@@ -258,15 +291,25 @@ func Connect(ctx context.Context, cfg ConnectConfig) (err error) {
 }
 
 // waitDevice polls DescribeTunnel until the destination is connected.
-func waitDevice(ctx context.Context, api *Client, id string, wait time.Duration, sess *tunnel.Session) error {
+func waitDevice(ctx context.Context, api *Client, id string, wait time.Duration, sess *tunnel.Session, every time.Duration, progress func(time.Duration, string)) error {
 	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
+	start := time.Now()
+	next := every
+	state := "not yet known"
 	for {
 		d, err := api.DescribeTunnel(ctx, id)
 		if err == nil && d.DestinationConnectionState != nil && d.DestinationConnectionState.Status == "CONNECTED" {
 			return nil
+		}
+		if err == nil && d.DestinationConnectionState != nil && d.DestinationConnectionState.Status != "" {
+			state = d.DestinationConnectionState.Status
+		}
+		if waited := time.Since(start); waited >= next && progress != nil {
+			progress(waited, state)
+			next += every
 		}
 		if err != nil && ctx.Err() == nil {
 			var ae *APIError
@@ -301,6 +344,67 @@ func wsEndpoint(api string) (string, error) {
 		return "ws://" + u.Host, nil
 	}
 	return "", fmt.Errorf("endpoint URL %q: scheme must be https or http", api)
+}
+
+// printDeviceCommand prints the tunnel-agent command that serves the
+// tunnel's destination end, working as shown: the token in the
+// environment (command lines are visible to other users), the endpoint,
+// the CA or --tunnel-insecure as given to sectun, a --map per service the
+// agent does not map by itself.
+func printDeviceCommand(out io.Writer, cfg ConnectConfig, endpoint, token string) {
+	args := []string{"tunnel-agent", "--tunnel-endpoint", shellQuote(endpoint)}
+	ca := cfg.TunnelCAFile
+	if ca != "" {
+		if abs, err := filepath.Abs(ca); err == nil {
+			ca = abs
+		}
+		args = append(args, "--tunnel-ca", shellQuote(ca))
+	}
+	if cfg.TunnelInsecure {
+		args = append(args, "--tunnel-insecure")
+	}
+	var guessed []string
+	for _, sv := range cfg.Services {
+		up := strings.ToUpper(sv.ID)
+		port := ""
+		switch {
+		case up == "SSH" || up == "VNC":
+			continue // the agent maps them itself (localhost:22, localhost:5900)
+		case strings.HasPrefix(up, "SSH"):
+			port = "22"
+		case strings.HasPrefix(up, "HTTPS"):
+			port = "443"
+		case strings.HasPrefix(up, "HTTP") || strings.HasPrefix(up, "WEB"):
+			port = "80"
+		case strings.HasPrefix(up, "VNC"):
+			port = "5900"
+		case strings.HasPrefix(up, "RDP"):
+			port = "3389"
+		default:
+			port = "PORT"
+		}
+		guessed = append(guessed, sv.ID)
+		args = append(args, "--map", shellQuote(sv.ID+"=localhost:"+port))
+	}
+	fmt.Fprintf(out, "No thing given, so no device is notified. On the device run (the token in the environment, not on the command line):\n")
+	fmt.Fprintf(out, "  export AWSIOT_TUNNEL_ACCESS_TOKEN=%s\n", shellQuote(token))
+	fmt.Fprintf(out, "  %s\n", strings.Join(args, " "))
+	if ca != "" {
+		fmt.Fprintf(out, "(--tunnel-ca is this machine's path of the CA given with --ca: copy the file to the device, or change the path.)\n")
+	}
+	if len(guessed) > 0 {
+		fmt.Fprintf(out, "(Check the --map addresses of %s: where the device serves them; PORT is to fill in.)\n", strings.Join(guessed, ", "))
+	}
+}
+
+// shellQuote quotes s for a POSIX shell when it needs it.
+func shellQuote(s string) string {
+	if s != "" && strings.IndexFunc(s, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./:=@,+", r))
+	}) < 0 {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 func displayEndpoint(endpoint, region string) string {

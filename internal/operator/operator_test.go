@@ -4,11 +4,13 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -17,7 +19,6 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/sectun/sectun/internal/agent"
 	"github.com/sectun/sectun/internal/server"
 	"github.com/sectun/sectun/tunnel"
 )
@@ -262,37 +263,68 @@ func waitLine(t *testing.T, ch <-chan string, re string) []string {
 	}
 }
 
+// buildAgent builds cmd/tunnel-agent into a directory and returns it.
+func buildAgent(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	cmd := exec.Command("go", "build", "-o", dir, "github.com/sectun/sectun/cmd/tunnel-agent")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build tunnel-agent: %v\n%s", err, out)
+	}
+	return dir
+}
+
 // TestConnect runs Connect against an in-process tunneld over TLS, without
-// a thing: the printed destination token is served by agent.RunToken, as a
-// user would with tunnel-agent --token.
+// a thing: the printed device commands, run as shown by a shell with the
+// real tunnel-agent (only the SSH service's address is changed, to the
+// test's), serve the destination end. The token is in the environment,
+// not on the command line, and the CA given is in the command.
 func TestConnect(t *testing.T) {
 	d := startTunneld(t)
+	agentDir := buildAgent(t)
 	out, ch := lines(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
 	go func() {
 		done <- Connect(ctx, ConnectConfig{
-			API:         d.api,
-			Services:    []ServiceSpec{{ID: "SSH", Listen: "127.0.0.1:0"}, {ID: "HTTP", Listen: "127.0.0.1:0"}},
-			TunnelTLS:   d.tlsCfg,
-			CloseOnExit: true,
-			SSHUser:     "pi",
-			Out:         out,
+			API:              d.api,
+			Services:         []ServiceSpec{{ID: "SSH", Listen: "127.0.0.1:0"}, {ID: "HTTP", Listen: "127.0.0.1:0"}},
+			TunnelTLS:        d.tlsCfg,
+			TunnelCAFile:     d.srv.CAPath(),
+			CloseOnExit:      true,
+			SSHUser:          "pi",
+			ProgressInterval: 200 * time.Millisecond,
+			Out:              out,
 		})
 	}()
 	id := waitLine(t, ch, `^Opened tunnel (\S+) for no thing`)[1]
-	m := waitLine(t, ch, `tunnel-agent --token (\S+) --tunnel-endpoint (\S+) --map SSH=`)
-	if m[2] != d.wsURL {
-		t.Fatalf("printed endpoint %s, want %s", m[2], d.wsURL)
+	export := waitLine(t, ch, `^  (export AWSIOT_TUNNEL_ACCESS_TOKEN=\S+)$`)[1]
+	command := waitLine(t, ch, `^  (tunnel-agent .*)$`)[1]
+	for _, want := range []string{"--tunnel-endpoint " + d.wsURL, "--tunnel-ca " + d.srv.CAPath(), "--map HTTP=localhost:80"} {
+		if !strings.Contains(command, want) {
+			t.Errorf("device command %q lacks %q", command, want)
+		}
+	}
+	if strings.Contains(command, "--token") || strings.Contains(command, strings.TrimPrefix(export, "export AWSIOT_TUNNEL_ACCESS_TOKEN=")) {
+		t.Fatalf("the token is on the command line: %q", command)
+	}
+	// The device is slow to start: progress lines meanwhile.
+	waitLine(t, ch, `^Still waiting for the device: \S+ of 1m0s \(destination DISCONNECTED\)`)
+	ssh, httpSvc := greeter(t, "ssh-server"), greeter(t, "http-server")
+	sh := exec.Command("sh", "-c", export+"\n"+command+" --map SSH="+ssh+" --map HTTP="+httpSvc)
+	sh.Env = append(os.Environ(), "PATH="+agentDir+string(os.PathListSeparator)+os.Getenv("PATH"))
+	sh.Stdout, sh.Stderr = t.Output(), t.Output()
+	if err := sh.Start(); err != nil {
+		t.Fatal(err)
 	}
 	agentDone := make(chan error, 1)
-	go func() {
-		agentDone <- agent.RunToken(context.Background(), agent.Config{
-			TunnelEndpoint: m[2], TunnelTLS: d.tlsCfg,
-			Services: map[string]string{"SSH": greeter(t, "ssh-server"), "HTTP": greeter(t, "http-server")},
-		}, m[1])
-	}()
+	exited := make(chan struct{})
+	go func() { agentDone <- sh.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		sh.Process.Kill()
+		<-exited
+	})
 	waitLine(t, ch, `^Device connected`)
 	sshPort := waitLine(t, ch, `^\s+SSH\s+ssh -p (\d+) pi@localhost$`)[1]
 	httpPort := waitLine(t, ch, `^\s+HTTP\s+http://localhost:(\d+)/$`)[1]
@@ -314,11 +346,11 @@ func TestConnect(t *testing.T) {
 	if err != nil || desc.Status != "CLOSED" {
 		t.Fatalf("after exit: %+v, %v; want CLOSED", desc, err)
 	}
-	// Closing the tunnel ends the device's session.
+	// Closing the tunnel ends the device's session: tunnel-agent exits.
 	select {
 	case err := <-agentDone:
 		if err != nil {
-			t.Fatalf("RunToken: %v", err)
+			t.Fatalf("tunnel-agent: %v", err)
 		}
 	case <-time.After(testTimeout):
 		t.Fatal("the device session did not end after the tunnel closed")
@@ -420,8 +452,8 @@ func checkGreeting(t *testing.T, addr, want string) {
 	}
 }
 
-// TestConnectListenFails: a busy local port fails Connect, and the tunnel
-// it opened is closed, since nobody else holds its source token.
+// TestConnectListenFails: a busy local port fails Connect before any
+// tunnel is opened (no device is notified for nothing).
 func TestConnectListenFails(t *testing.T) {
 	d := startTunneld(t)
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
@@ -429,17 +461,21 @@ func TestConnectListenFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer busy.Close()
-	out, ch := lines(t)
+	var out strings.Builder
 	err = Connect(context.Background(), ConnectConfig{
-		API: d.api, ThingName: "dev-1", Services: []ServiceSpec{{ID: "SSH", Listen: busy.Addr().String()}},
-		TunnelTLS: d.tlsCfg, Out: out,
+		API: d.api, ThingName: "dev-1", Services: []ServiceSpec{{ID: "HTTP", Listen: "127.0.0.1:0"}, {ID: "SSH", Listen: busy.Addr().String()}},
+		TunnelTLS: d.tlsCfg, Out: &out,
 	})
-	if err == nil {
-		t.Fatal("Connect on a busy port succeeded")
+	if err == nil || !strings.Contains(err.Error(), "no tunnel was opened") {
+		t.Fatalf("Connect on a busy port: %v", err)
 	}
-	id := waitLine(t, ch, `^Opened tunnel (\S+)`)[1]
-	waitLine(t, ch, `^Closed tunnel `+regexp.QuoteMeta(id))
-	if desc, err := d.api.DescribeTunnel(context.Background(), id); err != nil || desc.Status != "CLOSED" {
-		t.Fatalf("tunnel after the failed start: %+v, %v", desc, err)
+	if strings.Contains(out.String(), "Opened tunnel") {
+		t.Fatalf("a tunnel was opened:\n%s", out.String())
+	}
+	var list struct {
+		TunnelSummaries []json.RawMessage `json:"tunnelSummaries"`
+	}
+	if err := d.api.Call(context.Background(), "ListTunnels", struct{}{}, &list); err != nil || len(list.TunnelSummaries) != 0 {
+		t.Fatalf("ListTunnels: %d tunnels, %v; want none", len(list.TunnelSummaries), err)
 	}
 }
