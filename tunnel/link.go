@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -86,7 +87,7 @@ func (l *link) shutdown(err error) {
 	l.failOnce.Do(func() {
 		l.err = err
 		close(l.done)
-		l.ws.Close()
+		l.ws.Close(wsconn.CloseNormal, "")
 	})
 }
 
@@ -122,7 +123,7 @@ func (l *link) readLoop() {
 			// rules, an unknown type that is not ignorable, ...): tell
 			// the service why and start afresh, as after a malformed frame.
 			l.log.Warn("invalid message from the service; reconnecting", "msg", m.String(), "err", err)
-			l.ws.CloseWith(wsconn.ClosePolicyViolation, err.Error())
+			l.ws.Close(wsconn.ClosePolicyViolation, err.Error())
 			l.fail(fmt.Errorf("%w: %w", ErrDisconnected, err))
 			return
 		}
@@ -149,7 +150,7 @@ func (l *link) readErr(err error) error {
 		return fmt.Errorf("%w: nothing received for %v (keepalive)", ErrDisconnected, l.live)
 	}
 	if errors.Is(err, wire.ErrMalformed) || errors.Is(err, wire.ErrTooLarge) {
-		l.ws.CloseWith(wsconn.CloseProtocolError, "malformed tunnel frame")
+		l.ws.Close(wsconn.CloseProtocolError, "malformed tunnel frame")
 	}
 	return fmt.Errorf("%w: %w", ErrDisconnected, err)
 }
@@ -205,10 +206,10 @@ func (l *link) deliver(c *Conn, p []byte) {
 // flushing whenever nothing more is ready. It also sends the pings.
 func (l *link) writeLoop() {
 	defer l.wg.Done()
-	fw := wire.NewFrameWriter(l.ws, 0)
+	fw := wire.NewFrameWriter(l.ws.Writer(context.Background()), 0)
 	tick := time.NewTicker(l.s.cfg.KeepaliveInterval)
 	defer tick.Stop()
-	if err := l.ws.Ping(nil); err != nil {
+	if err := l.ws.Ping(context.Background()); err != nil {
 		l.fail(fmt.Errorf("%w: %w", ErrDisconnected, err))
 		return
 	}
@@ -221,7 +222,7 @@ func (l *link) writeLoop() {
 		if err == nil {
 			select {
 			case <-tick.C: // keep pinging under load too
-				err = l.ws.Ping(nil)
+				err = l.ws.Ping(context.Background())
 			default:
 			}
 		}
@@ -238,7 +239,7 @@ func (l *link) writeLoop() {
 		select {
 		case <-l.wake:
 		case <-tick.C:
-			if err := l.ws.Ping(nil); err != nil {
+			if err := l.ws.Ping(context.Background()); err != nil {
 				l.fail(fmt.Errorf("%w: %w", ErrDisconnected, err))
 				return
 			}

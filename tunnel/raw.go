@@ -47,7 +47,7 @@ func DialRaw(ctx context.Context, cfg Config) (*RawConn, error) {
 		return nil, err
 	}
 	r := &RawConn{ws: ws, fr: wire.NewFrameReader(ws), version: version, channelID: channelID}
-	r.fw = wire.NewFrameWriter(ws, 0)
+	r.fw = wire.NewFrameWriter(ws.Writer(context.Background()), 0)
 	return r, nil
 }
 
@@ -88,7 +88,7 @@ func (r *RawConn) WriteMessage(msgs ...*wire.Message) error {
 }
 
 // Ping sends a WebSocket ping.
-func (r *RawConn) Ping() error { return r.ws.Ping(nil) }
+func (r *RawConn) Ping() error { return r.ws.Ping(context.Background()) }
 
 // Close closes the WebSocket with a normal close frame.
-func (r *RawConn) Close() error { return r.ws.Close() }
+func (r *RawConn) Close() error { return r.ws.Close(wsconn.CloseNormal, "") }

@@ -349,12 +349,10 @@ func handshake(ctx context.Context, cfg *Config, url, clientToken string) (ws *w
 	h.Set("access-token", cfg.AccessToken)
 	h.Set("client-token", clientToken)
 	ws, resp, err := wsconn.Dial(ctx, url, wsconn.DialOptions{
-		Header:          h,
-		Subprotocols:    cfg.Subprotocols,
-		TLS:             cfg.TLS,
-		Proxy:           cfg.Proxy,
-		ReadBufferSize:  64 << 10,
-		WriteBufferSize: 64 << 10,
+		Header:       h,
+		Subprotocols: cfg.Subprotocols,
+		TLS:          cfg.TLS,
+		Proxy:        cfg.Proxy,
 	})
 	if err != nil {
 		return nil, 0, "", classifyDialError(ctx, cfg, url, err)
@@ -362,7 +360,7 @@ func handshake(ctx context.Context, cfg *Config, url, clientToken string) (ws *w
 	channelID = resp.Header.Get("channel-id")
 	version, err = negotiated(ws.Subprotocol(), cfg.Subprotocols)
 	if err != nil {
-		ws.CloseWith(wsconn.CloseProtocolError, "unexpected subprotocol")
+		ws.Close(wsconn.CloseProtocolError, "unexpected subprotocol")
 		return nil, 0, "", err
 	}
 	return ws, version, channelID, nil

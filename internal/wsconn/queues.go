@@ -44,22 +44,12 @@ var (
 	maxSegment = 0
 )
 
-// tcpConn returns the TCP connection under c: through TLS and through any
-// wrapper with a NetConn method (tls.Conn has one; so does tunneld's
-// connection limiter), at most a few levels deep.
+// tcpConn returns the TCP connection under c.
 func (c *Conn) tcpConn() (*net.TCPConn, error) {
-	nc := c.ws.NetConn()
-	for range 8 {
-		if tcp, ok := nc.(*net.TCPConn); ok {
-			return tcp, nil
-		}
-		u, ok := nc.(interface{ NetConn() net.Conn })
-		if !ok {
-			break
-		}
-		nc = u.NetConn()
+	if c.tcp == nil {
+		return nil, fmt.Errorf("wsconn: %T is not a TCP connection", c.nc)
 	}
-	return nil, fmt.Errorf("wsconn: %T is not a TCP connection", nc)
+	return c.tcp, nil
 }
 
 // shortenQueues applies the short-queue policy to c's TCP connection:

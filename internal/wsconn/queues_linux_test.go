@@ -72,7 +72,7 @@ func TestShortQueues(t *testing.T) {
 				server <- readQueueOpts(t, c)
 				c.SetLiveness(5 * time.Second)
 				c.Read(make([]byte, 1)) // until the client closes
-				c.Close()
+				c.Close(CloseNormal, "")
 			})
 			srv := httptest.NewUnstartedServer(h)
 			if tc.wrap {
@@ -92,7 +92,7 @@ func TestShortQueues(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer c.Close()
+			defer c.Close(CloseNormal, "")
 			client := readQueueOpts(t, c)
 			var srvOpts queueOpts
 			select {
@@ -136,7 +136,7 @@ func TestTCPMinRTT(t *testing.T) {
 		c.SetLiveness(5 * time.Second)
 		c.Read(make([]byte, 1))
 	})
-	c, _ := dial(t, u)
+	c, _ := dialT(t, u)
 	tcp, err := c.tcpConn()
 	if err != nil {
 		t.Fatal(err)
@@ -195,7 +195,7 @@ func TestDialCapsSegmentSize(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer c.Close()
+			defer c.Close(CloseNormal, "")
 			tcp, _ := c.tcpConn()
 			client, err := tcpMSS(tcp)
 			if err != nil {
@@ -234,7 +234,7 @@ func TestAcceptUncappedPeer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	defer c.Close(CloseNormal, "")
 	select {
 	case g := <-got:
 		mss, rcvbuf := g[0], g[1]
@@ -253,16 +253,16 @@ func TestShortQueuesThroughProxy(t *testing.T) {
 	u := serve(t, func(c *Conn) {
 		c.SetLiveness(5 * time.Second)
 		c.Read(make([]byte, 1))
-		c.Close()
+		c.Close(CloseNormal, "")
 	})
-	proxyURL, _ := connectProxy(t)
+	proxyURL, _ := testConnectProxy(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	c, _, err := Dial(ctx, u, DialOptions{Proxy: func(*url.URL) (*url.URL, error) { return proxyURL, nil }})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	defer c.Close(CloseNormal, "")
 	q := readQueueOpts(t, c)
 	if q.lowat != notsentLowat || q.rcvbuf == 2*minSocketBuffer || q.sndbuf == 2*minSocketBuffer {
 		t.Fatalf("through a proxy: SO_SNDBUF %d, SO_RCVBUF %d, TCP_NOTSENT_LOWAT %d; want autotuned buffers and %d", q.sndbuf, q.rcvbuf, q.lowat, notsentLowat)

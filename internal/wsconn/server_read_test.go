@@ -36,16 +36,37 @@ func clientFrame(fin bool, rsv, op byte, payload []byte, key [4]byte) []byte {
 	return f
 }
 
+// serverFrame builds an unmasked server frame.
+func serverFrame(fin bool, rsv, op byte, payload []byte) []byte {
+	b0 := op | rsv<<4
+	if fin {
+		b0 |= 0x80
+	}
+	f := []byte{b0}
+	switch n := len(payload); {
+	case n <= 125:
+		f = append(f, byte(n))
+	case n <= 0xffff:
+		f = append(f, 126, byte(n>>8), byte(n))
+	default:
+		f = append(f, 127)
+		f = binary.BigEndian.AppendUint64(f, uint64(n))
+	}
+	return append(f, payload...)
+}
+
 // refEnd is how a reference parse of a client stream ends.
 type refEnd struct {
 	kind string // "more" (input ended), "text", "toobig", "protocol", "close"
 	code int    // close
 }
 
-// refParse is a plain reference of the server frame parser: the binary
-// payload delivered and how the stream ends, and the control frames seen
-// (their opcode and payload) before it.
-func refParse(s []byte) (payload []byte, ctls []string, end refEnd) {
+// refParse is a plain reference of the frame parser of a connection of
+// the given role (a server reads masked frames, a client unmasked ones):
+// the binary payload delivered and how the stream ends, and the control
+// frames seen (their opcode and payload) before it.
+func refParse(s []byte, role Role) (payload []byte, ctls []string, end refEnd) {
+	masked := role == RoleServer
 	inMsg := false
 	msgLen := 0
 	for {
@@ -54,7 +75,7 @@ func refParse(s []byte) (payload []byte, ctls []string, end refEnd) {
 		}
 		b0, b1 := s[0], s[1]
 		fin, rsv, op := b0&0x80 != 0, b0&0x70, b0&0x0f
-		if rsv != 0 || b1&0x80 == 0 {
+		if rsv != 0 || (b1&0x80 != 0) != masked {
 			return payload, ctls, refEnd{kind: "protocol"}
 		}
 		switch op {
@@ -73,12 +94,15 @@ func refParse(s []byte) (payload []byte, ctls []string, end refEnd) {
 		default:
 			return payload, ctls, refEnd{kind: "protocol"}
 		}
-		hl := 6
+		hl := 2
+		if masked {
+			hl += 4
+		}
 		switch b1 & 0x7f {
 		case 126:
-			hl = 8
+			hl += 2
 		case 127:
-			hl = 14
+			hl += 8
 		}
 		if len(s) < hl {
 			return payload, ctls, refEnd{kind: "more"}
@@ -108,7 +132,10 @@ func refParse(s []byte) (payload []byte, ctls []string, end refEnd) {
 			msgLen += int(n)
 			inMsg = !fin
 		}
-		key := s[hl-4 : hl]
+		key := []byte{0, 0, 0, 0}
+		if masked {
+			key = s[hl-4 : hl]
+		}
 		s = s[hl:]
 		avail := min(uint64(len(s)), n)
 		data := make([]byte, avail)
@@ -145,10 +172,10 @@ func refParse(s []byte) (payload []byte, ctls []string, end refEnd) {
 }
 
 // runFrameReader feeds s to a frameReader in chunks whose sizes come from
-// splits (cycled; 0 means 1), the way readServer does, and reports what
+// splits (cycled; 0 means 1), the way Read does, and reports what
 // refParse reports.
-func runFrameReader(s, splits []byte) (payload []byte, ctls []string, end refEnd) {
-	var r frameReader
+func runFrameReader(s, splits []byte, role Role) (payload []byte, ctls []string, end refEnd) {
+	r := frameReader{role: role}
 	buf := bytes.Clone(s) // parsed in place
 	pos := 0
 	for i := 0; pos < len(buf); i++ {
@@ -192,10 +219,21 @@ func runFrameReader(s, splits []byte) (payload []byte, ctls []string, end refEnd
 	return payload, ctls, refEnd{kind: "more"}
 }
 
-// seedStreams are valid and invalid client streams: the fuzz corpus's
-// seeds and the table of TestFrameReader.
-func seedStreams() map[string][]byte {
+// seedStreams are valid and invalid streams for a connection of role
+// (client frames for a server, server frames for a client): the fuzz
+// corpus's seeds and the table of TestFrameReader.
+func seedStreams(role Role) map[string][]byte {
 	k := [4]byte{1, 2, 3, 4}
+	clientFrame := clientFrame
+	unmasked := []byte{0x82, 0x01, 'x'}
+	lengthMSB := []byte{0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4}
+	if role == RoleClient {
+		clientFrame = func(fin bool, rsv, op byte, payload []byte, _ [4]byte) []byte {
+			return serverFrame(fin, rsv, op, payload)
+		}
+		unmasked = []byte{0x82, 0x81, 1, 2, 3, 4, 'x' ^ 1} // masked, here
+		lengthMSB = []byte{0x82, 0x7f, 0x80, 0, 0, 0, 0, 0, 0, 0}
+	}
 	big := bytes.Repeat([]byte("0123456789abcdef"), 4200) // 67200 bytes: 64-bit length
 	cat := func(fs ...[]byte) []byte { return bytes.Join(fs, nil) }
 	return map[string][]byte{
@@ -216,14 +254,14 @@ func seedStreams() map[string][]byte {
 		"text":         cat(clientFrame(true, 0, opBinary, []byte("ok"), k), clientFrame(true, 0, opText, []byte("hi"), k)),
 		"too big":      clientFrame(true, 0, opBinary, make([]byte, MaxMessageSize+1), k),
 		"too big frag": cat(clientFrame(false, 0, opBinary, make([]byte, 70000), k), clientFrame(true, 0, opContinuation, make([]byte, 70000), k)),
-		"unmasked":     {0x82, 0x01, 'x'},
+		"unmasked":     unmasked,
 		"rsv1":         clientFrame(true, 4, opBinary, []byte("x"), k),
 		"opcode 3":     clientFrame(true, 0, 3, []byte("x"), k),
 		"cont alone":   clientFrame(true, 0, opContinuation, []byte("x"), k),
 		"new in frag":  cat(clientFrame(false, 0, opBinary, []byte("a"), k), clientFrame(true, 0, opBinary, []byte("b"), k)),
 		"frag ping":    clientFrame(false, 0, opPing, []byte("x"), k),
 		"long ping":    clientFrame(true, 0, opPing, make([]byte, 126), k),
-		"length msb":   {0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4},
+		"length msb":   lengthMSB,
 		"partial":      clientFrame(true, 0, opBinary, []byte("partial payload"), k)[:12],
 	}
 }
@@ -238,15 +276,17 @@ func TestFrameReader(t *testing.T) {
 		"new in frag": "protocol", "frag ping": "protocol", "long ping": "protocol",
 		"length msb": "protocol", "partial": "more",
 	}
-	for name, s := range seedStreams() {
-		refP, refC, refE := refParse(s)
-		if refE.kind != want[name] {
-			t.Errorf("%s: reference ends with %q, want %q", name, refE.kind, want[name])
-		}
-		for _, splits := range [][]byte{nil, {1}, {2, 3}, {5}, {40, 1, 7}} {
-			p, c, e := runFrameReader(s, splits)
-			if !bytes.Equal(p, refP) || e != refE || !equalStrings(c, refC) {
-				t.Errorf("%s, splits %v: %d bytes, controls %q, end %+v; want %d bytes, %q, %+v", name, splits, len(p), c, e, len(refP), refC, refE)
+	for _, role := range []Role{RoleServer, RoleClient} {
+		for name, s := range seedStreams(role) {
+			refP, refC, refE := refParse(s, role)
+			if refE.kind != want[name] {
+				t.Errorf("%v, %s: reference ends with %q, want %q", role, name, refE.kind, want[name])
+			}
+			for _, splits := range [][]byte{nil, {1}, {2, 3}, {5}, {40, 1, 7}} {
+				p, c, e := runFrameReader(s, splits, role)
+				if !bytes.Equal(p, refP) || e != refE || !equalStrings(c, refC) {
+					t.Errorf("%v, %s, splits %v: %d bytes, controls %q, end %+v; want %d bytes, %q, %+v", role, name, splits, len(p), c, e, len(refP), refC, refE)
+				}
 			}
 		}
 	}
@@ -264,20 +304,25 @@ func equalStrings(a, b []string) bool {
 	return true
 }
 
-// FuzzServerFrames: the server frame parser, fed the stream in chunks of
+// FuzzServerFrames: the one frame parser, fed the stream in chunks of
 // fuzzed sizes, agrees with the plain reference parser on the payload
-// delivered, the control frames and how the stream ends.
+// delivered, the control frames and how the stream ends, for both roles
+// (each input is parsed as a server's input and as a client's).
 func FuzzServerFrames(f *testing.F) {
-	for _, s := range seedStreams() {
-		if len(s) < 4096 {
-			f.Add(s, []byte{3, 1, 7})
+	for _, role := range []Role{RoleServer, RoleClient} {
+		for _, s := range seedStreams(role) {
+			if len(s) < 4096 {
+				f.Add(s, []byte{3, 1, 7})
+			}
 		}
 	}
 	f.Fuzz(func(t *testing.T, s, splits []byte) {
-		refP, refC, refE := refParse(s)
-		p, c, e := runFrameReader(s, splits)
-		if !bytes.Equal(p, refP) || e != refE || !equalStrings(c, refC) {
-			t.Fatalf("splits %v: %d bytes, controls %q, end %+v; want %d bytes, %q, %+v", splits, len(p), c, e, len(refP), refC, refE)
+		for _, role := range []Role{RoleServer, RoleClient} {
+			refP, refC, refE := refParse(s, role)
+			p, c, e := runFrameReader(s, splits, role)
+			if !bytes.Equal(p, refP) || e != refE || !equalStrings(c, refC) {
+				t.Fatalf("%v, splits %v: %d bytes, controls %q, end %+v; want %d bytes, %q, %+v", role, splits, len(p), c, e, len(refP), refC, refE)
+			}
 		}
 	})
 }
@@ -308,7 +353,7 @@ func TestServerProtocolErrors(t *testing.T) {
 				c.SetLiveness(5 * time.Second)
 				_, err := io.ReadAll(c)
 				got <- err
-				c.Close()
+				c.Close(CloseNormal, "")
 			})
 			ctx, ws := dialRaw(t, u)
 			ws.NetConn().SetDeadline(time.Now().Add(5 * time.Second))
@@ -344,7 +389,7 @@ func TestServerProtocolErrors(t *testing.T) {
 			}
 			got <- b
 			io.Copy(io.Discard, c) // until the client's close
-			c.Close()
+			c.Close(CloseNormal, "")
 		})
 		ctx, ws := dialRaw(t, u)
 		pongs := make(chan string, 1)
@@ -389,7 +434,7 @@ func TestServerReadEOF(t *testing.T) {
 		b, err := io.ReadAll(c)
 		data <- b
 		got <- err
-		c.Close()
+		c.Close(CloseNormal, "")
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

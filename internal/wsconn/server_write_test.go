@@ -76,9 +76,9 @@ func TestServerMessagesFramed(t *testing.T) {
 			}
 			done := make(chan error, 1)
 			u, cfg := serveVariant(t, v, func(c *Conn) {
-				if v.tls == (c.tcp != nil) {
-					done <- fmt.Errorf("TLS %v, but writev to the TCP socket %v", v.tls, c.tcp != nil)
-					c.Close()
+				if v.tls == c.writev {
+					done <- fmt.Errorf("TLS %v, but writev to the TCP socket %v", v.tls, c.writev)
+					c.Close(CloseNormal, "")
 					return
 				}
 				// Pings from the client are answered by the reader, which
@@ -87,10 +87,10 @@ func TestServerMessagesFramed(t *testing.T) {
 				c.SetLiveness(10 * time.Second)
 				readDone := make(chan struct{})
 				go func() { io.Copy(io.Discard, c); close(readDone) }()
-				defer func() { <-readDone; c.Close() }()
+				defer func() { <-readDone; c.Close(CloseNormal, "") }()
 				for _, b := range want {
 					orig := bytes.Clone(b)
-					if err := c.WriteMessage(b); err != nil {
+					if err := c.WriteMessage(context.Background(), b); err != nil {
 						done <- err
 						return
 					}
@@ -160,11 +160,11 @@ func TestServerMessageTLSRecords(t *testing.T) {
 	u, cfg := serveVariant(t, v, func(c *Conn) {
 		msg := make([]byte, size)
 		for range msgs {
-			if c.WriteMessage(msg) != nil {
+			if c.WriteMessage(context.Background(), msg) != nil {
 				break
 			}
 		}
-		c.Close()
+		c.Close(CloseNormal, "")
 	})
 	var raw *countingConn
 	d := websocket.Dialer{
@@ -272,18 +272,15 @@ func drainedServer(tb testing.TB, v serverVariant) (c *Conn, done func()) {
 }
 
 // BenchmarkServerWriteMessage: 131076-byte server messages to a client
-// that drops the raw bytes, framed by wsconn and, for comparison, by
-// gorilla (the 4 KiB write buffer tunneld's relay uses).
+// that drops the raw bytes, framed by wsconn.
 func BenchmarkServerWriteMessage(b *testing.B) {
 	for _, v := range serverVariants {
-		for _, via := range []string{"wsconn", "gorilla"} {
-			b.Run(v.name+"/"+via, func(b *testing.B) {
-				c, done := drainedServer(b, v)
-				benchWrites(b, c, via)
-				b.StopTimer()
-				done()
-			})
-		}
+		b.Run(v.name, func(b *testing.B) {
+			c, done := drainedServer(b, v)
+			benchWrites(b, c)
+			b.StopTimer()
+			done()
+		})
 	}
 }
 
@@ -297,9 +294,9 @@ func TestServerWriteAllocs(t *testing.T) {
 			c, done := drainedServer(t, v)
 			defer done()
 			msg := make([]byte, 1000)
-			c.WriteMessage(msg) // warm the pools
+			c.WriteMessage(context.Background(), msg) // warm the pools
 			if a := testing.AllocsPerRun(100, func() {
-				if err := c.WriteMessage(msg); err != nil {
+				if err := c.WriteMessage(context.Background(), msg); err != nil {
 					t.Fatal(err)
 				}
 			}); a > 0 {

@@ -80,17 +80,8 @@ func tcpMSS(tc *net.TCPConn) (int, error) {
 	return mss, serr
 }
 
-// tcpUnread returns the bytes waiting in the connection's receive queue
-// (SIOCINQ).
-func tcpUnread(tc *net.TCPConn) (int, error) {
-	rc, err := tc.SyscallConn()
-	if err != nil {
-		return 0, err
-	}
-	var n int
-	var serr error
-	if err := rc.Control(func(fd uintptr) { n, serr = unix.IoctlGetInt(int(fd), unix.SIOCINQ) }); err != nil {
-		return 0, err
-	}
-	return n, serr
+// ioctlInq returns the bytes waiting in the receive queue of the socket
+// fd (SIOCINQ).
+func ioctlInq(fd uintptr) (int, error) {
+	return unix.IoctlGetInt(int(fd), unix.SIOCINQ)
 }

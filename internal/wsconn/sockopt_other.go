@@ -20,4 +20,4 @@ func segmentControl(int) func(network, address string, c syscall.RawConn) error 
 
 func tcpMSS(*net.TCPConn) (int, error) { return 0, errors.ErrUnsupported }
 
-func tcpUnread(*net.TCPConn) (int, error) { return 0, errors.ErrUnsupported }
+func ioctlInq(uintptr) (int, error) { return 0, errors.ErrUnsupported }

@@ -56,7 +56,7 @@ func TestClientMessagesFramed(t *testing.T) {
 			got <- msg{typ, b}
 		}
 	})
-	c, _ := dial(t, u)
+	c, _ := dialT(t, u)
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -66,7 +66,7 @@ func TestClientMessagesFramed(t *testing.T) {
 				return
 			default:
 			}
-			if c.Ping([]byte("p")) != nil {
+			if c.Ping(context.Background()) != nil {
 				return
 			}
 			time.Sleep(100 * time.Microsecond)
@@ -80,7 +80,7 @@ func TestClientMessagesFramed(t *testing.T) {
 				b[i] = byte(i*13 + n + round)
 			}
 			orig := bytes.Clone(b)
-			if err := c.WriteMessage(b); err != nil {
+			if err := c.WriteMessage(context.Background(), b); err != nil {
 				t.Fatalf("write %d bytes: %v", n, err)
 			}
 			if !bytes.Equal(b, orig) {
@@ -101,7 +101,7 @@ func TestClientMessagesFramed(t *testing.T) {
 			break
 		}
 	}
-	c.Close()
+	c.Close(CloseNormal, "")
 	i := 0
 	for m := range got {
 		if i >= len(want) {
@@ -117,8 +117,8 @@ func TestClientMessagesFramed(t *testing.T) {
 	}
 }
 
-// No data message follows a close frame, and the write deadline applies
-// to client messages.
+// No data message follows a close frame, and the context's deadline
+// applies to client messages; so does cancelling it.
 func TestClientWriteAfterCloseAndDeadline(t *testing.T) {
 	release := make(chan struct{})
 	u := rawServer(t, func(ws *websocket.Conn) {
@@ -131,53 +131,69 @@ func TestClientWriteAfterCloseAndDeadline(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	defer c.Close(CloseNormal, "")
 	if err := c.SetSocketBuffers(16<<10, 16<<10); err != nil {
 		t.Fatal(err)
 	}
-	c.SetWriteDeadline(time.Now().Add(200 * time.Millisecond))
+	wctx, wcancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer wcancel()
 	big := make([]byte, MaxMessageSize)
 	start := time.Now()
 	for err == nil && time.Since(start) < 5*time.Second {
-		err = c.WriteMessage(big)
+		err = c.WriteMessage(wctx, big)
 	}
-	if !errors.Is(err, os.ErrDeadlineExceeded) {
+	if !errors.Is(err, os.ErrDeadlineExceeded) && !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("writing to a peer that does not read: %v after %v, want a deadline error", err, time.Since(start))
+	}
+	if err := c.WriteMessage(context.Background(), []byte("x")); err == nil {
+		t.Fatal("write after a cut write succeeded")
+	}
+
+	// Cancelling the context cuts a blocked write.
+	c3, _, err := Dial(ctx, u, DialOptions{Proxy: noProxy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c3.Close(CloseNormal, "")
+	c3.SetSocketBuffers(16<<10, 16<<10)
+	cctx, ccancel := context.WithCancel(ctx)
+	time.AfterFunc(200*time.Millisecond, ccancel)
+	start = time.Now()
+	for err == nil && time.Since(start) < 5*time.Second {
+		err = c3.WriteMessage(cctx, big)
+	}
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("writing with a cancelled context: %v after %v, want context.Canceled", err, time.Since(start))
 	}
 
 	c2, _, err := Dial(ctx, u, DialOptions{Proxy: noProxy})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c2.Close()
+	defer c2.Close(CloseNormal, "")
 	if err := c2.SendClose(CloseNormal, ""); err != nil {
 		t.Fatal(err)
 	}
-	if err := c2.WriteMessage([]byte("late")); !errors.Is(err, websocket.ErrCloseSent) {
+	if err := c2.WriteMessage(context.Background(), []byte("late")); !errors.Is(err, ErrCloseSent) {
 		t.Fatalf("write after the close frame: %v", err)
 	}
 }
 
 // BenchmarkClientWriteMessage: 131076-byte client messages to a server
 // that drops the raw bytes (the cost measured is the client's), framed by
-// wsconn and, for comparison, by gorilla (64 KiB write buffer, as the
-// tunnel library had).
+// wsconn.
 func BenchmarkClientWriteMessage(b *testing.B) {
 	u := rawServer(&testing.T{}, func(ws *websocket.Conn) {
 		io.Copy(io.Discard, ws.NetConn())
 	})
-	for _, via := range []string{"wsconn", "gorilla"} {
-		b.Run(via, func(b *testing.B) {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			c, _, err := Dial(ctx, u, DialOptions{Proxy: noProxy, WriteBufferSize: 64 << 10})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer c.Close()
-			benchWrites(b, c, via)
-		})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, _, err := Dial(ctx, u, DialOptions{Proxy: noProxy})
+	if err != nil {
+		b.Fatal(err)
 	}
+	defer c.Close(CloseNormal, "")
+	benchWrites(b, c)
 }
 
 // A control frame that cannot be written before its deadline (a message
@@ -208,14 +224,16 @@ func TestControlWriteDoesNotCutMessageWrite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	defer c.Close(CloseNormal, "")
 	if err := c.SetSocketBuffers(16<<10, 16<<10); err != nil {
 		t.Fatal(err)
 	}
 	const msgs = 20 // far more than the socket buffers hold
 	werr := writeBig(c, msgs, nil)
 	waitWriteBlocked(t, c)
-	if err := c.writeControl(websocket.PingMessage, nil, time.Now().Add(200*time.Millisecond)); !isTemporary(err) {
+	pctx, pcancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer pcancel()
+	if err := c.Ping(pctx); !isTimeout(err) {
 		t.Fatalf("ping while a message write blocks: %v, want a timeout", err)
 	}
 	select {
@@ -263,10 +281,10 @@ func TestPongDoesNotWaitForBlockedWrite(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				t.Cleanup(func() { c.Close() })
+				t.Cleanup(func() { c.Close(CloseNormal, "") })
 				ours <- c
 			} else {
-				u := serve(t, func(c *Conn) { ours <- c; <-done; c.Close() })
+				u := serve(t, func(c *Conn) { ours <- c; <-done; c.Close(CloseNormal, "") })
 				t.Cleanup(func() { close(done) })
 				ws, _, err := websocket.DefaultDialer.DialContext(ctx, u, nil)
 				if err != nil {
@@ -360,19 +378,13 @@ func waitWriteBlocked(t *testing.T, c *Conn) {
 	}
 }
 
-// benchWrites writes messages of MaxMessageSize through c: with
-// WriteMessage, or straight through gorilla when via is "gorilla", for
-// comparison.
-func benchWrites(b *testing.B, c *Conn, via string) {
-	write := c.WriteMessage
-	if via == "gorilla" {
-		write = func(p []byte) error { return c.ws.WriteMessage(websocket.BinaryMessage, p) }
-	}
+// benchWrites writes messages of MaxMessageSize through c.
+func benchWrites(b *testing.B, c *Conn) {
 	msg := make([]byte, MaxMessageSize)
 	b.SetBytes(int64(len(msg)))
 	b.ReportAllocs()
 	for b.Loop() {
-		if err := write(msg); err != nil {
+		if err := c.WriteMessage(context.Background(), msg); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -386,13 +398,13 @@ func writeBig(c *Conn, n int, last []byte) <-chan error {
 	go func() {
 		big := make([]byte, MaxMessageSize)
 		for range n {
-			if err := c.WriteMessage(big); err != nil {
+			if err := c.WriteMessage(context.Background(), big); err != nil {
 				werr <- err
 				return
 			}
 		}
 		if last != nil {
-			werr <- c.WriteMessage(last)
+			werr <- c.WriteMessage(context.Background(), last)
 			return
 		}
 		werr <- nil

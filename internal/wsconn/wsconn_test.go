@@ -54,7 +54,7 @@ func serve(t *testing.T, fn func(*Conn)) string {
 	return "ws" + strings.TrimPrefix(srv.URL, "http")
 }
 
-func dial(t *testing.T, u string) (*Conn, *http.Response) {
+func dialT(t *testing.T, u string) (*Conn, *http.Response) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -62,7 +62,7 @@ func dial(t *testing.T, u string) (*Conn, *http.Response) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.Close() })
+	t.Cleanup(func() { c.Close(CloseNormal, "") })
 	return c, resp
 }
 
@@ -70,12 +70,12 @@ func noProxy(*url.URL) (*url.URL, error) { return nil, nil }
 
 func TestMessagesAreOneByteStream(t *testing.T) {
 	u := serve(t, func(c *Conn) {
-		c.WriteMessage([]byte("hel"))
-		c.WriteMessage([]byte("lo "))
-		c.WriteMessage([]byte("world"))
-		c.Close()
+		c.WriteMessage(context.Background(), []byte("hel"))
+		c.WriteMessage(context.Background(), []byte("lo "))
+		c.WriteMessage(context.Background(), []byte("world"))
+		c.Close(CloseNormal, "")
 	})
-	c, resp := dial(t, u)
+	c, resp := dialT(t, u)
 	if resp.Header.Get("channel-id") != "abc" || c.Subprotocol() != "proto-1" {
 		t.Fatalf("headers %v, subprotocol %q", resp.Header, c.Subprotocol())
 	}
@@ -130,9 +130,9 @@ func TestOversizedMessageRefused(t *testing.T) {
 
 func TestLivenessDeadline(t *testing.T) {
 	release := make(chan struct{})
-	u := serve(t, func(c *Conn) { <-release; c.Close() })
+	u := serve(t, func(c *Conn) { <-release; c.Close(CloseNormal, "") })
 	defer close(release)
-	c, _ := dial(t, u)
+	c, _ := dialT(t, u)
 	c.SetLiveness(100 * time.Millisecond)
 	start := time.Now()
 	_, err := c.Read(make([]byte, 1))
@@ -175,19 +175,19 @@ func TestLivenessLateReader(t *testing.T) {
 		release := make(chan struct{})
 		u := serve(t, func(c *Conn) {
 			<-dialed // after the handshake: the message waits in the kernel
-			c.WriteMessage([]byte("hello"))
+			c.WriteMessage(context.Background(), []byte("hello"))
 			<-release
-			c.Close()
+			c.Close(CloseNormal, "")
 		})
 		defer close(release)
-		c, _ := dial(t, u)
+		c, _ := dialT(t, u)
 		close(dialed)
 		check(t, c)
 	})
 	t.Run("server", func(t *testing.T) {
 		result := make(chan error, 1)
 		u := serve(t, func(c *Conn) {
-			defer c.Close()
+			defer c.Close(CloseNormal, "")
 			ok := t.Run("read", func(t *testing.T) { check(t, c) })
 			if !ok {
 				result <- errors.New("failed")
@@ -215,16 +215,17 @@ func TestLivenessLateReader(t *testing.T) {
 // SetLiveness does not re-arm it.
 func TestLivenessStopsWithConn(t *testing.T) {
 	release := make(chan struct{})
-	u := serve(t, func(c *Conn) { <-release; c.Close() })
+	u := serve(t, func(c *Conn) { <-release; c.Close(CloseNormal, "") })
 	defer close(release)
-	for _, end := range []func(*Conn) error{(*Conn).Close, (*Conn).Abort} {
-		c, _ := dial(t, u)
+	closeNormal := func(c *Conn) error { return c.Close(CloseNormal, "") }
+	for _, end := range []func(*Conn) error{closeNormal, (*Conn).Abort} {
+		c, _ := dialT(t, u)
 		c.SetLiveness(time.Hour)
 		end(c)
 		c.SetLiveness(time.Minute)
-		c.liveMu.Lock()
-		over, stopped := c.liveOver, !c.liveDog.Stop()
-		c.liveMu.Unlock()
+		c.live.mu.Lock()
+		over, stopped := c.live.over, !c.live.dog.Stop()
+		c.live.mu.Unlock()
 		if !over || !stopped {
 			t.Errorf("after closing: watchdog over %v, stopped %v", over, stopped)
 		}
@@ -264,15 +265,15 @@ func TestProxyFromEnvironment(t *testing.T) {
 // TestDialThroughConnectProxy checks ws:// through an HTTP CONNECT proxy with
 // basic authentication taken from the proxy URL.
 func TestDialThroughConnectProxy(t *testing.T) {
-	u := serve(t, func(c *Conn) { c.WriteMessage([]byte("via proxy")); c.Close() })
-	proxyURL, auth := connectProxy(t)
+	u := serve(t, func(c *Conn) { c.WriteMessage(context.Background(), []byte("via proxy")); c.Close(CloseNormal, "") })
+	proxyURL, auth := testConnectProxy(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	c, _, err := Dial(ctx, u, DialOptions{Proxy: func(*url.URL) (*url.URL, error) { return proxyURL, nil }})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	defer c.Close(CloseNormal, "")
 	c.SetLiveness(5 * time.Second)
 	b, _ := io.ReadAll(io.LimitReader(c, 9))
 	if string(b) != "via proxy" {
@@ -286,7 +287,7 @@ func TestDialThroughConnectProxy(t *testing.T) {
 // connectProxy starts an HTTP CONNECT proxy for one connection; its URL
 // carries user information, and the Proxy-Authorization header received
 // is sent on the channel.
-func connectProxy(t *testing.T) (*url.URL, <-chan string) {
+func testConnectProxy(t *testing.T) (*url.URL, <-chan string) {
 	t.Helper()
 	auth := make(chan string, 1)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

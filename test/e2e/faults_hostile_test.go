@@ -7,6 +7,7 @@ package e2e
 // other tunnels carry on; nothing panics; nothing leaks.
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
@@ -202,7 +203,7 @@ func TestHostileClientAtTunneld(t *testing.T) {
 	codes := map[int]int{}
 	run := func(t *testing.T, mode, tok string, c hostileCase) {
 		ws := hostileClient(t, d, mode, tok, clientToken)
-		defer ws.Close()
+		defer ws.Close(wsconn.CloseNormal, "")
 		// A write error is fine: tunneld may close before reading it all.
 		ws.NetConn().Write(c.raw(true))
 		ce, err := closeOf(ws, 5*time.Second)
@@ -234,7 +235,7 @@ func TestHostileClientAtTunneld(t *testing.T) {
 				t.Fatalf("write %d: %v", i, err)
 			}
 			ce, err := closeOf(ws, 5*time.Second)
-			ws.Close()
+			ws.Close(wsconn.CloseNormal, "")
 			if ce == nil {
 				t.Fatalf("random batch %d: no close frame: %v", i, err)
 			}
@@ -349,9 +350,9 @@ func (s *hostileService) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	s.wg.Add(1)
 	defer s.wg.Done()
-	defer ws.Close()
+	defer ws.Close(wsconn.CloseNormal, "")
 	b, _ := wire.AppendFrame(nil, &wire.Message{Type: wire.TypeServiceIDs, AvailableServiceIDs: s.services})
-	if ws.WriteMessage(b) != nil {
+	if ws.WriteMessage(context.Background(), b) != nil {
 		return
 	}
 	var c hostileCase

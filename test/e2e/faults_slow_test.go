@@ -224,7 +224,7 @@ func TestPeerStopsReading(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer ws.Close()
+		defer ws.Close(wsconn.CloseNormal, "")
 		// Read nothing, ever (not even SERVICE_IDS).
 		d.waitStates(t, tun.TunnelID, "OPEN src=CONNECTED dst=CONNECTED", lpWait)
 

@@ -359,7 +359,7 @@ func TestLocalproxyDetectsV2Destination(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ws.Close() })
+	t.Cleanup(func() { ws.Close(wsconn.CloseNormal, "") })
 	ws.SetLiveness(lpWait)
 	fr := wire.NewFrameReader(ws)
 	m, err := fr.Next()
@@ -376,7 +376,7 @@ func TestLocalproxyDetectsV2Destination(t *testing.T) {
 				continue
 			}
 			b, err := wire.AppendFrame(nil, &wire.Message{Type: wire.TypeData, StreamID: m.StreamID, ServiceID: m.ServiceID, Payload: m.Payload})
-			if err != nil || ws.WriteMessage(b) != nil {
+			if err != nil || ws.WriteMessage(context.Background(), b) != nil {
 				return
 			}
 		}

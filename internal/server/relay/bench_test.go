@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -60,7 +61,7 @@ func (p *relayPath) transfer(n int) time.Duration {
 			if left < p.perMsg {
 				m = m[:left*p.frame]
 			}
-			if err := p.src.conn.WriteMessage(m); err != nil {
+			if err := p.src.conn.WriteMessage(context.Background(), m); err != nil {
 				done <- err
 				return
 			}

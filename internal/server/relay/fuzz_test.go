@@ -3,12 +3,14 @@ package relay
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"net/http"
 	"strconv"
 	"sync/atomic"
 	"testing"
 
 	"github.com/sectun/sectun/internal/store"
+	"github.com/sectun/sectun/internal/wsconn"
 	"github.com/sectun/sectun/wire"
 )
 
@@ -73,14 +75,14 @@ func FuzzRelayFrames(f *testing.F) {
 		step := int(cut) + 1
 		for b := in; len(b) > 0; {
 			k := min(len(b), step)
-			if src.conn.WriteMessage(b[:k]) != nil {
+			if src.conn.WriteMessage(context.Background(), b[:k]) != nil {
 				break
 			}
 			b = b[k:]
 		}
-		src.conn.Close()
+		src.conn.Close(wsconn.CloseNormal, "")
 		tr.authz.waitConnected(t, id, store.ModeSource, false)
-		dst.conn.Close()
+		dst.conn.Close(wsconn.CloseNormal, "")
 		<-done
 		tr.authz.waitConnected(t, id, store.ModeDestination, false)
 	})

@@ -308,7 +308,7 @@ func TestWebSSHSampleHandshake(t *testing.T) {
 	if err != nil {
 		t.Fatalf("sample handshake: %v", err)
 	}
-	t.Cleanup(func() { conn.Close() })
+	t.Cleanup(func() { conn.Close(wsconn.CloseNormal, "") })
 	if got := resp.Header.Get("Sec-WebSocket-Protocol"); got != SubprotocolV1Secured {
 		t.Errorf("echoed subprotocol %q, want %q (a browser fails the connection otherwise)", got, SubprotocolV1Secured)
 	}

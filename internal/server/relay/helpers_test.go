@@ -248,7 +248,7 @@ func (tr *testRelay) tryDial(t testing.TB, tok string, o dialOpts) (*client, err
 	c := &client{t: t, conn: conn, resp: resp}
 	c.fr = wire.NewFrameReader(conn)
 	conn.SetLiveness(testTimeout) // a read timeout for the tests
-	t.Cleanup(func() { conn.Close() })
+	t.Cleanup(func() { conn.Close(wsconn.CloseNormal, "") })
 	return c, nil
 }
 
@@ -275,7 +275,7 @@ func (c *client) send(msgs ...*wire.Message) {
 			c.t.Fatal(err)
 		}
 	}
-	if err := c.conn.WriteMessage(b); err != nil {
+	if err := c.conn.WriteMessage(context.Background(), b); err != nil {
 		c.t.Fatalf("send: %v", err)
 	}
 }
@@ -283,7 +283,7 @@ func (c *client) send(msgs ...*wire.Message) {
 // sendRaw writes b as one WebSocket message.
 func (c *client) sendRaw(b []byte) {
 	c.t.Helper()
-	if err := c.conn.WriteMessage(b); err != nil {
+	if err := c.conn.WriteMessage(context.Background(), b); err != nil {
 		c.t.Fatalf("send: %v", err)
 	}
 }
@@ -464,4 +464,11 @@ func (tr *testRelay) currentPeer(t testing.TB, tunnelID string, mode store.Mode)
 		t.Fatalf("no %s peer", mode)
 	}
 	return p
+}
+
+// writeWithin writes b on c, bounded by d.
+func writeWithin(c *wsconn.Conn, d time.Duration, b []byte) error {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	return c.WriteMessage(ctx, b)
 }

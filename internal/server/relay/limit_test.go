@@ -209,14 +209,13 @@ func TestStuckReceiverBlocksSender(t *testing.T) {
 				return
 			default:
 			}
-			src.conn.SetWriteDeadline(time.Now().Add(testTimeout))
-			if src.conn.WriteMessage(msg) != nil {
+			if writeWithin(src.conn, testTimeout, msg) != nil {
 				return
 			}
 			sent.Add(int64(len(msg)))
 		}
 	})
-	defer func() { close(stop); src.conn.Close(); wg.Wait() }()
+	defer func() { close(stop); src.conn.Close(wsconn.CloseNormal, ""); wg.Wait() }()
 
 	// The sender stalls well before the relay gives up on dst.
 	deadline := time.Now().Add(writeTimeout)
@@ -285,9 +284,10 @@ func TestStuckReceiverSenderKeptAlive(t *testing.T) {
 	// without holding up its reader (a blocked writer would hold them for
 	// wsconn's 5 s pong deadline).
 	msg := frameBytes(t, data(1, "", make([]byte, wire.MaxPayloadSize)), data(1, "", make([]byte, wire.MaxPayloadSize)))
-	src.conn.SetWriteDeadline(time.Now().Add(time.Second))
+	wctx, wcancel := context.WithTimeout(context.Background(), time.Second)
+	defer wcancel()
 	for range 32 {
-		if src.conn.WriteMessage(msg) != nil {
+		if src.conn.WriteMessage(wctx, msg) != nil {
 			break
 		}
 	}
@@ -304,6 +304,6 @@ func TestStuckReceiverSenderKeptAlive(t *testing.T) {
 		t.Fatalf("the sender's connection ended while the receiver was stuck: %v", err)
 	case <-time.After(window + window/2):
 	}
-	src.conn.Close()
+	src.conn.Close(wsconn.CloseNormal, "")
 	<-done
 }

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/sectun/sectun/internal/wsconn"
 	"net"
 	"net/http"
 	"os"
@@ -152,7 +153,7 @@ func TestMemoryPerPeer(t *testing.T) {
 	// Warm up the process (first connection, pools, code paths), then
 	// measure the baseline.
 	warm, _ := tr.dial(t, "src-warm", dialOpts{}), 0
-	warm.conn.Close()
+	warm.conn.Close(wsconn.CloseNormal, "")
 	waitFor(t, "warm-up peer gone", func() bool { return mem().Peers == 0 })
 	base := mem()
 

@@ -2,7 +2,6 @@ package relay
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -11,21 +10,11 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/sectun/sectun/internal/store"
 	"github.com/sectun/sectun/internal/wsconn"
 	"github.com/sectun/sectun/wire"
-)
-
-// WebSocket buffer sizes of accepted connections. The read buffer only
-// holds frame headers and small messages (large reads bypass it); the
-// write buffer is pooled between writes. Both stay small because idle
-// peers must be cheap.
-const (
-	acceptReadBuffer  = 4 << 10
-	acceptWriteBuffer = 4 << 10
 )
 
 // inBufSize holds a partial tunnel frame kept from the previous read and
@@ -67,7 +56,11 @@ type peer struct {
 	channelID string
 	ctx       context.Context // ends when the peer is closed
 	cancel    context.CancelFunc
-	ping      *time.Timer
+	// wctx is the context of writes to the peer: cancelling it (wcancel)
+	// cuts a write in progress (Close, after replaceGrace).
+	wctx    context.Context
+	wcancel context.CancelFunc
+	ping    *time.Timer
 	// stall pings the peer while its reader is held up (blocked writing to
 	// the other peer, or throttled): see holdStart. nil without pings.
 	stall *time.Timer
@@ -80,15 +73,13 @@ type peer struct {
 	linger      *time.Timer // cuts the connection after close; nil if dropped
 
 	// Owned by the peer's own reader goroutine.
-	fw       forwarder       // frames of the read buffer lent to the other end
-	raw      syscall.RawConn // the TCP socket, for unread; nil if unknown
-	inqFn    func(uintptr)   // sets inq from the socket (allocated once)
-	inq      int
-	ahead    int      // lower bound of the bytes readable without blocking: see readAhead
-	idle     [16]byte // the first bytes of a burst, read without a buffer
-	msg      wire.Message
-	consumed int       // frame bytes read since the last bandwidth wait
-	lastLive time.Time // when the liveness count was last restarted
+	fw        forwarder // frames of the read buffer lent to the other end
+	canUnread bool      // the kernel can say what it holds (wsconn.Conn.Unread)
+	ahead     int       // lower bound of the bytes readable without blocking: see readAhead
+	idle      [16]byte  // the first bytes of a burst, read without a buffer
+	msg       wire.Message
+	consumed  int       // frame bytes read since the last bandwidth wait
+	lastLive  time.Time // when the liveness count was last restarted
 }
 
 // netRead reads from the WebSocket. Time the reader spent writing to the
@@ -132,7 +123,9 @@ func (r *Relay) newPeer(conn *wsconn.Conn, g Grant, hs HandshakeRequest) *peer {
 		p.role = wire.RoleDestination
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
-	p.kernelUnread()
+	p.wctx, p.wcancel = context.WithCancel(context.Background())
+	_, err := conn.Unread()
+	p.canUnread = err == nil
 	if d := r.cfg.PingInterval; d > 0 {
 		// Armed only once assigned: pingTick reads p.ping.
 		p.ping = time.AfterFunc(math.MaxInt64, p.pingTick)
@@ -145,10 +138,9 @@ func (r *Relay) newPeer(conn *wsconn.Conn, g Grant, hs HandshakeRequest) *peer {
 }
 
 // Send is Peer.Send: the frames as one WebSocket message, within
-// WriteTimeout. A failed write closes the peer.
+// WriteTimeout (the connection's). A failed write closes the peer.
 func (p *peer) Send(b []byte) error {
-	p.conn.SetWriteDeadline(time.Now().Add(p.r.cfg.WriteTimeout))
-	err := p.conn.WriteMessage(b)
+	err := p.conn.WriteMessage(p.wctx, b)
 	if err != nil {
 		p.writeFailed(err)
 	}
@@ -161,8 +153,11 @@ func (p *peer) Send(b []byte) error {
 // be full), when the tunnel is closed or when its token was rotated, and
 // the other end's reader must not stay blocked on it.
 func (p *peer) Close(code int, reason string) {
-	p.conn.NetConn().SetWriteDeadline(time.Now().Add(replaceGrace))
+	t := time.AfterFunc(replaceGrace, p.wcancel)
 	p.close(code, reason)
+	if !p.dropped {
+		t.Stop() // the close frame went out: no write was stuck
+	}
 }
 
 // Abort is Peer.Abort.
@@ -212,7 +207,7 @@ func (p *peer) stallTick() {
 	if !p.held.Load() || p.closed.Load() {
 		return
 	}
-	p.conn.Ping(nil)
+	p.conn.Ping(p.ctx)
 	// A Reset racing holdEnd's Stop at worst fires once more, idle.
 	if p.held.Load() {
 		p.stall.Reset(stallPing)
@@ -223,7 +218,7 @@ func (p *peer) pingTick() {
 	if p.closed.Load() {
 		return
 	}
-	p.conn.Ping(nil)
+	p.conn.Ping(p.ctx)
 	p.ping.Reset(p.r.cfg.PingInterval)
 }
 
@@ -247,32 +242,23 @@ func (p *peer) close(code int, reason string) {
 			p.ping.Stop()
 			p.stall.Stop()
 		}
-		if err := p.conn.SendClose(code, reason); isTimeout(err) {
-			// The close frame did not go out in time: a write to a peer
-			// that does not read holds the connection. There is no
-			// closing handshake to wait for, and cutting the connection
-			// ends that write too.
+		if err := p.conn.SendClose(code, reason); err != nil && !errors.Is(err, wsconn.ErrCloseSent) {
+			// The close frame did not go out (in time): a write to a
+			// peer that does not read holds the connection, or cut it.
+			// There is no closing handshake to wait for, and cutting the
+			// connection ends that write too.
 			p.dropped = true
-			cut(p.conn)
+			p.wcancel()
+			p.conn.Abort()
 			return
 		}
-		p.linger = time.AfterFunc(closeLinger, func() { p.conn.Close() })
+		p.linger = time.AfterFunc(closeLinger, func() { p.conn.Close(code, reason) })
 	})
 }
 
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
-}
-
-// cut closes the TCP connection under c, under TLS without close_notify
-// (which could block on a full socket too).
-func cut(c *wsconn.Conn) {
-	nc := c.NetConn()
-	if tc, ok := nc.(*tls.Conn); ok {
-		nc = tc.NetConn()
-	}
-	nc.Close()
 }
 
 // stopReading makes the peer's reader stop at its next network read (after
@@ -284,7 +270,7 @@ func (p *peer) stopReading() {
 		p.ping.Stop()
 		p.stall.Stop()
 	}
-	p.conn.NetConn().SetReadDeadline(time.Now())
+	p.conn.SetReadDeadline(time.Now())
 }
 
 // drop closes the peer's TCP connection without a close frame (under TLS
@@ -298,11 +284,12 @@ func (p *peer) drop(reason string) {
 		p.dropped = true
 		p.closeReason = reason
 		p.cancel()
+		p.wcancel()
 		if p.ping != nil {
 			p.ping.Stop()
 			p.stall.Stop()
 		}
-		cut(p.conn)
+		p.conn.Abort()
 	})
 }
 
@@ -314,7 +301,7 @@ func (p *peer) abort(code int, reason string) {
 	}
 	p.discard()
 	p.linger.Stop()
-	p.conn.Close()
+	p.conn.Close(wsconn.CloseNormal, "")
 }
 
 // discard reads and drops what the peer still sends until its close reply,
@@ -451,12 +438,12 @@ const readSlack = 512
 // or already in the TLS connection's buffers. Over TLS that saves an
 // ioctl per 16 KiB record.
 func (p *peer) readAhead(buf []byte, r int) bool {
-	if !p.fw.held() || p.raw == nil || p.t.limiters[p.idx] != nil ||
+	if !p.fw.held() || !p.canUnread || p.t.limiters[p.idx] != nil ||
 		len(buf)-r < wire.FrameHeaderSize+wire.MaxMessageSize {
 		return false
 	}
 	if p.ahead < readAheadMin {
-		p.ahead = p.unread()
+		p.ahead, _ = p.conn.Unread()
 	}
 	return p.ahead >= readAheadMin
 }
@@ -550,7 +537,7 @@ func (p *peer) finish(err error) {
 			p.discard() // until the close reply, or closeLinger
 		}
 		p.linger.Stop()
-		p.conn.Close()
+		p.conn.Close(wsconn.CloseNormal, "")
 	}
 	if alreadyClosed {
 		p.log.Debug("peer closed", "code", p.closeCode, "reason", p.closeReason, "dropped", p.dropped)

@@ -363,10 +363,9 @@ func (r *Relay) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	}
 
 	conn, err := wsconn.Accept(w, req, wsconn.AcceptOptions{
-		Subprotocol:     hs.Subprotocol,
-		Header:          http.Header{"channel-id": {channelID}},
-		ReadBufferSize:  acceptReadBuffer,
-		WriteBufferSize: acceptWriteBuffer,
+		Subprotocol:  hs.Subprotocol,
+		Header:       http.Header{"channel-id": {channelID}},
+		WriteTimeout: r.cfg.WriteTimeout,
 	})
 	if err != nil {
 		r.handshake.failures[failUpgrade].Add(1)
@@ -389,8 +388,7 @@ func (r *Relay) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		// SERVICE_IDS in the same message.
 		b, err := wire.AppendFrame(nil, &wire.Message{Type: wire.TypeServiceIDs, AvailableServiceIDs: grant.Services})
 		if err == nil {
-			conn.SetWriteDeadline(time.Now().Add(r.cfg.WriteTimeout))
-			err = conn.WriteMessage(b)
+			err = conn.WriteMessage(p.wctx, b)
 		}
 		if err != nil {
 			p.log.Info("sending SERVICE_IDS failed", "err", err)

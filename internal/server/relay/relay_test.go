@@ -95,11 +95,12 @@ func TestRelayBothWays(t *testing.T) {
 	dst.recv()
 	// Sent while dst reads: 2.6 MB need not fit in the kernel's buffers.
 	sent := make(chan error, 1)
-	src.conn.SetWriteDeadline(time.Now().Add(testTimeout))
+	wctx, wcancel := context.WithTimeout(context.Background(), testTimeout)
+	defer wcancel()
 	go func() {
 		var err error
 		for range 20 {
-			if err = src.conn.WriteMessage(full); err != nil {
+			if err = src.conn.WriteMessage(wctx, full); err != nil {
 				break
 			}
 		}
@@ -304,7 +305,7 @@ func TestReplacedStuckPeerDoesNotDelay(t *testing.T) {
 	src.send(start(1, "SSH"))
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
-	defer func() { close(stop); src.conn.Close(); wg.Wait() }()
+	defer func() { close(stop); src.conn.Close(wsconn.CloseNormal, ""); wg.Wait() }()
 	wg.Go(func() {
 		msg := frameBytes(t, data(1, "SSH", make([]byte, wire.MaxPayloadSize)))
 		for {
@@ -313,8 +314,7 @@ func TestReplacedStuckPeerDoesNotDelay(t *testing.T) {
 				return
 			default:
 			}
-			src.conn.SetWriteDeadline(time.Now().Add(testTimeout))
-			if src.conn.WriteMessage(msg) != nil {
+			if writeWithin(src.conn, testTimeout, msg) != nil {
 				return
 			}
 		}
@@ -358,7 +358,7 @@ func TestDisconnectResetsStreams(t *testing.T) {
 			}
 			// The leaver's last frame is delivered before the reset.
 			gone.send(data(2, "SSH1", []byte("last")))
-			gone.conn.Close()
+			gone.conn.Close(wsconn.CloseNormal, "")
 			if m := stays.recv(); string(m.Payload) != "last" {
 				t.Fatalf("got %v", m)
 			}
@@ -493,8 +493,7 @@ func TestShutdownStuckReceiver(t *testing.T) {
 			default:
 			}
 			binary.BigEndian.PutUint32(payload, uint32(i))
-			src.conn.SetWriteDeadline(time.Now().Add(testTimeout))
-			if src.conn.WriteMessage(frameBytes(t, data(1, "", payload))) != nil {
+			if writeWithin(src.conn, testTimeout, frameBytes(t, data(1, "", payload))) != nil {
 				return
 			}
 			sent.Add(1)
@@ -552,7 +551,7 @@ func TestIdleTimeout(t *testing.T) {
 			t.Fatalf("connection ended: %v", err)
 		case <-time.After(2 * time.Second):
 		}
-		c.conn.Close()
+		c.conn.Close(wsconn.CloseNormal, "")
 		<-done
 	})
 }
@@ -567,7 +566,7 @@ func TestBandwidthLimit(t *testing.T) {
 	sent := make(chan struct{})
 	go func() {
 		defer close(sent)
-		for src.conn.WriteMessage(msg) == nil {
+		for src.conn.WriteMessage(context.Background(), msg) == nil {
 		}
 	}()
 	// A byte count, and a lower bound on the time it takes: a slow machine
@@ -582,7 +581,7 @@ func TestBandwidthLimit(t *testing.T) {
 		got += wire.FrameHeaderSize + m.Size()
 	}
 	elapsed := time.Since(begin)
-	src.conn.Close() // unblocks the writer
+	src.conn.Close(wsconn.CloseNormal, "") // unblocks the writer
 	<-sent
 	// What may pass without waiting: the burst, what the reader consumed
 	// before waiting for it (one read: up to its whole buffer, since
@@ -637,13 +636,13 @@ func TestHostileFrames(t *testing.T) {
 		}
 		for len(b) > 0 {
 			n := 1 + rng.IntN(len(b))
-			if src.conn.WriteMessage(b[:n]) != nil {
+			if src.conn.WriteMessage(context.Background(), b[:n]) != nil {
 				break
 			}
 			b = b[n:]
 		}
-		src.conn.Close()
-		dst.conn.Close()
+		src.conn.Close(wsconn.CloseNormal, "")
+		dst.conn.Close(wsconn.CloseNormal, "")
 	}
 	bs.send(data(1, "", []byte("still here")))
 	if m := bd.recv(); string(m.Payload) != "still here" {
@@ -761,7 +760,7 @@ func TestReadAheadTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { src.Close() })
+	t.Cleanup(func() { src.Close(wsconn.CloseNormal, "") })
 	const frames = 350
 	payload := make([]byte, 16<<10)
 	msg := frameBytes(t, data(1, "", payload), data(1, "", payload), data(1, "", payload), data(1, "", payload), data(1, "", payload), data(1, "", payload), data(1, "", payload))
@@ -769,7 +768,7 @@ func TestReadAheadTLS(t *testing.T) {
 	go func() {
 		var err error
 		for range frames / 7 {
-			if err = src.WriteMessage(msg); err != nil {
+			if err = src.WriteMessage(context.Background(), msg); err != nil {
 				break
 			}
 		}

@@ -192,7 +192,7 @@ func TestRemoteEndStreams(t *testing.T) {
 		t.Fatalf("destination got %v", m)
 	}
 	// The destination leaves: the remote source's stream 7 is reset.
-	dst.conn.Close()
+	dst.conn.Close(wsconn.CloseNormal, "")
 	if got := link.recv(); len(got) != 1 || got[0].Type != wire.TypeStreamReset || got[0].StreamID != 7 {
 		t.Fatalf("link got %v, want STREAM_RESET 7", got)
 	}

@@ -265,7 +265,7 @@ func (s *Service) CloseTunnel() {
 	peers := s.peerList()
 	s.mu.Unlock()
 	for _, p := range peers {
-		p.ws.CloseWith(wsconn.CloseNormal, "tunnel closed")
+		p.ws.Close(wsconn.CloseNormal, "tunnel closed")
 	}
 }
 
@@ -275,7 +275,7 @@ func (s *Service) CloseWith(mode string, code int, reason string) {
 	p := s.peers[mode]
 	s.mu.Unlock()
 	if p != nil {
-		p.ws.CloseWith(code, reason)
+		p.ws.Close(code, reason)
 	}
 }
 
@@ -310,7 +310,7 @@ func (s *Service) SendRaw(mode string, b []byte) error {
 	if err := p.fw.Flush(); err != nil {
 		return err
 	}
-	return p.ws.WriteMessage(b)
+	return p.ws.WriteMessage(context.Background(), b)
 }
 
 // Messages returns the relayed messages recorded so far (Options.Record).
@@ -389,16 +389,14 @@ func (s *Service) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		chosen = ""
 	}
 	ws, err := wsconn.Accept(w, r, wsconn.AcceptOptions{
-		Subprotocol:     chosen,
-		Header:          http.Header{"Channel-Id": {channelID}},
-		ReadBufferSize:  64 << 10,
-		WriteBufferSize: 64 << 10,
+		Subprotocol: chosen,
+		Header:      http.Header{"Channel-Id": {channelID}},
 	})
 	if err != nil {
 		return
 	}
 	p := &peer{mode: mode, ws: ws, version: version}
-	p.fw = wire.NewFrameWriter(ws, 0)
+	p.fw = wire.NewFrameWriter(ws.Writer(context.Background()), 0)
 	if v, ok := s.conns.Load(r.RemoteAddr); ok {
 		p.pc = v.(*pauseConn)
 	}
@@ -533,15 +531,15 @@ func (s *Service) relay(p *peer) {
 			return
 		}
 		if err := m.Unmarshal(frame); err != nil {
-			p.ws.CloseWith(wsconn.CloseProtocolError, "malformed message")
+			p.ws.Close(wsconn.CloseProtocolError, "malformed message")
 			return
 		}
 		if err := m.Validate(role); err != nil {
-			p.ws.CloseWith(wsconn.CloseProtocolError, err.Error())
+			p.ws.Close(wsconn.CloseProtocolError, err.Error())
 			return
 		}
 		if m.ServiceID != "" && !slices.Contains(s.opts.Services, m.ServiceID) {
-			p.ws.CloseWith(wsconn.CloseProtocolError, "unknown service ID")
+			p.ws.Close(wsconn.CloseProtocolError, "unknown service ID")
 			return
 		}
 		s.observe(p.mode, &m)

@@ -7,37 +7,18 @@ import (
 	"io"
 	"time"
 	"unicode/utf8"
-
-	"github.com/gorilla/websocket"
 )
 
-// ErrProtocol reports a frame from the peer that breaks RFC 6455 (an
-// unmasked client frame, reserved bits or opcodes, a bad control frame, a
-// continuation without a start): the connection is answered with close
-// 1002. The error wrapping it says which rule.
-var ErrProtocol = errors.New("wsconn: protocol error")
-
-// Frame opcodes (RFC 6455 section 5.2).
-const (
-	opContinuation = 0
-	opText         = 1
-	opBinary       = 2
-	opClose        = 8
-	opPing         = 9
-	opPong         = 10
-)
-
-// maxControlPayload is the largest control frame payload.
-const maxControlPayload = 125
-
-// frameReader parses the frames a server receives (masked client frames)
-// out of the bytes read from the connection, without a buffer of its own:
-// the bytes are read into the caller's buffer, where the payload of data
-// frames is unmasked in place and moved over the frame headers. Only a
-// partial header and a control frame's payload are kept between reads
-// (about 140 bytes), so an idle connection holds no read buffer. Reader
-// goroutine only.
+// frameReader parses the frames a connection receives, for either role:
+// a server's are masked client frames, a client's unmasked server frames
+// (RFC 6455 section 5.1: each side refuses the other form). It has no
+// buffer of its own: the bytes are read into the caller's buffer, where
+// the payload of data frames is unmasked in place (a client's just moved)
+// over the frame headers. Only a partial header and a control frame's
+// payload are kept between reads (about 140 bytes), so an idle connection
+// holds no read buffer. Reader goroutine only.
 type frameReader struct {
+	role Role
 	hdr  [14]byte // the current frame's header, as far as received
 	nhdr int
 	ctl  [maxControlPayload]byte // the current control frame's payload
@@ -47,11 +28,12 @@ type frameReader struct {
 	op        byte  // the current frame's opcode
 	fin       bool  // the current frame ends its message
 	remaining int64 // payload bytes of the current frame not yet read
+	masked    bool  // the current frame is masked (a server's reader: always)
 	key       [4]byte
 	keyPos    int  // offset of the next payload byte in the masking key
 	inMsg     bool // a binary message has begun and not ended
 	msgLen    int64
-	started   bool // a binary message began: the liveness deadline restarts
+	started   bool // a binary message began: a sign of life
 }
 
 // frameEvent is what parse stopped at, besides the end of its input.
@@ -89,7 +71,9 @@ func (r *frameReader) parse(b []byte, out, in, end int) (int, int, frameEvent, e
 				if err := r.checkFirst(); err != nil {
 					return out, in, evNone, err
 				}
-				continue // the rest of the header (a client's has a key)
+				if r.headerLen() > 2 {
+					continue // the rest of the header
+				}
 			}
 			ev, err := r.startFrame()
 			if err != nil || ev != evNone {
@@ -103,11 +87,20 @@ func (r *frameReader) parse(b []byte, out, in, end int) (int, int, frameEvent, e
 			continue
 		}
 		k := int(min(r.remaining, int64(end-in)))
-		if r.op >= opClose {
+		switch {
+		case r.op >= opClose && r.masked:
 			maskCopy(r.ctl[r.nctl:], b[in:in+k], r.rotatedKey())
 			r.nctl += k
-		} else {
+		case r.op >= opClose:
+			copy(r.ctl[r.nctl:], b[in:in+k])
+			r.nctl += k
+		case r.masked:
 			maskCopy(b[out:out+k], b[in:in+k], r.rotatedKey())
+			out += k
+		default:
+			if out != in {
+				copy(b[out:out+k], b[in:in+k])
+			}
 			out += k
 		}
 		in += k
@@ -124,13 +117,17 @@ func (r *frameReader) parse(b []byte, out, in, end int) (int, int, frameEvent, e
 
 // headerLen is the length of the current header, from its first 2 bytes.
 func (r *frameReader) headerLen() int {
+	n := 2
+	if r.hdr[1]&0x80 != 0 {
+		n += 4
+	}
 	switch r.hdr[1] & 0x7f {
 	case 126:
-		return 2 + 2 + 4
+		n += 2
 	case 127:
-		return 2 + 8 + 4
+		n += 8
 	}
-	return 2 + 4
+	return n
 }
 
 func protocolError(format string, args ...any) error {
@@ -143,8 +140,11 @@ func (r *frameReader) checkFirst() error {
 	if b0&0x70 != 0 {
 		return protocolError("reserved bits set (no extension was negotiated)")
 	}
-	if b1&0x80 == 0 {
+	switch masked := b1&0x80 != 0; {
+	case r.role == RoleServer && !masked:
 		return protocolError("unmasked client frame")
+	case r.role == RoleClient && masked:
+		return protocolError("masked server frame")
 	}
 	op := b0 & 0x0f
 	fin := b0&0x80 != 0
@@ -187,7 +187,10 @@ func (r *frameReader) startFrame() (frameEvent, error) {
 	default:
 		n = uint64(h[1] & 0x7f)
 	}
-	copy(r.key[:], h[len(h)-4:])
+	r.masked = h[1]&0x80 != 0
+	if r.masked {
+		copy(r.key[:], h[len(h)-4:])
+	}
 	r.keyPos = 0
 	r.op = h[0] & 0x0f
 	r.fin = h[0]&0x80 != 0
@@ -237,7 +240,7 @@ func (r *frameReader) rotatedKey() [4]byte {
 func closePayload(p []byte) (int, string, error) {
 	switch {
 	case len(p) == 0:
-		return 1005, "", nil // CloseNoStatusReceived
+		return CloseNoStatus, "", nil
 	case len(p) == 1:
 		return 0, "", protocolError("close frame payload of 1 byte")
 	}
@@ -261,30 +264,45 @@ func validCloseCode(code int) bool {
 	return code >= 3000 && code <= 4999
 }
 
-// readServer is Read on a server connection: frames are parsed by c.fr
-// out of bytes read straight into p, as many as the connection has (over
-// TLS at most a record). Moving payload over the frame headers before it
-// costs nothing extra: it is unmasked in the same pass.
-func (c *Conn) readServer(p []byte) (int, error) {
+// Read reads from the concatenated payloads of the binary messages
+// received, for either role: frames are parsed out of bytes read straight
+// into p, as many as the connection has (over TLS at most a record);
+// moving payload over the frame headers costs nothing extra, it is
+// unmasked in the same pass. Pings are answered, and pings, pongs and
+// messages count as signs of life (live.go). A text message ends the
+// stream with ErrTextMessage (close 1003) and a message over
+// MaxMessageSize with ErrMessageTooBig (close 1009), after the closing
+// handshake (which takes up to 2 s if the peer does not answer; the
+// connection is closed when Read returns); a frame breaking RFC 6455
+// with an error wrapping ErrProtocol, after a close frame 1002; a close
+// frame from the peer, answered with the same code, with a *CloseError,
+// and so does a connection that ends without one (code 1006). One
+// goroutine at a time may read.
+func (c *Conn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	nc := c.ws.NetConn()
 	for {
 		if c.rerr != nil {
 			return 0, c.rerr
 		}
-		n, err := nc.Read(p)
+		var n int
+		var err error
+		if len(c.pre) > 0 {
+			n = copy(p, c.pre)
+			c.pre = c.pre[n:]
+		} else {
+			n, err = c.nc.Read(p)
+		}
 		out, in := 0, 0
 		for in < n && c.rerr == nil {
 			var ev frameEvent
 			var perr error
 			out, in, ev, perr = c.fr.parse(p, out, in, n)
 			if c.fr.started {
-				// As gorilla's reader did it, once per message (however
-				// many began in this read).
+				// Once per message (however many began in this read).
 				c.fr.started = false
-				c.noteLive()
+				c.live.note()
 			}
 			switch {
 			case perr != nil:
@@ -292,10 +310,10 @@ func (c *Conn) readServer(p []byte) (int, error) {
 			case ev == evControl:
 				c.rerr = c.control()
 			case ev == evText:
-				c.closeHandshakeServer(CloseUnsupportedData, "text frames are not allowed", p[in:n])
+				c.closeHandshake(CloseUnsupportedData, "text frames are not allowed", p[in:n], true)
 				c.rerr = ErrTextMessage
 			case ev == evTooBig:
-				c.closeHandshake(CloseMessageTooBig, "message exceeds 131076 bytes", false)
+				c.closeHandshake(CloseMessageTooBig, "message exceeds 131076 bytes", nil, false)
 				c.rerr = ErrMessageTooBig
 			}
 		}
@@ -308,37 +326,31 @@ func (c *Conn) readServer(p []byte) (int, error) {
 	}
 }
 
-// readFail maps an error of the connection's Read as gorilla did: the end
-// of the stream is an abnormal closure (a *CloseError 1006); other errors
-// stay as they are. After an error that is not a net.Error (a timeout, a
-// closed connection) no close frame can be answered any more.
+// readFail maps an error of the connection's Read: the end of the stream
+// is an abnormal closure (a *CloseError 1006); other errors stay as they
+// are. After an error that is not a net.Error (a timeout, a closed
+// connection) no close frame can be answered any more.
 func (c *Conn) readFail(err error) error {
 	if isNetError(err) {
 		return err
 	}
 	c.closeSent.Store(true)
 	if err == io.EOF || err == io.ErrUnexpectedEOF {
-		return &CloseError{Code: websocket.CloseAbnormalClosure, Reason: io.ErrUnexpectedEOF.Error()}
+		return &CloseError{Code: CloseAbnormal, Reason: io.ErrUnexpectedEOF.Error()}
 	}
 	return err
 }
 
 // protocolFail answers a protocol error with close 1002 and returns err.
-// Like gorilla, it does not wait for the peer's answer: the framing may be
-// lost.
+// It does not wait for the peer's answer: the framing may be lost.
 func (c *Conn) protocolFail(err error) error {
-	reason := err.Error()
-	if len(reason) > maxControlPayload-2 {
-		reason = reason[:maxControlPayload-2]
-	}
-	c.SendClose(CloseProtocolError, reason)
+	c.SendClose(CloseProtocolError, err.Error())
 	return err
 }
 
 // control acts on the complete control frame in c.fr: a ping is answered
-// (not while closing), a ping or pong restarts the liveness deadline, a
-// close frame is answered with the same code and ends the stream with a
-// *CloseError.
+// (not while closing), a ping or pong is a sign of life, a close frame is
+// answered with the same code and ends the stream with a *CloseError.
 func (c *Conn) control() error {
 	payload := c.fr.ctl[:c.fr.nctl]
 	switch c.fr.op {
@@ -346,15 +358,18 @@ func (c *Conn) control() error {
 		if c.closing {
 			return nil
 		}
-		c.noteLive()
-		err := c.pong(append([]byte(nil), payload...))
-		if err == nil || errors.Is(err, websocket.ErrCloseSent) || isTemporary(err) {
+		c.live.note()
+		if c.closeSent.Load() {
+			return nil // no pong after a close frame
+		}
+		err := c.pong(payload)
+		if err == nil || isTimeout(err) {
 			return nil
 		}
 		return err
 	case opPong:
 		if !c.closing {
-			c.noteLive()
+			c.live.note()
 		}
 		return nil
 	}
@@ -364,33 +379,44 @@ func (c *Conn) control() error {
 	}
 	// Answer with the same code, as RFC 6455 asks (1000 for none).
 	reply := code
-	if code == websocket.CloseNoStatusReceived {
+	if code == CloseNoStatus {
 		reply = CloseNormal
 	}
-	c.closeSent.Store(true)
-	c.writeControl(websocket.CloseMessage, websocket.FormatCloseMessage(reply, ""), time.Now().Add(time.Second))
+	if !c.closeSent.Swap(true) {
+		c.writeClose(reply, "")
+	}
 	return &CloseError{Code: code, Reason: reason}
 }
 
-// closeHandshakeServer is closeHandshake for a server connection whose
-// framing is intact: rest holds the bytes read after the offending frame's
-// header, parsed (and dropped) before reading on.
-func (c *Conn) closeHandshakeServer(code int, reason string, rest []byte) {
-	c.stopLive() // closeWait bounds the wait from now
+// closeWait bounds the closing handshake after a protocol error.
+const closeWait = 2 * time.Second
+
+// closeHandshake ends the connection after the reader found a message it
+// refuses: a close frame, then reading and dropping until the peer
+// answers it (or closes), for at most closeWait, then the TCP close.
+// Closing at once would reset the connection if the peer's data were
+// still unread, and a reset can destroy the close frame before the peer
+// reads it. rest holds the bytes read after the offending frame's header.
+// framed says whether the framing can still be parsed; if not (after an
+// oversized frame header), raw bytes are dropped until the peer closes
+// its side. It runs on the reader's goroutine.
+func (c *Conn) closeHandshake(code int, reason string, rest []byte, framed bool) {
+	c.live.stop() // closeWait bounds the wait from now
 	c.SendClose(code, reason)
-	c.closing = true // pings are not answered and do not extend the deadline
-	c.ws.SetReadDeadline(time.Now().Add(closeWait))
-	if !c.dropFrames(rest) {
+	c.closing = true // pings are not answered and do not count
+	c.nc.SetReadDeadline(time.Now().Add(closeWait))
+	if !framed {
+		io.Copy(io.Discard, c.nc)
+	} else if !c.dropFrames(rest) {
 		var buf [4 << 10]byte
-		nc := c.ws.NetConn()
 		for {
-			n, err := nc.Read(buf[:])
+			n, err := c.nc.Read(buf[:])
 			if c.dropFrames(buf[:n]) || err != nil {
 				break
 			}
 		}
 	}
-	c.CloseWith(code, reason) // no second close frame: gorilla refuses it
+	c.Close(code, reason) // no second close frame
 }
 
 // dropFrames parses b and drops its data; it reports whether the stream
