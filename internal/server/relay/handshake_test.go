@@ -326,9 +326,10 @@ func TestWebSSHSampleHandshake(t *testing.T) {
 	if m := s.recv(); m.Type != wire.TypeData || string(m.Payload) != "SSH-2.0-srv\r\n" {
 		t.Fatalf("source got %v", m)
 	}
-	// The sender's counter is bumped after the delivery: wait for it.
+	// A sender's counter is bumped after the delivery (once the Send to
+	// the other end returned): wait for both.
 	se, de, ok := tr.TunnelStats("websample")
-	for deadline := time.Now().Add(testTimeout); de.Frames == 0 && time.Now().Before(deadline); {
+	for deadline := time.Now().Add(testTimeout); (de.Frames < 1 || se.Frames < 2) && time.Now().Before(deadline); {
 		time.Sleep(time.Millisecond)
 		se, de, ok = tr.TunnelStats("websample")
 	}
