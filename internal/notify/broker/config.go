@@ -93,11 +93,14 @@ type Config struct {
 	MaxConnsPerIdentity int
 	// MaxSessions bounds the sessions held: connected clients plus the
 	// sessions kept for disconnected persistent clients (clean session
-	// false) for SessionExpiry (default DefaultMaxSessions). Resuming a
-	// session is never refused by it.
+	// false) for SessionExpiry (default DefaultMaxSessions). Only a
+	// CONNECT that makes a new persistent session is refused by it:
+	// resuming one, or connecting with a clean session (bounded by the
+	// connection limits), is not.
 	MaxSessions int
 	// MaxSessionsPerIdentity bounds the sessions of one identity (as for
-	// MaxConnsPerIdentity; default DefaultMaxSessionsPerIdentity): a
+	// MaxConnsPerIdentity; default DefaultMaxSessionsPerIdentity), refusing
+	// new persistent ones as MaxSessions does: a
 	// client that changes its client ID at every connection cannot fill
 	// the broker with kept sessions.
 	MaxSessionsPerIdentity int

@@ -323,7 +323,9 @@ func (l *limiter) connect(cl *mqtt.Client, id identity) *refusal {
 		return &refusal{packets.ErrServerUnavailable, ReasonConnsPerIdentity,
 			fmt.Errorf("%s already has %d connections (the limit)", describe(id), l.byIdentity[key])}
 	}
-	if !resumed {
+	// A clean session ends with its connection: the connection limits
+	// bound those. The session limits bound the sessions that outlive one.
+	if !resumed && persistent(cl) {
 		if l.maxSessions > 0 && l.b.srv.Clients.Len()-1 >= l.maxSessions { // -1: mochi's inline client
 			l.unlockID(e)
 			return &refusal{packets.ErrServerUnavailable, ReasonMaxSessions,
@@ -347,6 +349,15 @@ func (l *limiter) connect(cl *mqtt.Client, id identity) *refusal {
 	l.sessions[cl.ID] = sessionEntry{key: key, cl: cl}
 	l.sessionsBy[key]++
 	return nil
+}
+
+// persistent reports whether cl's session outlives its connection (as
+// mochi decides when it disconnects).
+func persistent(cl *mqtt.Client) bool {
+	if cl.Properties.ProtocolVersion == 5 {
+		return cl.Properties.Props.SessionExpiryInterval > 0
+	}
+	return !cl.Properties.Clean
 }
 
 func (l *limiter) release(cl *mqtt.Client) {

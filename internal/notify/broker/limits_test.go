@@ -151,6 +151,15 @@ func TestLimitSessions(t *testing.T) {
 	if st.Refused[ReasonSessionsPerIdentity] != 1 || st.Refused[ReasonMaxSessions] != 1 || st.Sessions != 3 {
 		t.Fatalf("stats %+v", st)
 	}
+	// A clean session ends with its connection: the session limits do not
+	// refuse it (an admin or a device can still connect when they are
+	// full); the connection limits bound it.
+	clean := login("dev-3", "dev-3")
+	clean.persistent = false
+	mustDial(t, clean)
+	clean.id = "dev-1@d"
+	clean.user, clean.pass = "dev-1", "pw-dev-1"
+	mustDial(t, clean)
 }
 
 // A disconnected session holds at most MaxQueuedPerSession messages, and
