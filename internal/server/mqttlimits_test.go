@@ -150,7 +150,7 @@ func TestMQTTLimitsKeepTunnelWorking(t *testing.T) {
 		fmt.Sprintf(`tunneld_mqtt_limit{limit="conns_per_identity"} %d`, perIdentity),
 		"tunneld_mqtt_connections_limit ",
 		"tunneld_mqtt_sessions_limit 20000",
-		"tunneld_mqtt_queued_messages_limit 100000",
+		"tunneld_mqtt_queued_messages_limit 20000",
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("metrics lack %q", want)

@@ -26,7 +26,7 @@ const (
 	DefaultMaxSessions            = 20000
 	DefaultMaxSessionsPerIdentity = 16
 	DefaultMaxQueuedPerSession    = 16
-	DefaultMaxQueued              = 100000
+	DefaultMaxQueued              = 20000
 )
 
 // Config configures a Broker. The zero value is a plain listener on
