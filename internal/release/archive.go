@@ -133,7 +133,11 @@ func withDirs(es []entry) []entry {
 func writeTar(w io.Writer, es []entry, mt time.Time, owner func(name string) (uid, gid int)) error {
 	tw := tar.NewWriter(w)
 	for _, e := range withDirs(es) {
-		h := &tar.Header{Name: e.Name, Mode: int64(e.Mode.Perm()), ModTime: mt, Typeflag: tar.TypeReg, Size: int64(len(e.Data)), Format: tar.FormatPAX}
+		mode := int64(e.Mode.Perm())
+		if e.Mode&os.ModeSticky != 0 {
+			mode |= 0o1000
+		}
+		h := &tar.Header{Name: e.Name, Mode: mode, ModTime: mt, Typeflag: tar.TypeReg, Size: int64(len(e.Data)), Format: tar.FormatPAX}
 		if owner != nil {
 			h.Uid, h.Gid = owner(e.Name)
 		}

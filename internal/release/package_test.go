@@ -42,20 +42,30 @@ func watch(r io.Reader) *lineWatch {
 
 func (w *lineWatch) wait(t *testing.T, re string, timeout time.Duration) []string {
 	t.Helper()
+	m, seen := w.find(re, timeout)
+	if m == nil {
+		t.Fatalf("no %q within %v (or the output ended):\n%s", re, timeout, seen)
+	}
+	return m
+}
+
+// find waits for re; nil and the output so far if the output ends or
+// the timeout passes first.
+func (w *lineWatch) find(re string, timeout time.Duration) ([]string, string) {
 	rx := regexp.MustCompile(re)
 	deadline := time.After(timeout)
 	for {
 		select {
 		case l, ok := <-w.lines:
 			if !ok {
-				t.Fatalf("output ended before %q:\n%s", re, w.seen.String())
+				return nil, w.seen.String()
 			}
 			w.seen.WriteString(l + "\n")
 			if m := rx.FindStringSubmatch(l); m != nil {
-				return m
+				return m, ""
 			}
 		case <-deadline:
-			t.Fatalf("no %q within %v:\n%s", re, timeout, w.seen.String())
+			return nil, w.seen.String()
 		}
 	}
 }
@@ -263,6 +273,10 @@ func TestDebInstallRunPurge(t *testing.T) {
 	w := watch(pr)
 	endpoint := w.wait(t, `tunneld is listening on (https://127\.0\.0\.1:\d+)`, time.Minute)[1]
 	passTunnel(t, ctx, "/usr/bin/localproxy", endpoint, "/var/lib/tunneld/aws-credentials", "/var/lib/tunneld/tls/ca.pem")
+	// The operator command the README gives, against the running service.
+	if o, err := exec.Command("/usr/bin/tunneld", "tunnels", "list", "--config", "/etc/sectun/tunneld.conf", "--data-dir", "/var/lib/tunneld", "--endpoint", endpoint).CombinedOutput(); err != nil || !strings.Contains(string(o), "CLOSED") && !strings.Contains(string(o), "OPEN") {
+		t.Errorf("tunneld tunnels list: %v\n%s", err, o)
+	}
 	db, err := filepath.Glob("/var/lib/tunneld/*.db")
 	if err != nil || len(db) == 0 {
 		t.Fatalf("no database in /var/lib/tunneld: %v", err)
