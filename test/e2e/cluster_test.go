@@ -53,13 +53,20 @@ func startClusterNode(t *testing.T, args []string) *tunneld {
 
 func newClusterRig(t *testing.T, n int, extra ...string) *clusterRig {
 	t.Helper()
+	return newClusterRigWith(t, n, func(int) []string { return extra })
+}
+
+// newClusterRigWith starts n nodes, node i with the extra flags
+// extra(i).
+func newClusterRigWith(t *testing.T, n int, extra func(i int) []string) *clusterRig {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("cluster scenarios start PostgreSQL and three tunnelds: not in -short")
 	}
 	pg := pgtest.Start(t)
 	r := &clusterRig{t: t, pg: pg, dsn: pg.NewDatabase("sectun")}
 	for i := range n {
-		a := clusterNodeArgs(r.dsn, i, 0, extra...)
+		a := clusterNodeArgs(r.dsn, i, 0, extra(i)...)
 		d := startClusterNode(t, a)
 		// Later restarts use the same port (HAProxy's configuration).
 		_, port, _ := net.SplitHostPort(strings.TrimPrefix(d.url, "http://"))
