@@ -129,7 +129,7 @@ func (n *notifier) anonymousWarning() string {
 	if len(addrs) == 0 {
 		return ""
 	}
-	return fmt.Sprintf("anonymous MQTT clients are accepted on %s (loopback): any local process can act as any thing whose device is not connected with a certificate or password, and receive its notifications (destination tokens); --mqtt-no-anonymous turns this off", strings.Join(addrs, " and "))
+	return fmt.Sprintf("anonymous MQTT clients are accepted on %s (loopback): any local process can act as any thing that holds no session authenticated by certificate or password, and receive its notifications (destination tokens); --mqtt-no-anonymous turns this off", strings.Join(addrs, " and "))
 }
 
 // startNotifier starts the external broker client or the embedded broker.
