@@ -7,6 +7,32 @@ import (
 	"io"
 )
 
+// errEmptyFrame is a length prefix of 0: no Message encodes to nothing
+// the protocol allows.
+var errEmptyFrame = fmt.Errorf("%w: empty tunnel frame", ErrMalformed)
+
+// SplitFrame reports the tunnel frame at the start of b, for code that
+// reads into buffers of its own and hands frames on without copying (as
+// tunneld's relay does): n is the frame's size with its 2-byte length
+// prefix, the encoded Message being b[FrameHeaderSize:n]; n is 0 when b
+// does not hold the whole frame yet. A length prefix of 0 is ErrMalformed.
+// A frame never exceeds FrameHeaderSize+MaxMessageSize bytes (the
+// prefix's range), so a buffer of that size always holds one. FrameReader
+// splits its stream with it.
+func SplitFrame(b []byte) (n int, err error) {
+	if len(b) < FrameHeaderSize {
+		return 0, nil
+	}
+	k := int(binary.BigEndian.Uint16(b))
+	if k == 0 {
+		return 0, errEmptyFrame
+	}
+	if n = FrameHeaderSize + k; n > len(b) {
+		return 0, nil
+	}
+	return n, nil
+}
+
 // FrameReader reads tunnel frames from a byte stream: the concatenated
 // payloads of the WebSocket binary messages received, in order. Frames may
 // span message boundaries and one message may hold many frames.
@@ -55,20 +81,20 @@ func (fr *FrameReader) NextFrame() ([]byte, error) {
 		}
 		return nil, err
 	}
-	n := int(binary.BigEndian.Uint16(hdr))
-	if n == 0 {
+	if _, err := SplitFrame(hdr); err != nil {
 		fr.br.Discard(FrameHeaderSize)
-		return nil, fmt.Errorf("%w: empty tunnel frame", ErrMalformed)
+		return nil, err
 	}
-	frame, err := fr.br.Peek(FrameHeaderSize + n)
+	frame, err := fr.br.Peek(FrameHeaderSize + int(binary.BigEndian.Uint16(hdr)))
 	if err != nil {
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF
 		}
 		return nil, err
 	}
-	fr.last = FrameHeaderSize + n
-	return frame[FrameHeaderSize:], nil
+	n, _ := SplitFrame(frame)
+	fr.last = n
+	return frame[FrameHeaderSize:n], nil
 }
 
 // Next reads and decodes the next tunnel frame. The returned Message is

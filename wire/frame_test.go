@@ -401,3 +401,61 @@ func FuzzFrameReaderGarbage(f *testing.F) {
 		}
 	})
 }
+
+// SplitFrame finds whole frames in a buffer as FrameReader finds them in
+// a stream: sizes, incomplete tails, an empty frame refused.
+func TestSplitFrame(t *testing.T) {
+	a, _ := AppendFrame(nil, &Message{Type: TypeData, StreamID: 1, Payload: []byte("one")})
+	b, _ := AppendFrame(nil, &Message{Type: TypeStreamReset, StreamID: 1})
+	buf := append(append([]byte(nil), a...), b...)
+	for _, tc := range []struct {
+		in   []byte
+		n    int
+		fail bool
+	}{
+		{nil, 0, false},
+		{buf[:1], 0, false},
+		{buf[:len(a)-1], 0, false},
+		{buf[:len(a)], len(a), false},
+		{buf, len(a), false},
+		{buf[len(a):], len(b), false},
+		{[]byte{0, 0, 1}, 0, true},
+	} {
+		n, err := SplitFrame(tc.in)
+		if n != tc.n || (err != nil) != tc.fail || (err != nil && !errors.Is(err, ErrMalformed)) {
+			t.Errorf("SplitFrame(%x) = %d, %v; want %d, error %v", tc.in, n, err, tc.n, tc.fail)
+		}
+	}
+}
+
+// FuzzSplitFrame: splitting a buffer with SplitFrame gives the frames
+// FrameReader reads from the same bytes as a stream.
+func FuzzSplitFrame(f *testing.F) {
+	a, _ := AppendFrame(nil, &Message{Type: TypeData, StreamID: 1, Payload: []byte("one")})
+	f.Add(append(a, 0, 3, 1))
+	f.Add([]byte{0, 0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		fr := NewFrameReader(bytes.NewReader(b))
+		rest := b
+		for {
+			n, serr := SplitFrame(rest)
+			want, rerr := fr.NextFrame()
+			switch {
+			case serr != nil:
+				if !errors.Is(rerr, ErrMalformed) {
+					t.Fatalf("SplitFrame: %v, FrameReader: %v", serr, rerr)
+				}
+				return
+			case n == 0:
+				if rerr == nil {
+					t.Fatalf("SplitFrame needs more, FrameReader read a frame of %d bytes", len(want))
+				}
+				return
+			}
+			if rerr != nil || !bytes.Equal(rest[FrameHeaderSize:n], want) {
+				t.Fatalf("SplitFrame: %d bytes, FrameReader: %d bytes, %v", n, len(want), rerr)
+			}
+			rest = rest[n:]
+		}
+	})
+}

@@ -102,7 +102,8 @@
 // Each local peer has one goroutine, started by ServeHTTP (which then
 // returns, so net/http frees its per-connection state): it reads tunnel
 // frames from its WebSocket into a read buffer (196 KiB, pooled between
-// bursts), checks them and hands them to the pairing, which lends them to
+// bursts), splits it into frames with wire.SplitFrame, checks them and
+// hands them to the pairing, which lends them to
 // the other end as they are: a run of frames for one end is one range of
 // the read buffer, sent as one Send (one WebSocket message of at most
 // 131076 bytes) without being copied. One small type, the forwarder, owns
@@ -152,8 +153,10 @@
 // pings wait unanswered until the write completes, or until WriteTimeout
 // (default 30 s) drops the stuck end; answering them would need reading
 // past the data frames queued before them, which backpressure forbids.
-// Instead, once a reader has been held up for 1 s, the relay pings its
-// peer every second until it reads again. A client that counts any frame
+// (wsconn's write funnel does not change this: it lets a pong out while
+// a message write to the same connection is blocked, but here the pings
+// are never read.) Instead, once a reader has been held up for 1 s, the
+// relay pings its peer every second until it reads again. A client that counts any frame
 // from the service as a sign of life (the tunnel library; read deadlines
 // extended by pings, as with gorilla/websocket) keeps its connection with
 // any liveness window over about a second; one that requires a pong to

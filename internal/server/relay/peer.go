@@ -2,7 +2,6 @@ package relay
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -371,15 +370,15 @@ func (p *peer) loop() error {
 func (p *peer) burst(buf []byte, w int) error {
 	r := 0
 	for {
-		for w-r >= wire.FrameHeaderSize {
-			n := int(binary.BigEndian.Uint16(buf[r:]))
-			if n == 0 {
-				return p.violation(wsconn.CloseProtocolError, "malformed tunnel frame: empty", wire.ErrMalformed)
+		for {
+			n, err := wire.SplitFrame(buf[r:w])
+			if err != nil {
+				return p.violation(wsconn.CloseProtocolError, "malformed tunnel frame: empty", err)
 			}
-			end := r + wire.FrameHeaderSize + n
-			if end > w {
+			if n == 0 {
 				break
 			}
+			end := r + n
 			if p.closed.Load() {
 				return errClosed
 			}

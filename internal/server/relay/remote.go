@@ -2,7 +2,6 @@ package relay
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync"
@@ -187,16 +186,12 @@ func (a *Attachment) Deliver(frames []byte) error {
 	var err error
 	r := 0
 	for r < len(frames) {
-		if len(frames)-r < wire.FrameHeaderSize {
-			err = fmt.Errorf("%w: %d bytes after the last whole frame", ErrBadFrames, len(frames)-r)
+		n, serr := wire.SplitFrame(frames[r:])
+		if serr != nil || n == 0 {
+			err = fmt.Errorf("%w: no whole frame at offset %d of %d", ErrBadFrames, r, len(frames))
 			break
 		}
-		n := int(binary.BigEndian.Uint16(frames[r:]))
-		stop := r + wire.FrameHeaderSize + n
-		if n == 0 || stop > len(frames) {
-			err = fmt.Errorf("%w: frame of %d bytes at offset %d of %d", ErrBadFrames, n, r, len(frames))
-			break
-		}
+		stop := r + n
 		if uerr := a.msg.Unmarshal(frames[r+wire.FrameHeaderSize : stop]); uerr != nil {
 			err = fmt.Errorf("%w: %w", ErrBadFrames, uerr)
 			break
