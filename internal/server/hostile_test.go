@@ -139,8 +139,12 @@ func TestHostilePeer(t *testing.T) {
 		codes   []int // any of these
 		reason  string
 	}{
-		{name: "type unset", send: func(c *hostile) { c.conn.WriteMessage(context.Background(), rawFrame((&wire.Message{StreamID: 1}).Marshal())) }, codes: []int{1008}, reason: "invalid UNKNOWN"},
-		{name: "unknown type", send: func(c *hostile) { c.conn.WriteMessage(context.Background(), frames(t, &wire.Message{Type: 77, StreamID: 1})) }, codes: []int{1008}},
+		{name: "type unset", send: func(c *hostile) {
+			c.conn.WriteMessage(context.Background(), rawFrame((&wire.Message{StreamID: 1}).Marshal()))
+		}, codes: []int{1008}, reason: "invalid UNKNOWN"},
+		{name: "unknown type", send: func(c *hostile) {
+			c.conn.WriteMessage(context.Background(), frames(t, &wire.Message{Type: 77, StreamID: 1}))
+		}, codes: []int{1008}},
 		{name: "data on stream 0", send: func(c *hostile) {
 			c.conn.WriteMessage(context.Background(), frames(t, &wire.Message{Type: wire.TypeData, ServiceID: "SSH", Payload: []byte("x")}))
 		}, codes: []int{1008}, reason: "invalid DATA"},
@@ -153,8 +157,12 @@ func TestHostilePeer(t *testing.T) {
 		{name: "service ids from client", send: func(c *hostile) {
 			c.conn.WriteMessage(context.Background(), frames(t, &wire.Message{Type: wire.TypeServiceIDs, AvailableServiceIDs: []string{"SSH"}}))
 		}, codes: []int{1008}, reason: "invalid SERVICE_IDS"},
-		{name: "session reset from client", send: func(c *hostile) { c.conn.WriteMessage(context.Background(), frames(t, &wire.Message{Type: wire.TypeSessionReset})) }, codes: []int{1008}, reason: "invalid SESSION_RESET"},
-		{name: "session reset from destination", fromDst: true, send: func(c *hostile) { c.conn.WriteMessage(context.Background(), frames(t, &wire.Message{Type: wire.TypeSessionReset})) }, codes: []int{1008}},
+		{name: "session reset from client", send: func(c *hostile) {
+			c.conn.WriteMessage(context.Background(), frames(t, &wire.Message{Type: wire.TypeSessionReset}))
+		}, codes: []int{1008}, reason: "invalid SESSION_RESET"},
+		{name: "session reset from destination", fromDst: true, send: func(c *hostile) {
+			c.conn.WriteMessage(context.Background(), frames(t, &wire.Message{Type: wire.TypeSessionReset}))
+		}, codes: []int{1008}},
 		{name: "stream start from destination", fromDst: true, send: func(c *hostile) {
 			c.conn.WriteMessage(context.Background(), frames(t, &wire.Message{Type: wire.TypeStreamStart, StreamID: 1, ServiceID: "SSH", ConnectionID: 1}))
 		}, codes: []int{1008}, reason: "invalid STREAM_START"},

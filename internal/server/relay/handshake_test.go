@@ -326,8 +326,8 @@ func TestWebSSHSampleHandshake(t *testing.T) {
 	if m := s.recv(); m.Type != wire.TypeData || string(m.Payload) != "SSH-2.0-srv\r\n" {
 		t.Fatalf("source got %v", m)
 	}
-	// A sender's counter is bumped after the delivery (once the Send to
-	// the other end returned): wait for both.
+	// A sender's counter is bumped as the frame is handed on: wait for
+	// both anyway.
 	se, de, ok := tr.TunnelStats("websample")
 	for deadline := time.Now().Add(testTimeout); (de.Frames < 1 || se.Frames < 2) && time.Now().Before(deadline); {
 		time.Sleep(time.Millisecond)

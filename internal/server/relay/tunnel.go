@@ -392,6 +392,10 @@ func (f *forwarder) held() bool { return f.to != nil }
 // message; otherwise the run goes out first (blocking the feeder: that is
 // the backpressure).
 func (f *forwarder) queue(dst *end, buf []byte, start, stop int) {
+	// Counted when handed on, so that the counters already include a
+	// frame its receiver has read; a failed Send counts them dropped too.
+	f.from.cnt.frames.Add(1)
+	f.from.cnt.bytes.Add(int64(stop - start))
 	if f.to == dst && f.hi == start && stop-f.lo <= wire.MaxWebSocketMessageSize && &f.buf[0] == &buf[0] {
 		f.hi = stop
 		f.n++
@@ -418,8 +422,5 @@ func (f *forwarder) flush() {
 	}
 	if err != nil {
 		f.from.cnt.dropped.Add(n)
-		return
 	}
-	f.from.cnt.frames.Add(n)
-	f.from.cnt.bytes.Add(int64(len(b)))
 }
