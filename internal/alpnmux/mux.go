@@ -27,7 +27,17 @@ type Route struct {
 	// must close it eventually. It runs on the connection's goroutine; ctx
 	// ends when the Mux closes, and Close waits for Serve to return.
 	Serve func(ctx context.Context, c *tls.Conn)
+	// Admit, when set, is asked when a client offers Proto, before the
+	// handshake's expensive part: false aborts the handshake (the client
+	// gets a TLS alert; OnHandshakeError or the log see ErrRefused), so a
+	// route at its capacity costs no key exchange. Serve must still check
+	// for itself: Admit is only an early answer.
+	Admit func() bool
 }
+
+// ErrRefused is the handshake error of a connection whose route's Admit
+// said no.
+var ErrRefused = errors.New("alpnmux: route refused the connection (at capacity)")
 
 // Config configures a Mux.
 type Config struct {
@@ -83,6 +93,7 @@ type routeState struct {
 	proto string
 	tls   *tls.Config
 	serve func(context.Context, *tls.Conn)
+	admit func() bool
 }
 
 // New returns a Mux accepting from ln, which it owns from now on (Close
@@ -144,7 +155,7 @@ func New(ln net.Listener, cfg Config) (*Mux, error) {
 		}
 		t := base.Clone()
 		t.NextProtos = []string{r.Proto}
-		m.routes = append(m.routes, routeState{proto: r.Proto, tls: t, serve: r.Serve})
+		m.routes = append(m.routes, routeState{proto: r.Proto, tls: t, serve: r.Serve, admit: r.Admit})
 	}
 	// The configuration the handshake starts with only chooses; session
 	// ticket keys come from it, so resumption works across connections.
@@ -166,6 +177,9 @@ func (m *Mux) configFor(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 		if slices.Contains(hello.SupportedProtos, r.proto) {
 			if c != nil {
 				c.route = r
+			}
+			if r.admit != nil && !r.admit() {
+				return nil, ErrRefused
 			}
 			return r.tls, nil
 		}

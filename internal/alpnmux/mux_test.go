@@ -462,3 +462,48 @@ func BenchmarkDispatch(b *testing.B) {
 		c.Close()
 	}
 }
+
+// A route whose Admit says no aborts the handshake before the key
+// exchange; the default protocol is served as before.
+func TestRouteAdmit(t *testing.T) {
+	p := newPKI(t)
+	var open atomic.Bool
+	var handshakeErrs atomic.Int64
+	var lastErr atomic.Value
+	m, r := startMux(t, p, func(c *Config) {
+		c.Routes[0].Admit = open.Load
+		c.OnHandshakeError = func(raw net.Conn, _ string, err error) {
+			lastErr.Store(err)
+			handshakeErrs.Add(1)
+			raw.Close()
+		}
+	})
+	addr := m.Addr().String()
+	if _, _, err := dial(t, addr, p, []string{"x-amzn-mqtt-ca"}, &p.client); err == nil {
+		t.Fatal("handshake completed although Admit said no")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for handshakeErrs.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err, _ := lastErr.Load().(error); !errors.Is(err, ErrRefused) {
+		t.Fatalf("handshake error %v, want ErrRefused", err)
+	}
+	if c, _, err := dial(t, addr, p, []string{"http/1.1"}, nil); err != nil {
+		t.Fatalf("default protocol: %v", err)
+	} else {
+		c.Close()
+	}
+	open.Store(true)
+	c, _, err := dial(t, addr, p, []string{"x-amzn-mqtt-ca"}, &p.client)
+	if err != nil {
+		t.Fatalf("admitted: %v", err)
+	}
+	defer c.Close()
+	select {
+	case sc := <-r.conns:
+		sc.Close()
+	case <-time.After(5 * time.Second):
+		t.Fatal("admitted connection not served")
+	}
+}

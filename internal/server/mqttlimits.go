@@ -107,14 +107,29 @@ func (c *slotConn) Close() error {
 	return err
 }
 
+// admitMQTT is the ALPN route's Admit: with MQTT at its slots, a device's
+// handshake is refused before the key exchange (serveMQTT checks again).
+func (s *Server) admitMQTT() bool {
+	b := s.mqttBudget
+	if b.slots < 0 || b.held.Load() < b.slots {
+		return true
+	}
+	s.refuseMQTT("")
+	return false
+}
+
+func (s *Server) refuseMQTT(remote string) {
+	if s.mqttBudget.refused.Add(1)%100 == 1 {
+		s.logger.Warn("MQTT connection refused: MQTT holds every connection slot outside the reserve kept for HTTPS, the API and /tunnel", "remote", remote, "mqtt_conns", s.mqttBudget.held.Load(), "reserve_conns", s.mqttBudget.reserve, "refused_total", s.mqttBudget.refused.Load())
+	}
+}
+
 // serveMQTT is the ALPN route's Serve: the connection goes to the broker
 // unless MQTT would eat into the reserve.
 func (s *Server) serveMQTT(ctx context.Context, c *tls.Conn) {
 	b := s.notifier.broker
 	if !s.mqttBudget.take() {
-		if s.mqttBudget.refused.Add(1)%100 == 1 {
-			s.logger.Warn("MQTT connection refused: MQTT holds every connection slot outside the reserve kept for HTTPS, the API and /tunnel", "remote", c.RemoteAddr().String(), "mqtt_conns", s.mqttBudget.held.Load(), "reserve_conns", s.mqttBudget.reserve, "refused_total", s.mqttBudget.refused.Load())
-		}
+		s.refuseMQTT(c.RemoteAddr().String())
 		c.Close()
 		return
 	}

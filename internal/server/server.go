@@ -397,6 +397,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 				Proto: MQTTALPN,
 				TLS:   deviceTLS,
 				Serve: s.serveMQTT, // mqttlimits.go
+				Admit: s.admitMQTT,
 			}}
 			s.mqttALPN = true
 		}
