@@ -142,8 +142,8 @@ func (s *Server) Stop() {
 	if s.cmd == nil || s.cmd.Process == nil {
 		return
 	}
-	// runuser forwards SIGINT (fast shutdown) to postgres.
-	s.cmd.Process.Signal(syscall.SIGINT)
+	// pg_ctl's fast shutdown (signals do not cross runuser).
+	s.command(filepath.Join(s.bin, "pg_ctl"), "-D", filepath.Join(s.dir, "data"), "-m", "fast", "-w", "-t", "30", "stop").Run()
 	done := make(chan struct{})
 	go func() { s.cmd.Wait(); close(done) }()
 	select {

@@ -1,0 +1,83 @@
+package e2e
+
+import (
+	"errors"
+	"io"
+	"net"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestClusterReplacementAcrossNodes is scenario 4: the source (with a
+// client token) is on node 1, the destination on node 2; the same token
+// and client token connect on node 3. The old connection is closed with
+// 1008 "replaced", the destination's active stream is reset, and the new
+// source carries data.
+func TestClusterReplacementAcrossNodes(t *testing.T) {
+	r := newClusterRig(t, 3)
+	tun := r.nodes[0].openTunnel(t, "", "ECHO")
+	const ct = "client-token-of-the-scenario-four-0123456789"
+	startDestination(t, r.nodes[1].wsURL, tun.DestinationAccessToken, "ECHO="+echoService(t))
+	old, addrs := startSource(t, r.nodes[0].wsURL, tun.SourceAccessToken, "ECHO=0", 1, "-i", ct)
+	c := dialTCP(t, addrs["ECHO"])
+	echoRoundTrip(t, c, "an active stream on the old source")
+
+	_, addrs2 := startSource(t, r.nodes[2].wsURL, tun.SourceAccessToken, "ECHO=127.0.0.1:0", 1, "-i", ct)
+	// Node 1 closes the old WebSocket with 1008 "replaced...".
+	r.nodes[0].waitLine(`tunnel_id=`+regexp.QuoteMeta(tun.TunnelID)+`.*reason="replaced by a new connection"`, 15*time.Second)
+	old.waitLine(`replaced`, 15*time.Second)
+	// The stream through the old source is gone (the destination got
+	// STREAM_RESET for it, the old source closed its side).
+	c.SetReadDeadline(time.Now().Add(15 * time.Second))
+	if _, err := io.Copy(io.Discard, c); err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Fatal("the old source's stream is still open after the replacement")
+		}
+	}
+	echoRoundTrip(t, dialTCP(t, addrs2["ECHO"]), "the new source on node 3")
+	if !strings.Contains(r.nodes[1].output(), "streams=1") {
+		t.Logf("node 2 log does not show the reset count (informational)")
+	}
+}
+
+// TestClusterPostgresRestart is scenario 7: PostgreSQL stopped under
+// traffic: the tunnel across two nodes keeps relaying, a new handshake
+// gets 503, and after PostgreSQL is back handshakes succeed again by
+// themselves.
+func TestClusterPostgresRestart(t *testing.T) {
+	r := newClusterRig(t, 2)
+	tun := r.nodes[0].openTunnel(t, "", "ECHO")
+	tun2 := r.nodes[0].openTunnel(t, "", "ECHO")
+	startDestination(t, r.nodes[0].wsURL, tun.DestinationAccessToken, "ECHO="+echoService(t))
+	_, addrs := startSource(t, r.nodes[1].wsURL, tun.SourceAccessToken, "ECHO=0", 1)
+	c := dialTCP(t, addrs["ECHO"])
+	echoRoundTrip(t, c, "before")
+
+	r.pg.Stop()
+	for i := range 20 {
+		echoRoundTrip(t, c, "while the database is down "+strings.Repeat("x", i))
+	}
+	if err := echoOnce(addrs["ECHO"], 10*time.Second); err != nil {
+		t.Fatalf("a new connection through the existing tunnel failed with the database down: %v", err)
+	}
+	code, err := rawUpgrade(strings.TrimPrefix(r.nodes[1].url, "http://"), "destination", tun2.DestinationAccessToken)
+	if err != nil || code != 503 {
+		t.Fatalf("handshake with the database down: %d, %v; want 503", code, err)
+	}
+	r.pg.Restart()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		code, err = rawUpgrade(strings.TrimPrefix(r.nodes[1].url, "http://"), "destination", tun2.DestinationAccessToken)
+		if code == 101 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("handshake after PostgreSQL came back: %d, %v", code, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	echoRoundTrip(t, c, "after")
+}
