@@ -16,37 +16,22 @@ import (
 	"github.com/sectun/sectun/wire"
 )
 
-// Mode is the end of the tunnel a session plays.
-type Mode int
+// Mode is the end of the tunnel a session plays: wire.Mode, the one type
+// of that concept. The zero Mode is invalid: a Config must say which end it
+// is. String returns "source" or "destination", the values of the
+// handshake's local-proxy-mode parameter; wire.ParseMode reads every
+// spelling of the reference proxy and the AWS API.
+type Mode = wire.Mode
 
-// The two modes. The zero Mode is invalid: a Config must say which end it is.
+// The two modes.
 const (
 	// ModeSource is the end where client applications connect; it opens
 	// connections with Session.Dial.
-	ModeSource Mode = iota + 1
+	ModeSource = wire.ModeSource
 	// ModeDestination is the device end; it receives connections with
 	// Session.Accept or Session.Listen and connects them to local services.
-	ModeDestination
+	ModeDestination = wire.ModeDestination
 )
-
-// String returns "source" or "destination", the values of the handshake's
-// local-proxy-mode parameter.
-func (m Mode) String() string {
-	switch m {
-	case ModeSource:
-		return "source"
-	case ModeDestination:
-		return "destination"
-	}
-	return "Mode(" + strconv.Itoa(int(m)) + ")"
-}
-
-func (m Mode) role() wire.Role {
-	if m == ModeSource {
-		return wire.RoleSource
-	}
-	return wire.RoleDestination
-}
 
 const subprotocolPrefix = "aws.iot.securetunneling-"
 
@@ -192,7 +177,7 @@ var defaultSubprotocols = []string{subprotocol(3), subprotocol(2), subprotocol(1
 
 // normalize validates c and fills in defaults. It returns the service URL.
 func (c *Config) normalize() (*url.URL, error) {
-	if c.Mode != ModeSource && c.Mode != ModeDestination {
+	if !c.Mode.Valid() {
 		return nil, fmt.Errorf("%w: Mode must be ModeSource or ModeDestination", ErrInvalidConfig)
 	}
 	if c.AccessToken == "" {

@@ -94,7 +94,8 @@ func TestConfigNormalize(t *testing.T) {
 		name string
 		mod  func(*Config)
 	}{
-		{"no mode", func(c *Config) { c.Mode = 0 }},
+		{"no mode", func(c *Config) { c.Mode = "" }},
+		{"api spelling is not a mode", func(c *Config) { c.Mode = "SOURCE" }},
 		{"no token", func(c *Config) { c.AccessToken = "" }},
 		{"token with newline", func(c *Config) { c.AccessToken = "a\r\nb" }},
 		{"short client token", func(c *Config) { c.ClientToken = "abc" }},
@@ -179,7 +180,7 @@ func TestBackoff(t *testing.T) {
 }
 
 func TestModeString(t *testing.T) {
-	if ModeSource.String() != "source" || ModeDestination.String() != "destination" || Mode(9).String() != "Mode(9)" {
-		t.Fatal(ModeSource, ModeDestination, Mode(9))
+	if ModeSource.String() != "source" || ModeDestination.String() != "destination" || Mode("9").String() != `Mode("9")` {
+		t.Fatal(ModeSource, ModeDestination, Mode("9"))
 	}
 }

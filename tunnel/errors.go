@@ -137,9 +137,9 @@ func handshakeReason(status int, body string, mode Mode) string {
 // rotateCommand is the AWS CLI command that issues a new access token for
 // mode; against tunneld, the same with --endpoint-url.
 func rotateCommand(mode Mode) string {
-	cm := "SOURCE"
-	if mode == ModeDestination {
-		cm = "DESTINATION"
+	cm := mode.APIName()
+	if cm == "" {
+		cm = ModeSource.APIName()
 	}
 	return "aws iotsecuretunneling rotate-tunnel-access-token --tunnel-id TUNNEL_ID --client-mode " + cm +
 		" (against tunneld add --endpoint-url https://HOST:PORT)"

@@ -29,7 +29,7 @@ const closeTimeout = 5 * time.Second
 func TunnelConfig(cfg *config.Config, log *slog.Logger) (tunnel.Config, error) {
 	s := &cfg.Settings
 	tc := tunnel.Config{
-		Mode:              tunnel.ModeSource,
+		Mode:              cfg.Mode,
 		AccessToken:       cfg.AccessToken,
 		ClientToken:       cfg.ClientToken,
 		Endpoint:          cfg.URL(),
@@ -44,9 +44,7 @@ func TunnelConfig(cfg *config.Config, log *slog.Logger) (tunnel.Config, error) {
 	if tc.ClientToken == "" && !cfg.SingleUseToken {
 		tc.ClientToken = DerivedClientToken(cfg.AccessToken)
 	}
-	if cfg.Mode == config.ModeDestination {
-		tc.Mode = tunnel.ModeDestination
-	} else {
+	if cfg.Mode == config.ModeSource {
 		switch cfg.DestinationClientType {
 		case "V1":
 			tc.PeerVersion = 1

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sectun/sectun/internal/tcptest"
+	"github.com/sectun/sectun/tunnel"
 )
 
 // BenchmarkTransfer measures one connection's throughput, local socket to
@@ -28,8 +29,8 @@ func BenchmarkTransfer(b *testing.B) {
 			})
 			w := newWorld(b)
 			st, dt := w.open("S")
-			dst := w.connect(b, 2, dt, nil)
-			src := w.connect(b, 1, st, nil)
+			dst := w.connect(b, tunnel.ModeDestination, dt, nil)
+			src := w.connect(b, tunnel.ModeSource, st, nil)
 			d, err := NewDestination(dst, DestinationConfig{Services: []Service{{ServiceID: "S", Address: sink.Addr()}}, BufferSize: size})
 			if err != nil {
 				b.Fatal(err)

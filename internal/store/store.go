@@ -15,6 +15,8 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	"github.com/sectun/sectun/wire"
 )
 
 // ErrNotFound reports that no tunnel matches.
@@ -32,13 +34,14 @@ const (
 	StatusClosed Status = "CLOSED"
 )
 
-// Mode is one end of a tunnel.
-type Mode string
+// Mode is one end of a tunnel: wire.Mode, stored as its string
+// ("source" or "destination").
+type Mode = wire.Mode
 
 // The two ends.
 const (
-	ModeSource      Mode = "source"
-	ModeDestination Mode = "destination"
+	ModeSource      = wire.ModeSource
+	ModeDestination = wire.ModeDestination
 )
 
 // Tag is a resource tag.

@@ -14,25 +14,19 @@ import (
 
 	"github.com/sectun/sectun/internal/token"
 	"github.com/sectun/sectun/internal/version"
+	"github.com/sectun/sectun/wire"
 )
 
-// Mode is the end of the tunnel a proxy serves.
-type Mode int
+// Mode is the end of the tunnel a proxy serves: wire.Mode, the one type of
+// that concept (tunnel.Mode is the same type). Parse always sets it.
+type Mode = wire.Mode
 
 const (
 	// ModeSource listens for local clients (-s).
-	ModeSource Mode = iota
+	ModeSource = wire.ModeSource
 	// ModeDestination dials local services (-d).
-	ModeDestination
+	ModeDestination = wire.ModeDestination
 )
-
-// String returns "source" or "destination", the local-proxy-mode values.
-func (m Mode) String() string {
-	if m == ModeDestination {
-		return "destination"
-	}
-	return "source"
-}
 
 // Action says what the caller of Parse does next.
 type Action int
@@ -479,20 +473,16 @@ func (c *Config) buildMode(get func(string) (sourced, bool)) error {
 		c.Mode = ModeDestination
 	}
 	if hasM {
-		switch strings.ToLower(strings.TrimSpace(m.value)) {
-		case "src", "source":
-			if hasD {
-				return errorf(ErrModeConflict, "%s %s with %s: -d runs a destination; drop one", m.where(optMode), m.value, d.where(optDestination))
-			}
-			c.Mode = ModeSource
-		case "dst", "destination":
-			if hasS {
-				return errorf(ErrModeConflict, "%s %s with %s: -s runs a source; drop one", m.where(optMode), m.value, s.where(optSource))
-			}
-			c.Mode = ModeDestination
-		default:
+		mode, err := wire.ParseMode(m.value)
+		switch {
+		case err != nil:
 			return errorf(ErrMode, "%s %q: use src, source, dst or destination", m.where(optMode), m.value)
+		case mode == ModeSource && hasD:
+			return errorf(ErrModeConflict, "%s %s with %s: -d runs a destination; drop one", m.where(optMode), m.value, d.where(optDestination))
+		case mode == ModeDestination && hasS:
+			return errorf(ErrModeConflict, "%s %s with %s: -s runs a source; drop one", m.where(optMode), m.value, s.where(optSource))
 		}
+		c.Mode = mode
 	}
 	v := s
 	if hasD {

@@ -13,7 +13,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/sectun/sectun/internal/store"
 	"github.com/sectun/sectun/internal/token"
 )
 
@@ -85,10 +84,10 @@ func (r *Relay) checkRequest(req *http.Request) (HandshakeRequest, *handshakeErr
 		return hs, &handshakeError{http.StatusBadRequest, failUpgradeForm, "not a WebSocket upgrade request: " + msg}
 	}
 	modes := req.URL.Query()[queryMode]
-	if len(modes) != 1 || (modes[0] != string(store.ModeSource) && modes[0] != string(store.ModeDestination)) {
+	if len(modes) != 1 || !Mode(modes[0]).Valid() {
 		return hs, &handshakeError{http.StatusBadRequest, failMode, "query parameter local-proxy-mode must be given once, as source or destination"}
 	}
-	hs.Mode = store.Mode(modes[0])
+	hs.Mode = Mode(modes[0])
 
 	tokens := req.Header.Values(headerAccessToken)
 	cookies := req.CookiesNamed(cookieToken)

@@ -11,7 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/sectun/sectun/internal/store"
 	"github.com/sectun/sectun/internal/wsconn"
 	"github.com/sectun/sectun/wire"
 )
@@ -106,7 +105,7 @@ func (r *Relay) newPeer(conn *wsconn.Conn, g Grant, hs HandshakeRequest) *peer {
 		tunnelID:  g.TunnelID,
 		services:  g.Services,
 		conn:      conn,
-		role:      wire.RoleSource,
+		role:      hs.Mode.Role(),
 		version:   subprotocolVersion(hs.Subprotocol),
 		channelID: hs.ChannelID,
 	}
@@ -118,9 +117,6 @@ func (r *Relay) newPeer(conn *wsconn.Conn, g Grant, hs HandshakeRequest) *peer {
 	}
 	p.end.peer, p.end.local = p, p
 	p.fw.from = &p.end
-	if hs.Mode == store.ModeDestination {
-		p.role = wire.RoleDestination
-	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.wctx, p.wcancel = context.WithCancel(context.Background())
 	_, err := conn.Unread()

@@ -17,14 +17,13 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/sectun/sectun/internal/ratelimit"
-	"github.com/sectun/sectun/internal/store"
 	"github.com/sectun/sectun/internal/token"
 	"github.com/sectun/sectun/internal/wsconn"
 	"github.com/sectun/sectun/wire"
 )
 
-// Mode is one end of a tunnel: store.ModeSource or store.ModeDestination.
-type Mode = store.Mode
+// Mode is one end of a tunnel: wire.Mode (store.Mode is the same type).
+type Mode = wire.Mode
 
 // The subprotocols of the three protocol versions.
 const (

@@ -35,18 +35,14 @@ import (
 	"github.com/sectun/sectun/wire"
 )
 
-// The two modes, as in the handshake's local-proxy-mode.
+// The two modes, as in the handshake's local-proxy-mode (wire.Mode's
+// values as plain strings).
 const (
-	Source      = "source"
-	Destination = "destination"
+	Source      = string(wire.ModeSource)
+	Destination = string(wire.ModeDestination)
 )
 
-func other(mode string) string {
-	if mode == Source {
-		return Destination
-	}
-	return Source
-}
+func other(mode string) string { return string(wire.Mode(mode).Other()) }
 
 // Options configures a Service.
 type Options struct {
@@ -335,7 +331,7 @@ func (s *Service) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	mode := r.URL.Query().Get("local-proxy-mode")
-	if mode != Source && mode != Destination {
+	if !wire.Mode(mode).Valid() {
 		refuse(http.StatusBadRequest, "local-proxy-mode must be source or destination")
 		return
 	}
@@ -518,10 +514,7 @@ func (s *Service) relay(p *peer) {
 			peerOther.send(resets...)
 		}
 	}()
-	role := wire.RoleSource
-	if p.mode == Destination {
-		role = wire.RoleDestination
-	}
+	role := wire.Mode(p.mode).Role()
 	br := bufio.NewReaderSize(p.ws, wire.FrameHeaderSize+wire.MaxMessageSize)
 	fr := wire.NewFrameReader(br) // shares br: we peek at what follows a frame
 	var m wire.Message
