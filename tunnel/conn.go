@@ -58,6 +58,7 @@ type Conn struct {
 	retryTimer   *time.Timer // fires the retry
 	probeID      int32       // the retry's stream ID while it runs, else 0
 	probePending bool        // the writer has yet to start the retry
+	restart      bool        // the writer has to start the connection again on its stream, in V1 framing
 
 	rwake, wwake, dwake chan struct{} // 1-buffered wake-ups for readers, writers, the link reader
 	rdl, wdl            deadline

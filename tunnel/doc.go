@@ -75,7 +75,13 @@
 // service ID, then the bytes sent so far, at most 64 KiB, and every later
 // write on both) and keeps whichever answers first: a reply on the V1
 // stream switches the session to V1 (logged, PeerVersionDetected), a
-// reply on the V3 stream resets the retry. A sectun destination refuses a
+// reply on the V3 stream resets the retry. The real Device Client drops
+// its WebSocket at the retry (its SDK reconnects to change protocol
+// version) and the service resets both streams: a reset of the whole
+// stream within 2 s of the retry, before any reply, switches the session
+// to V1 and keeps the local connection, which starts again in V1 framing
+// (the replay again) every 300 ms until the destination takes it, for at
+// most 15 s. A sectun destination refuses a
 // V1-framed stream while a V3 stream is open (STREAM_RESET), so a V3
 // destination that is merely slow is never switched. (A reference
 // destination might serve the retry as a second connection to its

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -317,6 +318,11 @@ func (l *link) writeConn(fw *wire.FrameWriter, c *Conn) (bool, error) {
 	probeID := st.probeID
 	s.mu.Unlock()
 	probeSent := false
+	if restarted, err := l.restartConn(fw, c, m.StreamID); err != nil {
+		return false, err
+	} else if restarted {
+		probeSent = true
+	}
 	if probeID != 0 {
 		var err error
 		if probeSent, err = l.startProbe(fw, c, probeID); err != nil {
@@ -355,7 +361,8 @@ func (l *link) writeConn(fw *wire.FrameWriter, c *Conn) (bool, error) {
 		var dup []byte
 		if c.probeID != 0 && !c.probePending {
 			dup = append(dup, m.Payload...) // the V1 retry gets it too
-		} else if c.replayOn {
+		}
+		if c.replayOn {
 			if len(c.replay)+len(m.Payload) > maxReplay {
 				c.replayOn, c.replay = false, nil // too much to replay: no retry
 				if c.retryTimer != nil {
@@ -414,8 +421,7 @@ func (l *link) startProbe(fw *wire.FrameWriter, c *Conn, id int32) (bool, error)
 		return false, nil
 	}
 	c.probePending = false
-	replay := c.replay
-	c.replayOn, c.replay = false, nil
+	replay := slices.Clone(c.replay) // kept: the retry may need starting again
 	c.mu.Unlock()
 	if err := fw.Write(&wire.Message{Type: wire.TypeStreamStart, StreamID: id}); err != nil {
 		return true, err
@@ -428,6 +434,31 @@ func (l *link) startProbe(fw *wire.FrameWriter, c *Conn, id int32) (bool, error)
 		replay = replay[n:]
 	}
 	l.log.Debug("sent the V1 retry", "stream_id", id)
+	return true, nil
+}
+
+// restartConn writes a pending restart of c (see Session.rehomeLocked): a
+// STREAM_START without service ID for stream id and the data sent so far.
+func (l *link) restartConn(fw *wire.FrameWriter, c *Conn, id int32) (bool, error) {
+	c.mu.Lock()
+	if !c.restart || c.gone {
+		c.mu.Unlock()
+		return false, nil
+	}
+	c.restart = false
+	replay := slices.Clone(c.replay)
+	c.mu.Unlock()
+	if err := fw.Write(&wire.Message{Type: wire.TypeStreamStart, StreamID: id}); err != nil {
+		return true, err
+	}
+	for len(replay) > 0 {
+		n := min(len(replay), l.s.cfg.MaxDataSize)
+		if err := fw.Write(&wire.Message{Type: wire.TypeData, StreamID: id, Payload: replay[:n]}); err != nil {
+			return true, err
+		}
+		replay = replay[n:]
+	}
+	l.log.Debug("started the connection again in V1 framing", "stream_id", id)
 	return true, nil
 }
 

@@ -78,7 +78,9 @@ type stream struct {
 	// The V1 retry of the stream's first connection (source).
 	probeID      int32 // its stream ID while it runs
 	probeConn    *Conn
-	probeRefused bool // the destination reset it: it speaks V2/V3
+	probeRefused bool      // the destination reset it: it speaks V2/V3
+	probeAt      time.Time // when the retry was started
+	rehomeAt     time.Time // when the connection was first started again in V1 (rehomeLocked)
 }
 
 // Connect connects to the tunneling service and returns the session once
@@ -700,6 +702,9 @@ func (s *Session) handle(l *link, m *wire.Message) error {
 			return nil
 		}
 		if s.cfg.Mode == ModeSource {
+			if s.rehomeLocked(l, st) {
+				return nil
+			}
 			s.remoteResetLocked(l, st, nil)
 		}
 		s.endStreamLocked(st, io.EOF, fmt.Errorf("%w: stream %d reset by the peer", ErrStreamReset, st.id))
@@ -1109,6 +1114,7 @@ func (s *Session) retryV1(c *Conn) {
 	pid := s.nextStreamID
 	s.retried[st.service] = true
 	st.probeID, st.probeConn = pid, c
+	st.probeAt = time.Now()
 	c.probeID, c.probePending = pid, true
 	c.retryTimer = nil
 	push := !c.queued
@@ -1184,4 +1190,77 @@ func (s *Session) probeAnsweredLocked(l *link, st *stream) {
 	s.detectedLocked(l, st, 1, "the destination answered the V1 retry and not the V3 stream: it answers only in V1 framing (as the AWS IoT Device Client does); switched to V1, one connection per tunnel; set PeerVersion 1 to skip this")
 	s.answered[st.service] = true
 	s.setPeerLocked(l, peerPresent, "")
+}
+
+// rehomeWindow bounds how soon after the V1 retry a reset of the whole
+// stream counts as the destination dropping its connection over it, and
+// how long the source keeps starting the connection again in V1 framing
+// while the destination reconnects.
+const (
+	rehomeWindow = 2 * time.Second
+	rehomeFor    = 15 * time.Second
+	rehomeDelay  = 300 * time.Millisecond
+)
+
+// rehomeLocked (source) handles a STREAM_RESET of st that follows its V1
+// retry before any reply. The AWS IoT Device Client does that: a V1-framed
+// STREAM_START while it holds a V3 stream makes it drop its WebSocket and
+// reconnect, ready for V1; the service resets both streams meanwhile. So
+// the session switches to V1 and starts the connection again, in V1
+// framing, replaying what was sent, until the destination takes it (the
+// service resets a STREAM_START while no destination is connected) or
+// rehomeFor passed. It reports whether it kept the connection.
+func (s *Session) rehomeLocked(l *link, st *stream) bool {
+	c := st.conns[1]
+	if c == nil || len(st.conns) != 1 || s.cfg.PeerVersion != 0 {
+		return false
+	}
+	now := time.Now()
+	switch {
+	case !st.rehomeAt.IsZero():
+		if now.Sub(st.rehomeAt) > rehomeFor {
+			return false
+		}
+	case st.probeAt.IsZero() || now.Sub(st.probeAt) > rehomeWindow:
+		return false
+	}
+	c.mu.Lock()
+	ok := !c.gotData && !c.gone && !c.closed && c.replayOn
+	c.mu.Unlock()
+	if !ok {
+		return false
+	}
+	first := st.rehomeAt.IsZero()
+	if first {
+		st.rehomeAt = now
+		s.dropProbeLocked(st)
+		st.probeID, st.probeConn = 0, nil
+		s.detectedLocked(l, st, 1, "the destination dropped its connection when it got the V1 retry, as the AWS IoT Device Client does to change protocol version: switched to V1 (one connection per tunnel); the connection starts again in V1 framing once it is back; set PeerVersion 1 to skip this")
+	}
+	st.wireSvc, st.connIDs = "", false
+	time.AfterFunc(rehomeDelay, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.stopped || s.streams[st.service] != st || st.conns[1] != c {
+			return
+		}
+		s.nextStreamID++
+		if s.nextStreamID <= 0 {
+			s.nextStreamID = 1
+		}
+		st.id = s.nextStreamID
+		c.mu.Lock()
+		if c.gone || c.closed {
+			c.mu.Unlock()
+			return
+		}
+		c.restart = true
+		push := !c.queued
+		c.queued = true
+		c.mu.Unlock()
+		if push {
+			c.l.pushReady(c)
+		}
+	})
+	return true
 }

@@ -349,3 +349,102 @@ func TestResetReasons(t *testing.T) {
 		}
 	}
 }
+
+// sdkLikeDestination is a destination like the AWS IoT Device Client's
+// SDK: V1 replies only, and a V1-framed STREAM_START while it holds a
+// V3-framed stream makes it drop its WebSocket and connect again (same
+// token and client token), after which it serves V1 streams by echoing.
+func sdkLikeDestination(t *testing.T, cfg Config) {
+	t.Helper()
+	cfg.Subprotocols = []string{subprotocol(3)}
+	cfg.ClientToken = "sdk-like-destination-0000000000000000"
+	var wg sync.WaitGroup
+	done := make(chan struct{})
+	var mu sync.Mutex
+	var cur *RawConn
+	dial := func() *RawConn {
+		r, err := DialRaw(context.Background(), cfg)
+		if err != nil {
+			t.Errorf("DialRaw: %v", err)
+			return nil
+		}
+		mu.Lock()
+		cur = r
+		mu.Unlock()
+		return r
+	}
+	r := dial()
+	if r == nil {
+		t.FailNow()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for r != nil {
+			v3, v1 := false, int32(0)
+			for {
+				m, err := r.ReadMessage()
+				if err != nil {
+					r = nil
+					break
+				}
+				switch {
+				case m.Type == wire.TypeStreamStart && m.ServiceID != "":
+					v3 = true
+				case m.Type == wire.TypeStreamStart && v3:
+					r.Close() // protocol version changed: start over
+					select {
+					case <-done:
+						r = nil
+					case <-time.After(200 * time.Millisecond): // the SDK's reconnect delay
+						r = dial()
+					}
+				case m.Type == wire.TypeStreamStart:
+					v1 = m.StreamID
+				case m.Type == wire.TypeData && m.ServiceID == "" && m.StreamID == v1:
+					r.WriteMessage(&wire.Message{Type: wire.TypeData, StreamID: v1, Payload: m.Payload})
+				}
+				if m.Type == wire.TypeStreamStart && v3 && m.ServiceID == "" {
+					break
+				}
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		close(done)
+		mu.Lock()
+		if cur != nil {
+			cur.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+}
+
+// TestV1RetryDestinationReconnects: when the destination drops its
+// WebSocket at the V1 retry (as the Device Client does to change protocol
+// version), the source keeps the local connection, switches to V1 and
+// starts it again in V1 framing once the destination is back.
+func TestV1RetryDestinationReconnects(t *testing.T) {
+	scfg, dcfg := relayTunnel(t, "SSH")
+	sdkLikeDestination(t, dcfg)
+	ev := newEvents()
+	scfg.V1Retry, scfg.OnEvent = 200*time.Millisecond, ev.add
+	src := connect(t, scfg)
+	c, err := src.Dial(testCtx(t), "SSH")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	writeAll(t, c, []byte("banner"))
+	if got := readN(t, c, 6); string(got) != "banner" {
+		t.Fatalf("got %q", got)
+	}
+	writeAll(t, c, []byte("more"))
+	if got := readN(t, c, 4); string(got) != "more" {
+		t.Fatalf("got %q", got)
+	}
+	if d := waitEvent(t, ev, func(e PeerVersionDetected) bool { return true }); d.Version != 1 {
+		t.Fatalf("detected %+v", d)
+	}
+}
