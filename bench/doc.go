@@ -24,7 +24,14 @@
 //
 // Plain ws:// and TLS (tunneld's self-signed development CA, -c on both
 // proxies) are measured separately; the relay baseline is plain TCP in
-// both. The output is one table per transport with the ratio to the
+// both. TLS runs add two more rows per figure of the bulk and cpu
+// scenarios: a TLS relay baseline (the same 3 hops, the links between
+// them TLS, each hop terminating and re-encrypting as sectun's path does:
+// the same cryptographic work), and the reference local proxy pair (AWS's
+// C++ localproxy, SECTUN_REFERENCE_LOCALPROXY or ../shared/peers/localproxy,
+// skipped where absent; its -c gets an openssl-rehashed CA directory)
+// through the same tunneld on a tunnel of its own, each run interleaved
+// with sectun's. The output is one table per transport with the ratio to the
 // baseline and the targets; -json prints the same as JSON.
 //
 //	go run ./bench                      # all scenarios, plain and TLS

@@ -121,7 +121,14 @@ type setup struct {
 	lp        *localproxies
 	chain     []*proc // relay hops, first hop first
 	relay     string  // first hop's address
-	target    *target
+	// tlsChain is the TLS relay baseline (TLS only): 3 hops whose links
+	// are TLS, each hop re-encrypting; tlsRelay its first hop's address.
+	tlsChain []*proc
+	tlsRelay string
+	// refAddr is the reference local proxy pair's source (TLS only; ""
+	// when the reference is absent).
+	refAddr string
+	target  *target
 }
 
 // sectunProcs returns the three processes of the data path.
@@ -163,12 +170,31 @@ func (e *env) runTransport(ctx context.Context, transport string) (*TransportRes
 	if err != nil {
 		return nil, err
 	}
-	s.chain, s.relay, err = startRelayChain(ctx, &ps, tgt.addr(), 3)
+	s.chain, s.relay, err = startRelayChain(ctx, &ps, tgt.addr(), 3, false)
 	if err != nil {
 		return nil, err
 	}
-	// Warm up both paths (first streams, buffers, TLS session).
-	for _, addr := range []string{s.lp.addrs["A"], s.lp.addrs["B"], s.relay} {
+	warm := []string{s.lp.addrs["A"], s.lp.addrs["B"], s.relay}
+	if transport == "tls" {
+		e.log.printf("%s: starting the TLS relay baseline (3 hops, TLS between them)", transport)
+		s.tlsChain, s.tlsRelay, err = startRelayChain(ctx, &ps, tgt.addr(), 3, true)
+		if err != nil {
+			return nil, err
+		}
+		warm = append(warm, s.tlsRelay)
+		if bin := referenceBinary(); bin != "" {
+			e.log.printf("%s: starting the reference local proxy pair (%s) through the same tunneld", transport, bin)
+			s.refAddr, err = startReferencePair(ctx, &ps, bin, dir, s.tunneld, tgt.addr())
+			if err != nil {
+				return nil, fmt.Errorf("reference local proxy pair: %w", err)
+			}
+			warm = append(warm, s.refAddr)
+		} else {
+			e.log.printf("%s: no reference local proxy (%s or ../shared/peers/localproxy, and openssl): its row is skipped", transport, referenceEnv)
+		}
+	}
+	// Warm up every path (first streams, buffers, TLS session).
+	for _, addr := range warm {
 		if _, err := pingPong(ctx, addr, 50); err != nil {
 			return nil, e.failed(s, "warm-up round trips", err)
 		}
@@ -237,9 +263,10 @@ func mbps(size int64, d time.Duration) float64 { return float64(size) / 1e6 / d.
 // same runs, CPU seconds per GiB of each process.
 func (e *env) scenarioBulk(ctx context.Context, s *setup, res *TransportResult) error {
 	size := e.cfg.Size
-	var sUp, sDown, rUp, rDown []float64
+	var sUp, sDown, rUp, rDown, tUp, tDown, xUp, xDown []float64
 	sectunCPU := make([]time.Duration, 3)
 	relayCPU := make([]time.Duration, 3)
+	tlsCPU := make([]time.Duration, 3)
 	var selfSectun time.Duration
 	measureOne := func(addr string, ps []*proc, acc []time.Duration, self *time.Duration) (bulkTimes, error) {
 		before, err := cpuOf(ps)
@@ -275,14 +302,36 @@ func (e *env) scenarioBulk(ctx context.Context, s *setup, res *TransportResult) 
 			return e.failed(s, "bulk through the relay", err)
 		}
 		rUp, rDown = append(rUp, mbps(size, bt.up)), append(rDown, mbps(size, bt.down))
+		if s.tlsRelay != "" {
+			bt, err = measureOne(s.tlsRelay, s.tlsChain, tlsCPU, nil)
+			if err != nil {
+				return e.failed(s, "bulk through the TLS relay", err)
+			}
+			tUp, tDown = append(tUp, mbps(size, bt.up)), append(tDown, mbps(size, bt.down))
+		}
+		if s.refAddr != "" {
+			bt, err = bulk(ctx, s.refAddr, size, e.cfg.Verify, nil)
+			if err != nil {
+				return e.failed(s, "bulk through the reference local proxy pair", err)
+			}
+			xUp, xDown = append(xUp, mbps(size, bt.up)), append(xDown, mbps(size, bt.down))
+		}
 	}
 	if e.cfg.has("bulk") {
-		share := 0.50
+		share := 0.75 // issue 18's targets
 		if s.transport == "tls" {
-			share = 0.35
+			share = 0.40
 		}
 		res.add("bulk up", "MB/s", sUp, rUp, "relay", minRatio(share))
 		res.add("bulk down", "MB/s", sDown, rDown, "relay", minRatio(share))
+		if len(tUp) > 0 {
+			res.add("bulk up", "MB/s", sUp, tUp, "TLS relay", minRatio(0.95))
+			res.add("bulk down", "MB/s", sDown, tDown, "TLS relay", minRatio(0.95))
+		}
+		if len(xUp) > 0 {
+			res.add("bulk up", "MB/s", sUp, xUp, "reference pair", minRatio(2))
+			res.add("bulk down", "MB/s", sDown, xDown, "reference pair", minRatio(2))
+		}
 	}
 	if e.cfg.has("cpu") {
 		gib := float64(2*size*int64(e.cfg.Runs)) / (1 << 30)
@@ -295,6 +344,13 @@ func (e *env) scenarioBulk(ctx context.Context, s *setup, res *TransportResult) 
 			rsum += relayCPU[i]
 		}
 		res.add("CPU three processes", "CPU-s/GiB", per(sum), per(rsum), "relay", atMost(4, "CPU-s/GiB"))
+		if s.tlsRelay != "" {
+			var tsum time.Duration
+			for _, d := range tlsCPU {
+				tsum += d
+			}
+			res.add("CPU three processes", "CPU-s/GiB", per(sum), per(tsum), "TLS relay", nil)
+		}
 		res.add("CPU harness (client+target)", "CPU-s/GiB", per(selfSectun), nil, "", nil)
 		res.notef("CPU per GiB: CPU time of each process (sum of /proc/PID/task/*/schedstat) over the %d bulk runs, %.2f GiB moved (both directions counted); the harness row is this process (client, checks, target server)", e.cfg.Runs, gib)
 	}
@@ -520,7 +576,7 @@ func (e *env) scenarioIdleLocalproxy(ctx context.Context, dir string, s *setup, 
 	if err != nil {
 		return err
 	}
-	chain, relay, err := startRelayChain(ctx, &ps, s.target.addr(), 3)
+	chain, relay, err := startRelayChain(ctx, &ps, s.target.addr(), 3, false)
 	if err != nil {
 		return err
 	}
