@@ -20,7 +20,7 @@ func main() {
 	err := run(ctx, os.Args[1:])
 	stop()
 	if err != nil && !errors.Is(err, pflag.ErrHelp) {
-		fmt.Fprintln(os.Stderr, "release:", err)
+		fmt.Fprintln(os.Stderr, err) // errors start with "release:"
 		os.Exit(1)
 	}
 }
