@@ -680,10 +680,9 @@ func TestMetricsRegistered(t *testing.T) {
 var _ = errors.New
 var _ = http.StatusOK
 
-// The forwarding path allocates nothing of its own. What remains is
-// gorilla/websocket's, one each per WebSocket message: the client's message
-// writer and write-pool entry, the relay's message reader and write-pool
-// entry, the client's message reader.
+// Nothing on the path of a relayed message allocates, clients included
+// (wsconn's reader and writer on both sides, the relay, wire's
+// FrameReader): gorilla's reader allocated one object per message.
 func TestDataPathAllocs(t *testing.T) {
 	if testing.Short() || raceEnabled {
 		t.Skip("allocation counts need a normal build")
@@ -704,8 +703,8 @@ func TestDataPathAllocs(t *testing.T) {
 	}
 	got := testing.AllocsPerRun(500, relay)
 	t.Logf("%.2f allocations per relayed message (clients included)", got)
-	if got > 6 {
-		t.Errorf("%.2f allocations per relayed message, budget 6", got)
+	if got >= 0.5 { // 0, but for a rare pool refill after a GC
+		t.Errorf("%.2f allocations per relayed message, want 0", got)
 	}
 }
 
