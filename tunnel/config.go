@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sectun/sectun/internal/endpoint"
 	"github.com/sectun/sectun/internal/token"
 	"github.com/sectun/sectun/wire"
 )
@@ -243,60 +244,31 @@ func (c *Config) normalize() (*url.URL, error) {
 	return u, nil
 }
 
-// endpointURL builds the handshake URL from an endpoint or a region.
-func endpointURL(endpoint, region string, mode Mode) (*url.URL, error) {
-	endpoint = strings.TrimSpace(endpoint)
+// endpointURL builds the handshake URL from an endpoint or a region with
+// package endpoint's parser (the local proxy's too): the base URL, then
+// /tunnel and the mode.
+func endpointURL(ep, region string, mode Mode) (*url.URL, error) {
+	ep = strings.TrimSpace(ep)
 	var u *url.URL
+	var err error
 	switch {
-	case endpoint == "":
-		if region == "" {
-			return nil, fmt.Errorf("%w: set Endpoint or Region", ErrInvalidConfig)
-		}
-		for _, r := range region {
-			if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-') {
-				return nil, fmt.Errorf("%w: region %q is not like us-east-1", ErrInvalidConfig, region)
-			}
-		}
-		host := "data.tunneling.iot." + region + ".amazonaws.com"
-		if strings.HasPrefix(region, "cn-") {
-			host += ".cn"
-		}
-		u = &url.URL{Scheme: "wss", Host: host + ":443"}
-	case strings.Contains(endpoint, "://"):
-		var err error
-		u, err = url.Parse(endpoint)
+	case ep != "":
+		u, err = endpoint.Parse(ep)
 		if err != nil {
-			return nil, fmt.Errorf("%w: endpoint: %v", ErrInvalidConfig, err)
+			err = fmt.Errorf("%w: Endpoint %v", ErrInvalidConfig, err)
 		}
-		u.Scheme = strings.ToLower(u.Scheme)
-		if u.Scheme != "ws" && u.Scheme != "wss" {
-			return nil, fmt.Errorf("%w: endpoint scheme %q (want wss or ws)", ErrInvalidConfig, u.Scheme)
-		}
-		if u.User != nil || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || u.Opaque != "" {
-			return nil, fmt.Errorf("%w: endpoint %q: no user, query or fragment allowed", ErrInvalidConfig, endpoint)
+	case region != "":
+		u, err = endpoint.Region(region, endpoint.DefaultFormat, endpoint.DefaultOverrides())
+		if err != nil {
+			err = fmt.Errorf("%w: Region: %v", ErrInvalidConfig, err)
 		}
 	default:
-		if strings.ContainsAny(endpoint, "/?#@ \\") {
-			return nil, fmt.Errorf("%w: endpoint %q: want host[:port] or a wss:// URL", ErrInvalidConfig, endpoint)
-		}
-		var err error
-		u, err = url.Parse("wss://" + endpoint)
-		if err != nil || u.Host != endpoint {
-			return nil, fmt.Errorf("%w: endpoint %q: want host[:port] or a wss:// URL", ErrInvalidConfig, endpoint)
-		}
+		err = fmt.Errorf("%w: set Endpoint or Region", ErrInvalidConfig)
 	}
-	if u.Hostname() == "" {
-		return nil, fmt.Errorf("%w: endpoint %q has no host", ErrInvalidConfig, endpoint)
+	if err != nil {
+		return nil, err
 	}
-	if p := u.Port(); p != "" {
-		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
-			return nil, fmt.Errorf("%w: endpoint %q: bad port", ErrInvalidConfig, endpoint)
-		}
-	}
-	if u.Path == "" || u.Path == "/" {
-		u.Path = "/tunnel"
-		u.RawPath = ""
-	}
+	u.Path += "/tunnel"
 	u.RawQuery = "local-proxy-mode=" + mode.String()
 	return u, nil
 }

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/sectun/sectun/internal/endpoint"
 )
 
 // Settings are the reference local proxy's fine-grained settings: the keys
@@ -91,12 +93,9 @@ type Settings struct {
 // DefaultSettings returns the reference local proxy's (v3.3.1) defaults.
 func DefaultSettings() Settings {
 	return Settings{
-		DefaultBindAddress: "localhost",
-		EndpointFormat:     "data.tunneling.iot.%s.amazonaws.com",
-		RegionEndpointOverrides: map[string]string{
-			"cn-north-1":     "data.tunneling.iot.cn-north-1.amazonaws.com.cn",
-			"cn-northwest-1": "data.tunneling.iot.cn-northwest-1.amazonaws.com.cn",
-		},
+		DefaultBindAddress:         "localhost",
+		EndpointFormat:             endpoint.DefaultFormat,
+		RegionEndpointOverrides:    endpoint.DefaultOverrides(),
 		DataLengthSize:             2,
 		DataFrameMaxSize:           65538,
 		MaxPayloadSize:             64512,
