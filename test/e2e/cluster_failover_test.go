@@ -249,3 +249,26 @@ func TestClusterDrain(t *testing.T) {
 }
 
 var _ = tcptest.Echo
+
+// TestClusterStatesAfterCrash: DescribeTunnel's states are true
+// cluster-wide: after kill -9 of the node holding the destination (whose
+// client keeps retrying that dead node), any node reports the destination
+// DISCONNECTED within the lease TTL (2 s here) while the source stays
+// CONNECTED; after the node restarts with the same ID, still
+// DISCONNECTED (its rows were corrected as it registered).
+func TestClusterStatesAfterCrash(t *testing.T) {
+	r := newClusterRig(t, 3)
+	tun := r.nodes[0].openTunnel(t, "", "ECHO")
+	startDestination(t, r.nodes[1].wsURL, tun.DestinationAccessToken, "ECHO="+echoService(t))
+	startSource(t, r.nodes[0].wsURL, tun.SourceAccessToken, "ECHO=0", 1)
+	waitStates(t, r.nodes[2], tun.TunnelID, "CONNECTED", "CONNECTED", 10*time.Second)
+	sigkill(t, r.nodes[1])
+	killed := time.Now()
+	waitStates(t, r.nodes[2], tun.TunnelID, "CONNECTED", "DISCONNECTED", 10*time.Second)
+	t.Logf("destination DISCONNECTED %v after kill -9 of its node (lease ttl 2 s)", time.Since(killed).Round(time.Millisecond))
+	d := r.restart(1)
+	s, ds := describe(t, d, tun.TunnelID)
+	if ds != "DISCONNECTED" && !strings.Contains(d.output(), "peer connected") {
+		t.Fatalf("after the restart: source %s destination %s", s, ds)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"net"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -80,4 +81,55 @@ func TestClusterPostgresRestart(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	echoRoundTrip(t, c, "after")
+}
+
+// TestClusterFrozenNode is scenario 3: the destination's node is frozen
+// with SIGSTOP. The source's node ends the silent link (three pings) and
+// the source gets STREAM_RESET, keeping its WebSocket; the destination
+// (through HAProxy) reconnects to another node, which takes the end over
+// with a newer epoch. After SIGCONT the thawed node fences itself: the
+// tunnel keeps working through the new node and the stale node's old end
+// is gone (closed, or its client already left).
+func TestClusterFrozenNode(t *testing.T) {
+	r := newClusterRig(t, 3)
+	r.startHAProxy()
+	tun := r.nodes[0].openTunnel(t, "", "ECHO")
+	startDestination(t, r.lbWS(), tun.DestinationAccessToken, "ECHO="+echoService(t), "--settings-json", proxySettings(t, 500, 200))
+	dn := r.waitHolder(tun.TunnelID, "destination", -1, 30*time.Second)
+	sn := (dn + 1) % 3
+	src, addrs := startSource(t, r.nodes[sn].wsURL, tun.SourceAccessToken, "ECHO=0", 1)
+	echoRoundTrip(t, dialTCP(t, addrs["ECHO"]), "before the freeze")
+	frozen := r.nodes[dn]
+	if err := frozen.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	thawed := false
+	defer func() {
+		if !thawed {
+			frozen.cmd.Process.Signal(syscall.SIGCONT)
+		}
+	}()
+	for {
+		if err := echoOnce(addrs["ECHO"], 2*time.Second); err == nil {
+			break
+		}
+		if time.Since(stopped) > 60*time.Second {
+			t.Fatal("no data 60 s after the destination's node was frozen")
+		}
+	}
+	t.Logf("SIGSTOP of node %d -> data again through another node in %v", dn+1, time.Since(stopped).Round(time.Millisecond))
+	frozen.cmd.Process.Signal(syscall.SIGCONT)
+	thawed = true
+	// The thawed node resyncs; the tunnel keeps working through the new
+	// node, several times over the next seconds.
+	for i := range 10 {
+		if err := echoOnce(addrs["ECHO"], 5*time.Second); err != nil {
+			t.Fatalf("echo %d after SIGCONT: %v", i, err)
+		}
+		time.Sleep(200 * time.Millisecond) // spread the checks over the thawed node's resync
+	}
+	if src.Exited() || len(regexp.MustCompile(`\]\s+connected mode=source`).FindAllString(src.output(), -1)) != 1 {
+		t.Fatalf("the source reconnected or exited:\n%s", src.output())
+	}
 }
