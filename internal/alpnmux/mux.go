@@ -170,6 +170,12 @@ type conn struct {
 	route *routeState
 }
 
+// NetConn returns the connection c wraps: wsconn reaches the TCP socket
+// under a WebSocket through NetConn methods (tls.Conn's, then this one)
+// for its short kernel queues (TCP_NOTSENT_LOWAT, socket buffers), the
+// relay's read-ahead and the liveness check's kernel-unread count.
+func (c *conn) NetConn() net.Conn { return c.Conn }
+
 func (m *Mux) configFor(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 	c, _ := hello.Conn.(*conn)
 	for i := range m.routes {

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -505,5 +506,50 @@ func TestRouteAdmit(t *testing.T) {
 		sc.Close()
 	case <-time.After(5 * time.Second):
 		t.Fatal("admitted connection not served")
+	}
+}
+
+// TestTCPReachable: the TLS connections the mux hands out reach their TCP
+// socket through NetConn methods, as wsconn needs for its short kernel
+// queues, the relay's read-ahead and the liveness check (without it
+// tunneld's TLS WebSockets kept autotuned megabyte buffers: round trips
+// beside a bulk transfer took twice as long).
+func TestTCPReachable(t *testing.T) {
+	p := newPKI(t)
+	m, _ := startMux(t, p, nil)
+	got := make(chan string, 1)
+	go func() {
+		c, err := m.Listener().Accept()
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		defer c.Close()
+		var nc net.Conn = c
+		for range 4 {
+			if _, ok := nc.(*net.TCPConn); ok {
+				got <- "tcp"
+				return
+			}
+			u, ok := nc.(interface{ NetConn() net.Conn })
+			if !ok {
+				break
+			}
+			nc = u.NetConn()
+		}
+		got <- fmt.Sprintf("%T has no NetConn", nc)
+	}()
+	c, err := tls.Dial("tcp", m.Addr().String(), &tls.Config{RootCAs: p.serverPool, NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	select {
+	case s := <-got:
+		if s != "tcp" {
+			t.Fatalf("the TCP socket is not reachable: %s", s)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no connection accepted")
 	}
 }
