@@ -164,7 +164,7 @@ func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.Set("Content-Security-Policy", csp)
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("X-Frame-Options", "DENY")
-	h.Set("Referrer-Policy", "no-referrer")
+	h.Set("Referrer-Policy", "same-origin") // no-referrer makes form posts send Origin: null
 	h.Set("Cross-Origin-Opener-Policy", "same-origin")
 	if r.TLS == nil && !loopbackClient(r.RemoteAddr) {
 		h.Set("Content-Type", "text/plain; charset=utf-8")

@@ -277,12 +277,17 @@ type deviceOut struct {
 	Thing       string      `json:"thing"`
 	Connected   bool        `json:"connected"`
 	LastSeen    time.Time   `json:"lastSeen,omitzero"`
-	OpenTunnels []tunnelRow `json:"openTunnels"`
+	OpenTunnels []tunnelRow `json:"openTunnels"` // the newest maxDeviceTunnels
+	OpenCount   int         `json:"openCount"`
 	Tunnels     int         `json:"tunnels"`
 }
 
-// maxDeviceScan bounds the tunnels read to find things.
-const maxDeviceScan = 5000
+// maxDeviceScan bounds the tunnels read to find things; maxDeviceTunnels
+// the open tunnels listed per thing.
+const (
+	maxDeviceScan    = 5000
+	maxDeviceTunnels = 5
+)
 
 // devices lists the things the broker knows and the things of recent
 // tunnels, with their open tunnels.
@@ -317,7 +322,10 @@ func (c *Console) devices(w http.ResponseWriter, r *http.Request, s *session) {
 			d := get(t.ThingName)
 			d.Tunnels++
 			if t.Status == store.StatusOpen {
-				d.OpenTunnels = append(d.OpenTunnels, row(t))
+				d.OpenCount++
+				if len(d.OpenTunnels) < maxDeviceTunnels {
+					d.OpenTunnels = append(d.OpenTunnels, row(t))
+				}
 			}
 			if t.Destination.Connected && c.cfg.Devices == nil {
 				d.Connected = true

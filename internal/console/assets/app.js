@@ -212,7 +212,7 @@ function tunnelsPage() {
   next.addEventListener('click', () => { cursors.push(nextCursor); load(); });
   render(page('Tunnels', 'Newest first. Connection states update live.',
     h('div', {class: 'toolbar'}, thing, status, h('button', {type: 'button', onclick: refilter}, 'Apply'),
-      h('span', {class: 'spacer'}), h('a', {class: 'btn primary', href: '#/open'}, '＋ Open a tunnel')),
+      h('span', {class: 'spacer'}), h('a', {class: 'btn primary', href: '#/open'}, '+ Open a tunnel')),
     err,
     h('section', {class: 'panel'}, h('table', {id: 'tunnels'},
       h('thead', {}, h('tr', {}, ['Tunnel ID', 'Thing', 'Services', 'Status', 'Source', 'Destination', 'Created', 'Lifetime left'].map(x => h('th', {}, x)))),
@@ -393,7 +393,7 @@ function openPage(presetThing) {
     h('div', {class: 'field'}, h('label', {for: 'open-services'}, 'Services'), services, h('div', {class: 'help'}, 'Comma-separated, up to 3 (e.g. SSH, HTTP). Empty: one anonymous stream (V1 destinations).')),
     h('div', {class: 'field'}, h('label', {for: 'open-lifetime'}, 'Lifetime (minutes)'), lifetime),
     h('div', {class: 'field'}, h('label', {for: 'open-description'}, 'Description'), desc),
-    h('div', {class: 'field'}, h('label', {}, 'Tags'), tagRows, h('button', {type: 'button', class: 'small', onclick: addTag}, '＋ Add tag')),
+    h('div', {class: 'field'}, h('label', {}, 'Tags'), tagRows, h('button', {type: 'button', class: 'small', onclick: addTag}, '+ Add tag')),
     h('button', {class: 'primary', type: 'submit', id: 'open-submit'}, 'Open tunnel')));
   render(page('Open a tunnel', 'The same OpenTunnel as the AWS CLI\'s, run as ' + (session ? session.principal : 'you') + '.', err, form, result));
 }
@@ -420,7 +420,8 @@ function devicesPage() {
       h('td', {}, h('b', {}, d.thing)),
       h('td', {}, h('span', {class: 'badge ' + (d.connected ? 'ok' : 'idle')}, d.connected ? 'Online' : 'Offline')),
       h('td', {}, d.connected ? 'now' : ago(d.lastSeen, r.now)),
-      h('td', {}, d.openTunnels.length ? d.openTunnels.map(t => h('div', {}, h('a', {href: '#/tunnel/' + t.tunnelId, class: 'mono'}, t.tunnelId.slice(0, 8) + '…'), ' ', (t.services || []).join(', '))) : h('span', {class: 'muted'}, 'none')),
+      h('td', {}, d.openTunnels.length ? [d.openTunnels.map(t => h('div', {}, h('a', {href: '#/tunnel/' + t.tunnelId, class: 'mono'}, t.tunnelId.slice(0, 8) + '…'), ' ', (t.services || []).join(', '))),
+        d.openCount > d.openTunnels.length ? h('div', {}, h('a', {href: '#/tunnels', onclick: () => sessionStorage.setItem('tunnels-filter', 'thing=' + encodeURIComponent(d.thing) + '&status=OPEN')}, 'and ' + (d.openCount - d.openTunnels.length) + ' more')) : null] : h('span', {class: 'muted'}, 'none')),
       h('td', {}, h('button', {class: 'primary small', type: 'button', 'data-connect': d.thing, onclick: (ev) => connect(d.thing, ev.currentTarget)}, 'Connect via SSH'))))
       : [h('tr', {}, h('td', {colspan: 5}, h('div', {class: 'empty'}, 'No devices yet. A device appears when its tunnel-agent connects to the broker or a tunnel is opened for it.')))]));
   });

@@ -20,7 +20,9 @@ const fit = new FitAddon.FitAddon();
 term.loadAddon(fit);
 term.open($('terminal'));
 fit.fit();
-window.sectunTerm = term; // for tests and the curious: the buffer is read from here
+// For tests and the curious: the terminal (its buffer) and a way to type.
+window.sectunTerm = term;
+window.sectunType = (d) => { if (conn) conn.write(d); };
 
 let conn = null;       // the wasm session handle
 let wasmReady = null;  // a promise: the module runs
