@@ -58,6 +58,9 @@ func TestWasmUnderNode(t *testing.T) {
 	if err != nil {
 		t.Skip("node not installed")
 	}
+	if err := exec.Command(node, "--experimental-websocket", "-e", "if (typeof WebSocket === 'undefined') process.exit(3)").Run(); err != nil {
+		t.Skipf("this node has no WebSocket (Node 20.10 or later needed): %v", err)
+	}
 	sshd := sshdtest.Start(t)
 	e := newEnv(t, nil)
 	b := e.browser()
