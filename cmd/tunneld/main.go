@@ -187,10 +187,48 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cfg.Banner = stdout
 	srv, err := server.New(ctx, cfg)
 	if err != nil {
-		return err
+		return withFlags(err)
 	}
 	return srv.Run(ctx)
 }
+
+// flagOf names the flag that sets each server.Config field a
+// *server.ConfigError can name.
+var flagOf = map[string]string{
+	"Listen":            "--listen",
+	"Plaintext":         "--plaintext",
+	"NoAuth":            "--no-auth",
+	"AllowInsecure":     "--allow-insecure",
+	"TLSCertFile":       "--tls-cert",
+	"TLSKeyFile":        "--tls-key",
+	"SkipDBCheck":       "--skip-db-check",
+	"MQTT.ClientCAFile": "--mqtt-client-ca",
+	"MQTT.TLSListen":    "--mqtt-tls-listen",
+}
+
+// withFlags renders a *server.ConfigError with the flags of the Config
+// fields it names (the error stays in the chain); other errors pass.
+func withFlags(err error) error {
+	var ce *server.ConfigError
+	if !errors.As(err, &ce) {
+		return err
+	}
+	return flagError{ce.Render(func(field string) string {
+		if f, ok := flagOf[field]; ok {
+			return f
+		}
+		return field
+	}), err}
+}
+
+// flagError is an error whose message names flags.
+type flagError struct {
+	msg string
+	err error
+}
+
+func (e flagError) Error() string { return e.msg }
+func (e flagError) Unwrap() error { return e.err }
 
 // failureLimit maps a --*-failure-limit value (failures per minute, 0 or
 // less: none) to the limiter's configuration.

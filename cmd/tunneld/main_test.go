@@ -98,8 +98,19 @@ func TestHelpAndLimitFlags(t *testing.T) {
 	}
 	// --no-auth on a public address is refused at startup.
 	err := run(context.Background(), []string{"--no-auth", "--listen", "0.0.0.0:0", "--data-dir", t.TempDir(), "--mqtt-listen", "off"}, &stdout, &stderr)
-	if err == nil || !strings.Contains(err.Error(), "--allow-insecure") {
+	var ce *server.ConfigError
+	if err == nil || !strings.Contains(err.Error(), "refusing --no-auth on non-loopback address 0.0.0.0:0") || !strings.Contains(err.Error(), "--allow-insecure") ||
+		strings.Contains(err.Error(), "AllowInsecure") || !errors.As(err, &ce) || ce.Field != "NoAuth" {
 		t.Errorf("--no-auth on 0.0.0.0: %v", err)
+	}
+	// Every field a ConfigError names is rendered as its flag.
+	err = run(context.Background(), []string{"--plaintext", "--listen", "0.0.0.0:0", "--data-dir", t.TempDir(), "--mqtt-listen", "off"}, &stdout, &stderr)
+	if err == nil || !strings.Contains(err.Error(), "give --tls-cert/--tls-key") || !strings.Contains(err.Error(), "or set --allow-insecure") {
+		t.Errorf("--plaintext on 0.0.0.0: %v", err)
+	}
+	err = run(context.Background(), []string{"--listen", "nohostport", "--data-dir", t.TempDir(), "--mqtt-listen", "off"}, &stdout, &stderr)
+	if err == nil || !strings.HasPrefix(err.Error(), "tunneld: --listen \"nohostport\": ") {
+		t.Errorf("--listen nohostport: %v", err)
 	}
 }
 

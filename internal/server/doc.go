@@ -34,6 +34,12 @@
 // logs the shutdown's start (reason, requests in flight, peers), what it
 // waited for, and its end.
 //
+// New works in stages: Config.withDefaults, Config.validate (which
+// touches nothing; its errors are *ConfigError, naming Config fields,
+// which cmd/tunneld renders with its flags), then one method per building
+// step (TLS, credentials, storage, MQTT, cluster, metrics, handlers,
+// listener); a failed step releases what the earlier ones acquired.
+//
 // Concurrency: New prepares everything and binds the listener; Run serves
 // until its context ends and then shuts down (WebSockets are dropped
 // without a close frame so that clients reconnect, see relay.Shutdown). A

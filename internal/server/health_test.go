@@ -48,7 +48,7 @@ func TestDamagedDatabase(t *testing.T) {
 	dir := damagedDataDir(t)
 	cfg := Config{Listen: "127.0.0.1:0", DataDir: dir, Plaintext: true, NoAuth: true, MQTT: MQTTConfig{Off: true}}
 	_, err := New(context.Background(), cfg)
-	if !errors.Is(err, sqlite.ErrDamaged) || !strings.Contains(err.Error(), "backup") || !strings.Contains(err.Error(), "--skip-db-check") {
+	if !errors.Is(err, sqlite.ErrDamaged) || !strings.Contains(err.Error(), "backup") || !strings.Contains(err.Error(), "SkipDBCheck") {
 		t.Fatalf("New on a damaged file: %v; want ErrDamaged saying what to do", err)
 	}
 

@@ -158,53 +158,122 @@ type Server struct {
 	mqttBudget *mqttBudget
 }
 
-// New opens storage, prepares TLS and credentials and binds the listener.
-func New(ctx context.Context, cfg Config) (*Server, error) {
-	if cfg.Listen == "" {
-		cfg.Listen = "127.0.0.1:8443"
+// ConfigError is a Config that New refuses. Its text names Config fields
+// (e.g. "refusing NoAuth on non-loopback Listen ..."); Render names them
+// otherwise, as cmd/tunneld does with its flags.
+type ConfigError struct {
+	// Field is the Config field at fault, e.g. "Listen" or
+	// "MQTT.ClientCAFile".
+	Field string
+	// format has {Field} references for Render; args are fmt's (the
+	// cause among them).
+	format string
+	args   []any
+	// Err is the cause, if any.
+	Err error
+}
+
+func configErrorf(field string, err error, format string, args ...any) *ConfigError {
+	return &ConfigError{Field: field, format: format, args: args, Err: err}
+}
+
+// Error renders the message with Config field names.
+func (e *ConfigError) Error() string { return e.Render(func(f string) string { return f }) }
+
+// Unwrap returns the cause.
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+// Render returns the message with name(field) in place of each Config
+// field it names.
+func (e *ConfigError) Render(name func(field string) string) string {
+	var b strings.Builder
+	f := e.format
+	for {
+		i := strings.IndexByte(f, '{')
+		j := strings.IndexByte(f, '}')
+		if i < 0 || j < i {
+			b.WriteString(f)
+			break
+		}
+		b.WriteString(f[:i])
+		b.WriteString(name(f[i+1 : j]))
+		f = f[j+1:]
 	}
-	if cfg.DataDir == "" {
-		cfg.DataDir = "tunneld-data"
+	return "tunneld: " + fmt.Sprintf(b.String(), e.args...)
+}
+
+// withDefaults fills in the zero fields that have defaults.
+func (c *Config) withDefaults() {
+	if c.Listen == "" {
+		c.Listen = "127.0.0.1:8443"
 	}
-	if cfg.Region == "" {
-		cfg.Region = "us-east-1"
+	if c.DataDir == "" {
+		c.DataDir = "tunneld-data"
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
+	if abs, err := filepath.Abs(c.DataDir); err == nil {
+		c.DataDir = abs // printed paths must work from any directory
 	}
-	if cfg.MaxConns == 0 {
-		cfg.MaxConns = defaultMaxConns
+	if c.Region == "" {
+		c.Region = "us-east-1"
 	}
-	if cfg.MaxConnsPerIP == 0 {
-		cfg.MaxConnsPerIP = defaultMaxConnsPerIP
+	if c.Now == nil {
+		c.Now = time.Now
 	}
-	if cfg.ReadHeaderTimeout <= 0 {
-		cfg.ReadHeaderTimeout = defaultReadHeaderTimeout
+	if c.MaxConns == 0 {
+		c.MaxConns = defaultMaxConns
 	}
-	if cfg.RequestTimeout <= 0 {
-		cfg.RequestTimeout = defaultRequestTimeout
+	if c.MaxConnsPerIP == 0 {
+		c.MaxConnsPerIP = defaultMaxConnsPerIP
 	}
-	logger := cfg.Logger
-	if logger == nil {
-		logger = slog.New(slog.DiscardHandler)
+	if c.ReadHeaderTimeout <= 0 {
+		c.ReadHeaderTimeout = defaultReadHeaderTimeout
 	}
-	if err := validateCluster(cfg); err != nil {
-		return nil, err
+	if c.RequestTimeout <= 0 {
+		c.RequestTimeout = defaultRequestTimeout
 	}
-	host, _, err := net.SplitHostPort(cfg.Listen)
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// embeddedMQTT reports whether the embedded broker runs.
+func (c *Config) embeddedMQTT() bool { return !c.MQTT.Off && c.MQTT.BrokerURL == "" }
+
+// mqttALPN reports whether devices reach the embedded broker on the main
+// TLS listener.
+func (c *Config) mqttALPN() bool { return c.embeddedMQTT() && !c.Plaintext && !c.MQTT.NoALPN }
+
+// validate checks a Config with its defaults; it touches nothing.
+func (c *Config) validate() error {
+	if err := validateCluster(*c); err != nil {
+		return err
+	}
+	host, _, err := net.SplitHostPort(c.Listen)
 	if err != nil {
-		return nil, fmt.Errorf("tunneld: --listen %q: %w", cfg.Listen, err)
+		return configErrorf("Listen", err, "{Listen} %q: %v", c.Listen, err)
 	}
-	if !isLoopback(host) && !cfg.AllowInsecure {
-		if cfg.Plaintext {
-			return nil, fmt.Errorf("tunneld: refusing plaintext on non-loopback address %s: give --tls-cert/--tls-key (or --tls-self-signed), or pass --allow-insecure", cfg.Listen)
+	if !isLoopback(host) && !c.AllowInsecure {
+		if c.Plaintext {
+			return configErrorf("Plaintext", nil, "refusing plaintext on non-loopback address %s: give {TLSCertFile}/{TLSKeyFile} (or neither, for a self-signed certificate), or set {AllowInsecure}", c.Listen)
 		}
-		if cfg.NoAuth {
-			return nil, fmt.Errorf("tunneld: refusing --no-auth on non-loopback address %s: configure access keys, or pass --allow-insecure", cfg.Listen)
+		if c.NoAuth {
+			return configErrorf("NoAuth", nil, "refusing {NoAuth} on non-loopback address %s: configure access keys, or set {AllowInsecure}", c.Listen)
 		}
 	}
-	if abs, err := filepath.Abs(cfg.DataDir); err == nil {
-		cfg.DataDir = abs // printed paths must work from any directory
+	if c.MQTT.ClientCAFile != "" && !c.mqttALPN() && !(c.embeddedMQTT() && c.MQTT.TLSListen != "") {
+		return configErrorf("MQTT.ClientCAFile", nil, "{MQTT.ClientCAFile} verifies devices on an MQTT TLS listener of the embedded broker: keep TLS and MQTT on the main listener (the default), or add {MQTT.TLSListen}")
+	}
+	return nil
+}
+
+// New opens storage, prepares TLS and credentials and binds the listener,
+// in stages: defaults, validation (errors are *ConfigError, naming Config
+// fields), then each building step in its own method. On failure it
+// releases what the steps before acquired.
+func New(ctx context.Context, cfg Config) (*Server, error) {
+	cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("tunneld: data directory: %w", err)
@@ -213,15 +282,17 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	logger := cfg.Logger
 	s := &Server{cfg: cfg, logger: logger, registry: prometheus.NewRegistry(), scheme: "https", lock: lock,
 		connLog: newLogLimiter(logger, connLogBurst, connLogPeriod)}
-	started := false
+	ok := false
 	defer func() {
-		if !started {
-			lock.Close()
+		if !ok {
+			s.abandon()
 		}
 	}()
 
+	host, _, _ := net.SplitHostPort(cfg.Listen) // validated
 	var tlsConfig *tls.Config
 	var certFile, keyFile string
 	if !cfg.Plaintext {
@@ -231,91 +302,133 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	} else {
 		s.scheme = "http"
 	}
-
-	creds := map[string]string{}
-	if !cfg.NoAuth {
-		files := cfg.CredentialsFiles
-		if len(files) == 0 {
-			s.credPath = filepath.Join(cfg.DataDir, "aws-credentials")
-			if _, err := ensureCredentialsFile(s.credPath); err != nil {
-				return nil, fmt.Errorf("tunneld: credentials: %w", err)
-			}
-			files = []string{s.credPath}
-		}
-		if creds, err = loadCredentialFiles(files); err != nil {
-			return nil, fmt.Errorf("tunneld: %w", err)
-		}
-	}
-
-	if err := s.openStore(ctx); err != nil {
+	creds, err := s.loadCredentials()
+	if err != nil {
 		return nil, err
 	}
-	ok := false
-	defer func() { started = ok }()
-	defer func() {
-		if !ok {
-			if s.node != nil {
-				s.node.Close()
-			}
-			if s.notifier != nil {
-				s.notifier.close()
-			}
-			s.store.Close()
-		}
-	}()
-	if db, isSQLite := s.store.(*sqlite.Store); isSQLite && !cfg.SkipDBCheck {
-		t0 := time.Now()
-		if err := db.QuickCheck(ctx); err != nil {
-			return nil, fmt.Errorf("tunneld: storage: %w (to start anyway, for a look at what still works: --skip-db-check)", err)
-		}
-		logger.Info("database checked", "check", "PRAGMA quick_check", "duration", time.Since(t0).Round(time.Millisecond))
+	if err := s.openStorage(ctx); err != nil {
+		return nil, err
 	}
-	s.store = healthStore{Store: s.store, h: s.health}
-	// No peer survives a restart: rows a killed tunneld left CONNECTED
-	// would otherwise stay so forever. (The data directory's lock makes
-	// this process the only one on an SQLite database.)
-	if n, err := s.store.ResetConnections(ctx, cfg.Now()); err != nil {
-		if s.health.damaged == nil || !s.health.damaged(err) {
-			return nil, fmt.Errorf("tunneld: storage: %w", err)
-		}
-		s.health.note(err) // started with --skip-db-check: carry on, unhealthy
-	} else if n > 0 {
-		logger.Info("tunnel ends left connected by the previous run marked disconnected", "ends", n)
-	}
-	embedded := !cfg.MQTT.Off && cfg.MQTT.BrokerURL == ""
-	mqttALPN := embedded && tlsConfig != nil && !cfg.MQTT.NoALPN
-	var devices *x509.CertPool
-	switch {
-	case mqttALPN || embedded && cfg.MQTT.TLSListen != "":
-		if devices, s.deviceCAPath, err = devicePool(cfg.DataDir, cfg.MQTT.ClientCAFile); err != nil {
-			return nil, err
-		}
-	case cfg.MQTT.ClientCAFile != "":
-		return nil, errors.New("tunneld: --mqtt-client-ca verifies devices on an MQTT TLS listener of the embedded broker: keep TLS and MQTT on the main listener (the default), or add --mqtt-tls-listen")
-	}
-	var notifier api.Notifier
-	if embedded {
-		s.mqttBudget = sizeMQTT(&cfg.MQTT, cfg.MaxConns, fileLimit(), logger)
-		cfg.MQTT.MaxConns = s.mqttBudget.mqttConns
-	}
-	if !cfg.MQTT.Off {
-		if s.notifier, err = startNotifier(ctx, cfg.MQTT, certFile, keyFile, devices, logger); err != nil {
-			return nil, fmt.Errorf("tunneld: %w", err)
-		}
-		notifier = s.notifier
+	notifier, devices, err := s.startMQTT(ctx, certFile, keyFile)
+	if err != nil {
+		return nil, err
 	}
 	if err := s.startCluster(ctx); err != nil {
 		return nil, err
 	}
 	var authz relay.Authorizer = &storeAuthorizer{store: s.store, now: cfg.Now, logger: logger}
-	var peers api.Peers
 	if s.node != nil {
 		authz = s.node
 		if s.outbox != nil {
 			notifier = s.outbox
 		}
 	}
+	s.registerMetrics()
+	if err := s.buildHandlers(authz, notifier, creds); err != nil {
+		return nil, err
+	}
+	if err := s.listen(tlsConfig, devices); err != nil {
+		return nil, err
+	}
+	ok = true
+	return s, nil
+}
 
+// abandon releases what a failed New acquired, in reverse order.
+func (s *Server) abandon() {
+	if s.ln != nil {
+		s.ln.Close()
+	}
+	if s.node != nil {
+		s.node.Close()
+	}
+	if s.notifier != nil {
+		s.notifier.close()
+	}
+	if s.store != nil {
+		s.store.Close()
+	}
+	s.lock.Close()
+}
+
+// loadCredentials returns the API's access keys (none with NoAuth),
+// creating the data directory's credentials file when no file is given.
+func (s *Server) loadCredentials() (map[string]string, error) {
+	creds := map[string]string{}
+	if s.cfg.NoAuth {
+		return creds, nil
+	}
+	files := s.cfg.CredentialsFiles
+	if len(files) == 0 {
+		s.credPath = filepath.Join(s.cfg.DataDir, "aws-credentials")
+		if _, err := ensureCredentialsFile(s.credPath); err != nil {
+			return nil, fmt.Errorf("tunneld: credentials: %w", err)
+		}
+		files = []string{s.credPath}
+	}
+	creds, err := loadCredentialFiles(files)
+	if err != nil {
+		return nil, fmt.Errorf("tunneld: %w", err)
+	}
+	return creds, nil
+}
+
+// openStorage opens the store, checks an SQLite database (unless
+// SkipDBCheck), puts it under the health wrapper and marks the ends a
+// previous run left connected disconnected.
+func (s *Server) openStorage(ctx context.Context) error {
+	if err := s.openStore(ctx); err != nil {
+		return err
+	}
+	if db, isSQLite := s.store.(*sqlite.Store); isSQLite && !s.cfg.SkipDBCheck {
+		t0 := time.Now()
+		if err := db.QuickCheck(ctx); err != nil {
+			return configErrorf("SkipDBCheck", err, "storage: %v (to start anyway, for a look at what still works: {SkipDBCheck})", err)
+		}
+		s.logger.Info("database checked", "check", "PRAGMA quick_check", "duration", time.Since(t0).Round(time.Millisecond))
+	}
+	s.store = healthStore{Store: s.store, h: s.health}
+	// No peer survives a restart: rows a killed tunneld left CONNECTED
+	// would otherwise stay so forever. (The data directory's lock makes
+	// this process the only one on an SQLite database.)
+	if n, err := s.store.ResetConnections(ctx, s.cfg.Now()); err != nil {
+		if s.health.damaged == nil || !s.health.damaged(err) {
+			return fmt.Errorf("tunneld: storage: %w", err)
+		}
+		s.health.note(err) // started with --skip-db-check: carry on, unhealthy
+	} else if n > 0 {
+		s.logger.Info("tunnel ends left connected by the previous run marked disconnected", "ends", n)
+	}
+	return nil
+}
+
+// startMQTT prepares device verification, shares connections with the
+// embedded broker and starts the notifier (nil with MQTT off).
+func (s *Server) startMQTT(ctx context.Context, certFile, keyFile string) (api.Notifier, *x509.CertPool, error) {
+	cfg := &s.cfg
+	var devices *x509.CertPool
+	if cfg.mqttALPN() || cfg.embeddedMQTT() && cfg.MQTT.TLSListen != "" {
+		var err error
+		if devices, s.deviceCAPath, err = devicePool(cfg.DataDir, cfg.MQTT.ClientCAFile); err != nil {
+			return nil, nil, err
+		}
+	}
+	if cfg.embeddedMQTT() {
+		s.mqttBudget = sizeMQTT(&cfg.MQTT, cfg.MaxConns, fileLimit(), s.logger)
+		cfg.MQTT.MaxConns = s.mqttBudget.mqttConns
+	}
+	if cfg.MQTT.Off {
+		return nil, devices, nil
+	}
+	var err error
+	if s.notifier, err = startNotifier(ctx, cfg.MQTT, certFile, keyFile, devices, s.logger); err != nil {
+		return nil, nil, fmt.Errorf("tunneld: %w", err)
+	}
+	return s.notifier, devices, nil
+}
+
+// registerMetrics registers the process, MQTT and tunnel gauges.
+func (s *Server) registerMetrics() {
 	s.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if s.mqttBudget != nil {
 		s.registry.MustRegister(newMQTTCollector(s))
@@ -331,21 +444,27 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		}
 		return float64(n)
 	}))
+}
 
+// buildHandlers makes the API failure limiter, the relay, the API and the
+// console.
+func (s *Server) buildHandlers(authz relay.Authorizer, notifier api.Notifier, creds map[string]string) error {
+	cfg := &s.cfg
+	var err error
 	if s.apiLimit, err = ratelimit.New(cfg.APIFailureLimit); err != nil {
-		return nil, fmt.Errorf("tunneld: API failure limit: %w", err)
+		return fmt.Errorf("tunneld: API failure limit: %w", err)
 	}
 	s.relay, err = relay.New(relay.Config{
 		Authorizer:            authz,
-		Logger:                logger,
+		Logger:                s.logger,
 		BandwidthLimit:        cfg.BandwidthLimit,
 		Registerer:            s.registry,
 		HandshakeFailureLimit: cfg.HandshakeFailureLimit,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("tunneld: relay: %w", err)
+		return fmt.Errorf("tunneld: relay: %w", err)
 	}
-	peers = s.relay
+	var peers api.Peers = s.relay
 	if s.node != nil {
 		s.node.SetRelay(s.relay)
 		peers = s.node
@@ -362,24 +481,30 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		NoAuth:               cfg.NoAuth,
 		Peers:                peers,
 		Notifier:             notifier,
-		Logger:               logger,
+		Logger:               s.logger,
 		Now:                  cfg.Now,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("tunneld: api: %w", err)
+		return fmt.Errorf("tunneld: api: %w", err)
 	}
-
 	if !cfg.NoAuth && !cfg.NoConsole {
 		if s.console, err = s.newConsole(creds); err != nil {
-			return nil, fmt.Errorf("tunneld: %w", err)
+			return fmt.Errorf("tunneld: %w", err)
 		}
 	}
+	return nil
+}
 
-	s.ln, err = net.Listen("tcp", cfg.Listen)
+// listen binds the listener under the connection limits and, with TLS, the
+// ALPN mux (HTTPS, and MQTT for devices when mqttALPN), and makes the HTTP
+// server.
+func (s *Server) listen(tlsConfig *tls.Config, devices *x509.CertPool) error {
+	cfg := &s.cfg
+	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
-		return nil, fmt.Errorf("tunneld: %w", err)
+		return fmt.Errorf("tunneld: %w", err)
 	}
-	s.conns = newConnLimiter(s.ln, cfg.MaxConns, cfg.MaxConnsPerIP, logger)
+	s.conns = newConnLimiter(ln, cfg.MaxConns, cfg.MaxConnsPerIP, s.logger)
 	s.ln = s.conns
 	s.registerLimitMetrics()
 	if tlsConfig != nil {
@@ -387,7 +512,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		// that failed ones (plain HTTP on this port among them) are
 		// answered and logged in one place.
 		var routes []alpnmux.Route
-		if mqttALPN {
+		if cfg.mqttALPN() {
 			// Devices (AWS IoT Device Client) reach MQTT on this port by
 			// ALPN, with a verified certificate; everything else is HTTPS.
 			deviceTLS := tlsConfig.Clone()
@@ -405,12 +530,11 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 			TLS:              tlsConfig,
 			Routes:           routes,
 			HandshakeTimeout: cfg.ReadHeaderTimeout,
-			Logger:           logger,
+			Logger:           s.logger,
 			OnHandshakeError: s.handshakeFailed,
 		})
 		if err != nil {
-			s.ln.Close()
-			return nil, fmt.Errorf("tunneld: %w", err)
+			return fmt.Errorf("tunneld: %w", err)
 		}
 		s.httpLn = s.mux.Listener()
 	} else {
@@ -424,8 +548,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		ErrorLog:          s.httpErrorLog(),
 		ConnState:         s.conns.connState,
 	}
-	ok = true
-	return s, nil
+	return nil
 }
 
 // openStore opens the configured store and prepares its health record.

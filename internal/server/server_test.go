@@ -391,8 +391,40 @@ func TestRefusesInsecurePublicListen(t *testing.T) {
 	} {
 		c.DataDir = t.TempDir()
 		c.MQTT.Off = true
-		if _, err := New(context.Background(), c); err == nil || !strings.Contains(err.Error(), "--allow-insecure") {
-			t.Errorf("%+v: err %v", c, err)
+		_, err := New(context.Background(), c)
+		var ce *ConfigError
+		if !errors.As(err, &ce) || !strings.Contains(err.Error(), "AllowInsecure") || strings.Contains(err.Error(), "--") {
+			t.Errorf("%+v: err %v, want a *ConfigError naming AllowInsecure", c, err)
+		}
+	}
+}
+
+// TestConfigErrorsNameFields: validation errors are *ConfigError naming
+// Config fields (cmd/tunneld renders them with flags), and New refuses
+// before it touches the data directory.
+func TestConfigErrorsNameFields(t *testing.T) {
+	for _, c := range []struct {
+		cfg          Config
+		field, names string
+	}{
+		{Config{Listen: "nohostport"}, "Listen", "Listen \"nohostport\""},
+		{Config{Listen: "0.0.0.0:0", Plaintext: true}, "Plaintext", "TLSCertFile/TLSKeyFile"},
+		{Config{Listen: "0.0.0.0:0", NoAuth: true}, "NoAuth", "refusing NoAuth on"},
+		{Config{Plaintext: true, MQTT: MQTTConfig{ClientCAFile: "ca.pem"}}, "MQTT.ClientCAFile", "MQTT.ClientCAFile verifies devices"},
+	} {
+		dir := filepath.Join(t.TempDir(), "data")
+		c.cfg.DataDir = dir
+		_, err := New(context.Background(), c.cfg)
+		var ce *ConfigError
+		if !errors.As(err, &ce) || ce.Field != c.field || !strings.Contains(err.Error(), c.names) || strings.Contains(err.Error(), "{") {
+			t.Errorf("%+v: err %v, want a *ConfigError of %s saying %q", c.cfg, err, c.field, c.names)
+			continue
+		}
+		if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%+v: the data directory was made: %v", c.cfg, err)
+		}
+		if got := ce.Render(func(f string) string { return "<" + f + ">" }); !strings.Contains(got, "<"+c.field+">") && c.field != "Plaintext" {
+			t.Errorf("Render: %s", got)
 		}
 	}
 }
