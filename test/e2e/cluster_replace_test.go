@@ -133,3 +133,45 @@ func TestClusterFrozenNode(t *testing.T) {
 		t.Fatalf("the source reconnected or exited:\n%s", src.output())
 	}
 }
+
+// TestClusterAPIWithPostgresDown: with PostgreSQL stopped, management API
+// calls answer 503 ServiceUnavailable with a message (the AWS SDKs and
+// CLI retry 5xx), not 500 InternalFailure; after PostgreSQL is back they
+// answer 200 again.
+func TestClusterAPIWithPostgresDown(t *testing.T) {
+	r := newClusterRig(t, 1)
+	d := r.nodes[0]
+	tun := d.openTunnel(t, "", "ECHO")
+	r.pg.Stop()
+	type apiErr struct {
+		Type    string `json:"__type"`
+		Message string `json:"message"`
+	}
+	for _, c := range []struct {
+		op string
+		in map[string]any
+	}{
+		{"DescribeTunnel", map[string]any{"tunnelId": tun.TunnelID}},
+		{"ListTunnels", map[string]any{}},
+	} {
+		var e apiErr
+		start := time.Now()
+		code := d.call(t, c.op, c.in, &e)
+		t.Logf("%s with PostgreSQL down: HTTP %d %s %q in %v", c.op, code, e.Type, e.Message, time.Since(start).Round(time.Millisecond))
+		if code != 503 || e.Type != "ServiceUnavailable" || !strings.Contains(e.Message, "retry later") {
+			t.Errorf("%s with PostgreSQL down: HTTP %d %+v, want 503 ServiceUnavailable with a message", c.op, code, e)
+		}
+	}
+	r.pg.Restart()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var out map[string]any
+		if code := d.call(t, "ListTunnels", map[string]any{}, &out); code == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("ListTunnels never answered 200 after PostgreSQL came back")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

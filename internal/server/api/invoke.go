@@ -23,7 +23,7 @@ func (e *OpError) Error() string { return e.Code + ": " + e.Message }
 // authenticated as principal (an access key ID), and returns the JSON
 // response body. It is the same operation code ServeHTTP runs after the
 // signature check; via names the caller in the log ("console"). Errors are
-// *OpError; a store failure is an OpError with InternalFailure, its cause
+// *OpError; a store failure is an OpError with 503 ServiceUnavailable, its cause
 // logged.
 func (s *Server) Invoke(ctx context.Context, op string, body []byte, principal, via string) ([]byte, error) {
 	start := time.Now()
@@ -61,7 +61,7 @@ func (s *Server) Invoke(ctx context.Context, op string, body []byte, principal, 
 	}
 	var ae *apiError
 	if !errors.As(err, &ae) {
-		ae = errorf(CodeInternalFailure, http.StatusInternalServerError, "Internal failure (request %s)", reqID)
+		ae = storeFailure(reqID)
 		attrs = append(attrs, slog.String("error", err.Error()))
 	}
 	attrs = append(attrs, slog.String("code", ae.code), slog.Int("status", ae.status))

@@ -63,7 +63,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !errors.As(err, &ae) {
 		// A store or other internal failure: the client gets a generic
 		// error with the request ID; the log gets the cause.
-		ae = errorf(CodeInternalFailure, http.StatusInternalServerError, "Internal failure (request %s)", reqID)
+		ae = storeFailure(reqID)
 		attrs = append(attrs, slog.String("error", err.Error()))
 	}
 	attrs = append(attrs, slog.String("code", ae.code), slog.Int("status", ae.status))

@@ -20,6 +20,7 @@ const (
 	CodeSerialization     = "SerializationException"
 	CodeRequestTooLarge   = "RequestEntityTooLargeException"
 	CodeInternalFailure   = "InternalFailure"
+	CodeUnavailable       = "ServiceUnavailable"
 	contentTypeAmzJSON11  = "application/x-amz-json-1.1"
 	targetPrefix          = "IoTSecuredTunneling."
 	headerRequestID       = "X-Amzn-RequestId"
@@ -266,4 +267,12 @@ func writeError(w http.ResponseWriter, e *apiError) {
 	h.Set("Content-Length", strconv.Itoa(len(b)))
 	w.WriteHeader(e.status)
 	w.Write(b)
+}
+
+// storeFailure is what a client gets when an operation failed for a reason
+// of ours (the store unreachable, PostgreSQL down): 503 ServiceUnavailable,
+// which the AWS SDKs and CLI retry, with the request ID; the log gets the
+// cause.
+func storeFailure(reqID string) *apiError {
+	return errorf(CodeUnavailable, http.StatusServiceUnavailable, "Service unavailable (request %s): retry later", reqID)
 }
