@@ -423,18 +423,28 @@ func (l *link) startProbe(fw *wire.FrameWriter, c *Conn, id int32) (bool, error)
 	c.probePending = false
 	replay := slices.Clone(c.replay) // kept: the retry may need starting again
 	c.mu.Unlock()
-	if err := fw.Write(&wire.Message{Type: wire.TypeStreamStart, StreamID: id}); err != nil {
+	if err := l.writeV1Start(fw, id, replay); err != nil {
 		return true, err
+	}
+	l.log.Debug("sent the V1 retry", "stream_id", id)
+	return true, nil
+}
+
+// writeV1Start writes a STREAM_START without service ID for stream id and
+// then replay, the data sent so far, in DATA messages of at most
+// MaxDataSize bytes: the start of a connection in V1 framing.
+func (l *link) writeV1Start(fw *wire.FrameWriter, id int32, replay []byte) error {
+	if err := fw.Write(&wire.Message{Type: wire.TypeStreamStart, StreamID: id}); err != nil {
+		return err
 	}
 	for len(replay) > 0 {
 		n := min(len(replay), l.s.cfg.MaxDataSize)
 		if err := fw.Write(&wire.Message{Type: wire.TypeData, StreamID: id, Payload: replay[:n]}); err != nil {
-			return true, err
+			return err
 		}
 		replay = replay[n:]
 	}
-	l.log.Debug("sent the V1 retry", "stream_id", id)
-	return true, nil
+	return nil
 }
 
 // restartConn writes a pending restart of c (see Session.rehomeLocked): a
@@ -448,15 +458,8 @@ func (l *link) restartConn(fw *wire.FrameWriter, c *Conn, id int32) (bool, error
 	c.restart = false
 	replay := slices.Clone(c.replay)
 	c.mu.Unlock()
-	if err := fw.Write(&wire.Message{Type: wire.TypeStreamStart, StreamID: id}); err != nil {
+	if err := l.writeV1Start(fw, id, replay); err != nil {
 		return true, err
-	}
-	for len(replay) > 0 {
-		n := min(len(replay), l.s.cfg.MaxDataSize)
-		if err := fw.Write(&wire.Message{Type: wire.TypeData, StreamID: id, Payload: replay[:n]}); err != nil {
-			return true, err
-		}
-		replay = replay[n:]
 	}
 	l.log.Debug("started the connection again in V1 framing", "stream_id", id)
 	return true, nil
