@@ -538,26 +538,12 @@ func (p *peer) finish(err error) {
 		p.log.Debug("peer closed", "code", p.closeCode, "reason", p.closeReason, "dropped", p.dropped)
 	}
 
-	r, t := p.r, p.t
-	r.mu.Lock()
-	t.mu.Lock()
-	current := t.ends[p.idx].Load() == &p.end
-	var resets []streamRef
-	var other *end
-	if current {
-		t.ends[p.idx].Store(nil)
-		resets = t.takeStreams()
-		other = t.ends[1-p.idx].Load()
-	}
-	t.mu.Unlock()
-	delete(r.peers, p)
-	r.totals.add(&p.cnt)
-	r.mu.Unlock()
-
+	r := p.r
+	other, resets, current := p.leave(r, func() { delete(r.peers, p) })
 	if other != nil {
 		other.sendResets(resets)
 	}
 	if current {
-		r.notify(t, p.mode)
+		r.notify(p.t, p.mode)
 	}
 }

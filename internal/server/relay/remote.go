@@ -218,27 +218,14 @@ func (a *Attachment) Detach() {
 	a.once.Do(func() {
 		a.closed.Store(true)
 		a.cancel()
-		r, t := a.r, a.t
-		r.mu.Lock()
-		t.mu.Lock()
-		current := t.ends[a.idx].Load() == &a.end
-		var resets []streamRef
-		var other *end
-		if current {
-			t.ends[a.idx].Store(nil)
-			resets = t.takeStreams()
-			other = t.ends[1-a.idx].Load()
-		}
-		t.mu.Unlock()
-		delete(r.remotes, a)
-		r.totals.add(&a.cnt)
-		r.mu.Unlock()
+		r := a.r
+		other, resets, current := a.leave(r, func() { delete(r.remotes, a) })
 		if other != nil {
 			a.log.Info("remote end detached: resetting the local peer's streams", "streams", len(resets))
 			other.sendResets(resets)
 		}
 		if current {
-			r.notify(t, a.mode)
+			r.notify(a.t, a.mode)
 		}
 	})
 }

@@ -167,6 +167,30 @@ func (e *end) sendResets(refs []streamRef) {
 	e.sendMsgs(msgs...)
 }
 
+// leave takes e out of its pairing if it is still the current end of its
+// mode, and out of the relay: forget, run under r.mu, drops e from r's
+// registry of ends, and e's counters are folded into r's totals. It returns
+// whether e was current and, if so, the other end (nil if none) and the
+// streams that end must get STREAM_RESET for; the caller sends those and
+// notifies the pairing's watchers, outside the locks. A local peer's close
+// and a remote end's Detach both end with it.
+func (e *end) leave(r *Relay, forget func()) (other *end, resets []streamRef, current bool) {
+	t := e.t
+	r.mu.Lock()
+	t.mu.Lock()
+	current = t.ends[e.idx].Load() == e
+	if current {
+		t.ends[e.idx].Store(nil)
+		resets = t.takeStreams()
+		other = t.ends[1-e.idx].Load()
+	}
+	t.mu.Unlock()
+	forget()
+	r.totals.add(&e.cnt)
+	r.mu.Unlock()
+	return other, resets, current
+}
+
 // tunnel is the pairing of a tunnel with at least one end on this node
 // (or whose last local disconnection is still being reported).
 type tunnel struct {
