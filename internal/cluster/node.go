@@ -456,6 +456,14 @@ func (n *Node) dial(k key, h held) {
 		if status == "ok" {
 			return
 		}
+		if errors.Is(err, errPin) {
+			// Retrying cannot help: the certificate is not the one the
+			// node's row publishes (a stale or tampered row, or another
+			// process at that address).
+			n.log.Warn("link refused: the other node's certificate does not match the fingerprint in its row",
+				"tunnel_id", k.tunnel, "mode", k.mode, "node", h.other.Node.ID, "link_addr", h.other.Node.LinkAddr)
+			return
+		}
 		if time.Now().After(deadline) {
 			n.log.Warn("could not link to the other end's node", "tunnel_id", k.tunnel, "mode", k.mode,
 				"node", h.other.Node.ID, "status", status, "err", err)
