@@ -149,12 +149,7 @@ var ErrDeviceExists = errors.New("tunneld: device files already exist")
 // alone, with tunneld running or not; a running tunneld trusts the
 // certificate at once (it loads the device CA at start, creating it).
 func CreateDevice(req DeviceRequest) (*DeviceFiles, error) {
-	if req.DataDir == "" {
-		req.DataDir = "tunneld-data"
-	}
-	if abs, err := filepath.Abs(req.DataDir); err == nil {
-		req.DataDir = abs // printed paths must work from any directory
-	}
+	req.DataDir = resolveDataDir(req.DataDir)
 	if req.Endpoint == "" {
 		req.Endpoint = "localhost"
 	}

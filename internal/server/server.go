@@ -202,17 +202,25 @@ func (e *ConfigError) Render(name func(field string) string) string {
 	return "tunneld: " + fmt.Sprintf(b.String(), e.args...)
 }
 
+// resolveDataDir returns the data directory dir, "tunneld-data" if empty, as an
+// absolute path when it can be made one: printed paths must work from any
+// directory. Config and DeviceRequest default their DataDir with it.
+func resolveDataDir(dir string) string {
+	if dir == "" {
+		dir = "tunneld-data"
+	}
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs
+	}
+	return dir
+}
+
 // withDefaults fills in the zero fields that have defaults.
 func (c *Config) withDefaults() {
 	if c.Listen == "" {
 		c.Listen = "127.0.0.1:8443"
 	}
-	if c.DataDir == "" {
-		c.DataDir = "tunneld-data"
-	}
-	if abs, err := filepath.Abs(c.DataDir); err == nil {
-		c.DataDir = abs // printed paths must work from any directory
-	}
+	c.DataDir = resolveDataDir(c.DataDir)
 	if c.Region == "" {
 		c.Region = "us-east-1"
 	}
