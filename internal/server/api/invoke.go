@@ -3,7 +3,6 @@ package api
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"log/slog"
 	"net/http"
 	"time"
@@ -47,30 +46,17 @@ func (s *Server) Invoke(ctx context.Context, op string, body []byte, principal, 
 	if tunnelID != "" {
 		attrs = append(attrs, slog.String("tunnel_id", tunnelID))
 	}
+	var b []byte
 	if err == nil {
-		var b []byte
-		if b, err = json.Marshal(out); err == nil {
-			level := slog.LevelDebug
-			switch op {
-			case "OpenTunnel", "CloseTunnel", "RotateTunnelAccessToken", "TagResource", "UntagResource":
-				level = slog.LevelInfo
-			}
-			s.log.LogAttrs(ctx, level, "api request", attrs...)
-			return b, nil
-		}
+		b, err = json.Marshal(out)
 	}
-	var ae *apiError
-	if !errors.As(err, &ae) {
-		ae = storeFailure(reqID)
-		attrs = append(attrs, slog.String("error", err.Error()))
-	}
-	attrs = append(attrs, slog.String("code", ae.code), slog.Int("status", ae.status))
 	level := slog.LevelDebug
-	if ae.status >= 500 {
-		level = slog.LevelError
-	} else {
-		attrs = append(attrs, slog.String("message", ae.message))
+	switch op {
+	case "OpenTunnel", "CloseTunnel", "RotateTunnelAccessToken", "TagResource", "UntagResource":
+		level = slog.LevelInfo
 	}
-	s.log.LogAttrs(ctx, level, "api request failed", attrs...)
-	return nil, &OpError{Status: ae.status, Code: ae.code, Message: ae.message}
+	if ae := s.logResult(ctx, reqID, level, attrs, err); ae != nil {
+		return nil, &OpError{Status: ae.status, Code: ae.code, Message: ae.message}
+	}
+	return b, nil
 }

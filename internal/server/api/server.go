@@ -50,19 +50,29 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if tunnelID != "" {
 		attrs = append(attrs, slog.String("tunnel_id", tunnelID))
 	}
+	level := slog.LevelDebug
+	switch op {
+	case "OpenTunnel", "CloseTunnel", "RotateTunnelAccessToken":
+		level = slog.LevelInfo
+	}
+	if ae := s.logResult(r.Context(), reqID, level, attrs, err); ae != nil {
+		writeError(w, ae)
+	}
+}
+
+// logResult logs the outcome of API request reqID, for ServeHTTP and
+// Invoke alike: "api request" at okLevel when err is nil, else "api
+// request failed" (at Error for a 5xx) with the code and status, and it
+// returns the error the caller must answer. An error that is not an
+// *apiError is a store or other internal failure: the client gets a
+// generic error with the request ID; the log gets the cause.
+func (s *Server) logResult(ctx context.Context, reqID string, okLevel slog.Level, attrs []slog.Attr, err error) *apiError {
 	if err == nil {
-		level := slog.LevelDebug
-		switch op {
-		case "OpenTunnel", "CloseTunnel", "RotateTunnelAccessToken":
-			level = slog.LevelInfo
-		}
-		s.log.LogAttrs(r.Context(), level, "api request", attrs...)
-		return
+		s.log.LogAttrs(ctx, okLevel, "api request", attrs...)
+		return nil
 	}
 	var ae *apiError
 	if !errors.As(err, &ae) {
-		// A store or other internal failure: the client gets a generic
-		// error with the request ID; the log gets the cause.
 		ae = storeFailure(reqID)
 		attrs = append(attrs, slog.String("error", err.Error()))
 	}
@@ -73,8 +83,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	} else {
 		attrs = append(attrs, slog.String("message", ae.message))
 	}
-	s.log.LogAttrs(r.Context(), level, "api request failed", attrs...)
-	writeError(w, ae)
+	s.log.LogAttrs(ctx, level, "api request failed", attrs...)
+	return ae
 }
 
 // serve runs the request and writes a success response; an error is left
