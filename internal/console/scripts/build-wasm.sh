@@ -7,7 +7,7 @@
 set -eu
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
-GOOS=js GOARCH=wasm CGO_ENABLED=0 go build -trimpath -ldflags="-s -w -buildid=" -o assets/sshclient.wasm ./wasm
+GOOS=js GOARCH=wasm CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldflags="-s -w -buildid=" -o assets/sshclient.wasm ./wasm
 root=$(go env GOROOT)
 if [ -f "$root/lib/wasm/wasm_exec.js" ]; then
 	cp "$root/lib/wasm/wasm_exec.js" assets/wasm_exec.js
