@@ -106,12 +106,19 @@ func run(t *testing.T, ctx context.Context, what string, actions ...chromedp.Act
 	}
 }
 
-// shot writes a screenshot for the docs (docs/console/NAME.png).
+// shot writes a screenshot of a page, NAME.png, into $SECTUN_SCREENSHOTS
+// (SECTUN_SCREENSHOTS=$PWD/docs/console refreshes the docs' pictures), or
+// else into sectun-console-screenshots in the system's temporary
+// directory, so a run does not change the checkout.
 func shot(t *testing.T, ctx context.Context, name string) {
 	t.Helper()
 	var png []byte
 	run(t, ctx, "screenshot "+name, page.BringToFront(), chromedp.Sleep(300*time.Millisecond), chromedp.CaptureScreenshot(&png))
-	dir := filepath.Join("..", "..", "docs", "console")
+	dir := os.Getenv("SECTUN_SCREENSHOTS")
+	if dir == "" {
+		dir = filepath.Join(os.TempDir(), "sectun-console-screenshots")
+	}
+	t.Logf("screenshot: %s", filepath.Join(dir, name+".png"))
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -144,7 +151,7 @@ func waitTerm(t *testing.T, ctx context.Context, re *regexp.Regexp) string {
 // open a tunnel, see it connect, open the terminal, sign in to sshd with
 // a key after confirming the host key, run a command and read its output
 // from xterm's buffer, resize, close the tunnel from another tab and see
-// both ends disconnected, sign out. Screenshots go to docs/console/.
+// both ends disconnected, sign out. Screenshots: see shot.
 func TestBrowserEndToEnd(t *testing.T) {
 	ctx := newBrowser(t)
 	sshd := sshdtest.Start(t)
