@@ -47,6 +47,13 @@ func chromium(t *testing.T) string {
 // returned context is its first tab.
 func newBrowser(t *testing.T) context.Context {
 	t.Helper()
+	// The profile directory is removed by hand: chromium's helper
+	// processes may still write to it for a moment after the browser has
+	// exited, which made t.TempDir's cleanup fail ("directory not empty").
+	profile, err := os.MkdirTemp("", "sectun-chromium-")
+	if err != nil {
+		t.Fatal(err)
+	}
 	opts := []chromedp.ExecAllocatorOption{
 		chromedp.ExecPath(chromium(t)),
 		chromedp.Headless,
@@ -54,7 +61,7 @@ func newBrowser(t *testing.T) context.Context {
 		chromedp.DisableGPU,
 		chromedp.NoFirstRun,
 		chromedp.NoDefaultBrowserCheck,
-		chromedp.UserDataDir(t.TempDir()),
+		chromedp.UserDataDir(profile),
 		chromedp.Flag("disable-background-networking", true),
 		chromedp.Flag("disable-component-update", true),
 		chromedp.Flag("disable-sync", true),
@@ -64,7 +71,18 @@ func newBrowser(t *testing.T) context.Context {
 	}
 	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
 	ctx, cancel := chromedp.NewContext(actx)
-	t.Cleanup(func() { cancel(); cancelA() })
+	t.Cleanup(func() {
+		cancel()
+		cancelA()
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			if err := os.RemoveAll(profile); err == nil || time.Now().After(deadline) {
+				if err != nil {
+					t.Logf("chromium profile %s not removed: %v", profile, err)
+				}
+				return
+			}
+		}
+	})
 	if err := chromedp.Run(ctx); err != nil {
 		t.Fatalf("starting chromium: %v", err)
 	}
@@ -119,6 +137,13 @@ func shot(t *testing.T, ctx context.Context, name string) {
 		dir = filepath.Join(os.TempDir(), "sectun-console-screenshots")
 	}
 	t.Logf("screenshot: %s", filepath.Join(dir, name+".png"))
+	// A page must not show a script's stray value: "null", "undefined" or
+	// an element rendered as text.
+	var stray string
+	run(t, ctx, "stray values on "+name, chromedp.Evaluate(`(() => { const m = document.body.innerText.match(/\bnull\b|\bundefined\b|\[object [A-Za-z]+\]/); return m ? m[0] : ""; })()`, &stray))
+	if stray != "" {
+		t.Errorf("page %s shows %q", name, stray)
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -171,6 +196,11 @@ func TestBrowserEndToEnd(t *testing.T) {
 	run(t, ctx, "sign in", chromedp.SendKeys("#access_key_id", e.akid, chromedp.ByID), chromedp.SendKeys("#secret_access_key", e.secret, chromedp.ByID),
 		chromedp.Click("#signin-button", chromedp.ByID), chromedp.WaitVisible("#ov-open", chromedp.ByID))
 	shot(t, ctx, "overview")
+	var upFor string
+	run(t, ctx, "uptime", chromedp.Evaluate(`(() => { for (const dt of document.querySelectorAll("dt")) if (dt.textContent === "Up for") return dt.nextElementSibling.textContent; return ""; })()`, &upFor))
+	if !strings.Contains(upFor, "min") && !strings.Contains(upFor, " h") && !strings.Contains(upFor, " d") {
+		t.Errorf("overview: Up for %q, want a length of time", upFor)
+	}
 
 	// Open a tunnel for a thing.
 	run(t, ctx, "open page", chromedp.Navigate(base+"#/open"), chromedp.WaitVisible("#open-thing", chromedp.ByID),

@@ -20,7 +20,7 @@ function h(tag, attrs, ...kids) {
     else if (k === 'class') e.className = v;
     else e.setAttribute(k, v === true ? '' : v);
   }
-  for (const k of kids.flat()) {
+  for (const k of kids.flat(Infinity)) {
     if (k === undefined || k === null || k === false) continue;
     e.append(k instanceof Node ? k : document.createTextNode(String(k)));
   }
@@ -62,11 +62,17 @@ function ago(t, now) {
   if (s < 86400) return Math.floor(s / 3600) + ' h ' + Math.floor(s % 3600 / 60) + ' min ago';
   return Math.floor(s / 86400) + ' d ago';
 }
+// span is a length of time, s seconds, as "2 d 3 h", "1 h 5 min" or "4 min 7 s".
+function span(s) {
+  s = Math.max(0, Math.floor(s));
+  const d = Math.floor(s / 86400), hh = Math.floor(s % 86400 / 3600), mm = Math.floor(s % 3600 / 60), ss = s % 60;
+  if (d) return d + ' d ' + hh + ' h';
+  if (hh) return hh + ' h ' + mm + ' min';
+  return mm + ' min ' + ss + ' s';
+}
 function left(t, now) {
   const s = (new Date(t) - (now ? new Date(now) : new Date())) / 1000;
-  if (s <= 0) return 'expired';
-  const hh = Math.floor(s / 3600), mm = Math.floor(s % 3600 / 60), ss = Math.floor(s % 60);
-  return (hh ? hh + ' h ' : '') + mm + ' min' + (hh ? '' : ' ' + ss + ' s');
+  return s <= 0 ? 'expired' : span(s);
 }
 function when(t) { return t ? new Date(t).toLocaleString() : '—'; }
 function epoch(v) { return v ? new Date(v * 1000) : null; }
@@ -94,7 +100,7 @@ function command(text) {
 function page(title, sub, ...kids) {
   return [h('h1', {}, title), sub ? h('p', {class: 'sub'}, sub) : null, ...kids];
 }
-function render(...kids) { view.replaceChildren(...kids.flat()); }
+function render(...kids) { view.replaceChildren(...kids.flat(Infinity).filter(k => k !== null && k !== undefined && k !== false)); }
 function every(ms, fn) {
   const g = gen;
   const tick = async () => {
@@ -149,7 +155,7 @@ function overviewPage() {
     const hl = o.health;
     healthBody.replaceChildren(h('dl', {class: 'kv'},
       h('dt', {}, 'Storage'), h('dd', {}, h('span', {class: 'badge ' + (hl.storage === 'ok' ? 'ok' : 'bad')}, hl.storage), ' ', hl.storageLatencyMs.toFixed(2) + ' ms'),
-      h('dt', {}, 'Up for'), h('dd', {}, left(new Date(Date.now() + hl.uptimeSeconds * 1000), new Date()).replace(' s', ' s')),
+      h('dt', {}, 'Up for'), h('dd', {}, span(hl.uptimeSeconds)),
       h('dt', {}, 'Version'), h('dd', {}, hl.version + ' (' + hl.goVersion + ')'),
       h('dt', {}, 'Goroutines'), h('dd', {}, num(hl.goroutines)),
       h('dt', {}, 'Heap'), h('dd', {}, bytes(hl.heapBytes)),
